@@ -1,0 +1,40 @@
+"""toolforge: train DSPy agents by forging their functions (the AgentOptimizer method as a DSPy optimizer).
+
+import toolforge as tf
+
+area = tf.ForgedFunction.from_callable(area)          # or ForgedFunction(name, description, parameters, code)
+agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([area]), tools=[tf.python_tool()])
+"""
+
+from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction
+from toolforge.agent import ToolAgent, python_tool
+from toolforge.errors import FunctionCallError, FunctionError, SandboxError, ToolforgeError, ToolsetError
+from toolforge.function import ForgedFunction
+from toolforge.sandbox import CallResult, Sandbox, default_sandbox
+from toolforge.toolset import FunctionRevision, Toolset, ToolsetDiff
+from toolforge.trace import FunctionCall, record_calls
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action",
+    "AddFunction",
+    "CallResult",
+    "ForgedFunction",
+    "FunctionCall",
+    "FunctionCallError",
+    "FunctionError",
+    "FunctionRevision",
+    "RemoveFunction",
+    "ReviseFunction",
+    "Sandbox",
+    "SandboxError",
+    "ToolAgent",
+    "ToolforgeError",
+    "Toolset",
+    "ToolsetDiff",
+    "ToolsetError",
+    "default_sandbox",
+    "python_tool",
+    "record_calls",
+]

@@ -1,0 +1,467 @@
+"""A sandbox worker: a persistent process that runs forged code for `toolforge.sandbox.Sandbox`.
+
+Started as `python -s -P -B _worker.py CONFIG_JSON` with a clean environment and its scratch directory as working
+directory. It imports only the standard library (toolforge's own package, and DSPy with it, are never loaded here),
+locks itself down, reports what it could enforce, then answers requests until its stdin closes.
+
+Protocol: 4-byte big-endian length + UTF-8 JSON, over the pipes the worker was started with (they are moved off
+fds 0/1 at once, so that forged code printing to fd 1 cannot corrupt it). Requests:
+    {"op": "call", "name": ..., "code_hash": ..., "code": ... (omitted when this worker has it), "arguments": {...}}
+    {"op": "exec", "code": ...}
+Replies: {"ok", "value", "value_is_repr", "error", "stdout", "notes", "recycle"}; `recycle` asks the parent to
+replace this worker (memory exhausted, threads or processes left running).
+"""
+
+import ctypes
+import ctypes.util
+import io
+import json
+import os
+import resource
+import signal
+import struct
+import sys
+import threading
+import traceback
+import types
+
+_ERRNO_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_MB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------------------------- lock-down
+def _libc_call(fn, *args):
+    ctypes.set_errno(0)
+    result = fn(*args)
+    if result == -1:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+    return result
+
+
+def _isolate_network():
+    """A new, empty network namespace: no interface but a down loopback, so every connect fails."""
+    clone_newnet, clone_newuser = 0x40000000, 0x10000000
+    if os.geteuid() == 0:
+        _libc_call(_ERRNO_LIBC.unshare, clone_newnet)
+        return "network namespace"
+    uid, gid = os.geteuid(), os.getegid()
+    _libc_call(_ERRNO_LIBC.unshare, clone_newuser | clone_newnet)
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"{uid} {uid} 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"{gid} {gid} 1")
+    return "user + network namespace"
+
+
+def _landlock(scratch):
+    """Forbid writes outside `scratch` (and /dev/null), TCP bind/connect, and signals to outside processes."""
+    syscall = _ERRNO_LIBC.syscall
+    syscall.restype = ctypes.c_long
+    create_ruleset, add_rule, restrict_self = 444, 445, 446
+    abi = syscall(create_ruleset, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    if abi < 1:
+        raise OSError(ctypes.get_errno(), "Landlock is not supported by this kernel")
+    write_file, truncate = 1 << 1, 1 << 14
+    fs = write_file | sum(1 << bit for bit in range(4, 13))  # remove_dir .. make_sym
+    if abi >= 2:
+        fs |= 1 << 13  # refer
+    if abi >= 3:
+        fs |= truncate
+    net = (1 << 0 | 1 << 1) if abi >= 4 else 0  # bind_tcp | connect_tcp
+    scoped = (1 << 0 | 1 << 1) if abi >= 6 else 0  # abstract unix sockets | signals
+    attr = struct.pack("=QQQ", fs, net, scoped)[: 8 if abi < 4 else 16 if abi < 6 else 24]
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    ruleset = syscall(create_ruleset, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    try:
+        for path, rights in ((scratch, fs), ("/dev/null", write_file | (truncate if abi >= 3 else 0))):
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, fd), 12)
+                if syscall(add_rule, ctypes.c_int(ruleset), ctypes.c_int(1), rule, ctypes.c_uint32(0)) != 0:
+                    raise OSError(ctypes.get_errno(), f"landlock_add_rule({path}) failed")
+            finally:
+                os.close(fd)
+        _libc_call(_ERRNO_LIBC.prctl, 38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        if syscall(restrict_self, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    finally:
+        os.close(ruleset)
+    parts = ["filesystem writes"]
+    if net:
+        parts.append("TCP bind/connect")
+    if scoped:
+        parts.append("signals and abstract sockets outside the sandbox")
+    return f"Landlock ABI {abi}: " + ", ".join(parts)
+
+
+def _drop_capabilities():
+    """As root, give up every capability, so that namespaces, limits and Landlock cannot be undone."""
+    if os.geteuid() != 0:
+        return "not root"
+    for cap in range(64):
+        if _ERRNO_LIBC.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP until EINVAL past the last capability
+            break
+    _ERRNO_LIBC.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    data = (Data * 2)()
+    _libc_call(_ERRNO_LIBC.capset, ctypes.byref(Header(0x20080522, 0)), data)
+    return "all capabilities dropped"
+
+
+def _vm_size_bytes():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+_FORBIDDEN_EVENTS = {
+    "os.system": "running shell commands",
+    "os.exec": "replacing the process",
+    "os.posix_spawn": "starting processes",
+    "os.spawn": "starting processes",
+    "os.fork": "forking",
+    "os.forkpty": "forking",
+    "subprocess.Popen": "starting processes",
+    "os.kill": "sending signals",
+    "os.killpg": "sending signals",
+    "pty.spawn": "starting processes",
+}
+_PATH_EVENTS = {
+    "os.remove",
+    "os.rename",
+    "os.rmdir",
+    "os.mkdir",
+    "os.chmod",
+    "os.chown",
+    "os.symlink",
+    "os.link",
+    "os.truncate",
+    "os.utime",
+    "shutil.rmtree",
+}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+def _install_audit_hook(scratch):
+    """Python-level guard (portable, in addition to the OS-level ones): no processes, no signals, no network,
+    no writes outside the scratch directory."""
+    scratch = os.path.realpath(scratch)
+    devnull = os.path.realpath(os.devnull)
+    realpath, fspath, isinstance_, str_, bytes_, int_ = (
+        os.path.realpath,
+        os.fspath,
+        isinstance,
+        str,
+        bytes,
+        int,
+    )
+
+    def inside(path):
+        if isinstance_(path, int_):
+            return True  # an already open descriptor
+        try:
+            path = fspath(path)
+            if isinstance_(path, bytes_):
+                path = path.decode(errors="replace")
+            resolved = realpath(path)
+        except Exception:
+            return False
+        return resolved == scratch or resolved.startswith(scratch + os.sep) or resolved == devnull
+
+    def hook(event, args):
+        if event in _FORBIDDEN_EVENTS:
+            raise PermissionError(f"toolforge sandbox: {_FORBIDDEN_EVENTS[event]} is not allowed ({event})")
+        if event == "open":
+            path, mode, flags = args
+            writing = (isinstance_(mode, str_) and any(c in mode for c in "wax+")) or (
+                isinstance_(flags, int_) and flags & _WRITE_FLAGS
+            )
+            if writing and path is not None and not inside(path):
+                raise PermissionError(
+                    f"toolforge sandbox: writing outside the scratch directory is not allowed: {path}"
+                )
+        elif event in _PATH_EVENTS:
+            for path in args[:2] if event in ("os.rename", "os.symlink", "os.link") else args[:1]:
+                if isinstance_(path, str_ | bytes_) and not inside(path):
+                    raise PermissionError(f"toolforge sandbox: changing files outside the scratch directory: {path}")
+        elif event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"):
+            sock = args[0]
+            if getattr(sock, "family", None) not in (getattr(__import__("socket"), "AF_UNIX", 1),):
+                raise PermissionError("toolforge sandbox: network access is not allowed")
+
+    sys.addaudithook(hook)
+    return "audit hook: processes, signals, network, writes outside scratch"
+
+
+def _lock_down(config):
+    scratch = config["scratch"]
+    enforced, missing = {}, {}
+    steps = [
+        ("network", _isolate_network),
+        ("filesystem", lambda: _landlock(scratch)),
+        ("capabilities", _drop_capabilities),
+    ]
+    for key, step in steps:
+        try:
+            enforced[key] = step()
+        except Exception as exc:
+            missing[key] = f"{type(exc).__name__}: {exc}"
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    file_limit = config["max_file_mb"] * _MB
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-long write fails with EFBIG instead of killing us
+    nofile = min(256, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    enforced["files"] = f"files up to {config['max_file_mb']} MB, {nofile} open"
+    if os.geteuid() != 0 and config.get("max_processes"):
+        limit = config["max_processes"]
+        resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+        enforced["processes"] = f"RLIMIT_NPROC {limit}"
+    enforced["python"] = _install_audit_hook(scratch)
+    return enforced, missing
+
+
+# ------------------------------------------------------------------------------------------------- calls
+class _CappedText(io.TextIOBase):
+    """What forged code prints, kept up to a cap; the rest is counted and dropped."""
+
+    def __init__(self, cap):
+        self.cap, self.parts, self.size, self.dropped = cap, [], 0, 0
+
+    def writable(self):
+        return True
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        room = self.cap - self.size
+        if room > 0:
+            self.parts.append(s[:room])
+            self.size += min(len(s), room)
+        self.dropped += max(0, len(s) - max(room, 0))
+        return len(s)
+
+    def flush(self):
+        pass
+
+
+def _forged_traceback(exc):
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<")]
+    where = "".join(f"\n  line {f.lineno} in {f.name}" + (f": {f.line}" if f.line else "") for f in frames[-3:])
+    return f"{type(exc).__name__}: {exc}"[:2000] + where
+
+
+class Worker:
+    def __init__(self, config, proto_in, proto_out, output_fd):
+        self.config = config
+        self.scratch = config["scratch"]
+        self.proto_in, self.proto_out, self.output_fd = proto_in, proto_out, output_fd
+        self.functions = {}
+        self.signals = {s: signal.getsignal(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, 19)}
+        self.recursion_limit = sys.getrecursionlimit()
+
+    # protocol
+    def read(self):
+        header = self._read_exact(4)
+        if header is None:
+            return None
+        body = self._read_exact(struct.unpack(">I", header)[0])
+        return None if body is None else json.loads(body)
+
+    def _read_exact(self, n):
+        chunks, got = [], 0
+        while got < n:
+            chunk = os.read(self.proto_in, n - got)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def write(self, message):
+        body = json.dumps(message).encode()
+        data = struct.pack(">I", len(body)) + body
+        while data:
+            data = data[os.write(self.proto_out, data) :]
+
+    # work
+    def handle(self, request):
+        notes, recycle = [], False
+        cap = self.config["max_output_bytes"]
+        out = _CappedText(cap)
+        saved = sys.stdout, sys.stderr, sys.stdin
+        sys.stdout = sys.stderr = out
+        sys.stdin = io.StringIO()
+        ok, value, error = False, None, None
+        try:
+            value = self._run(request)
+            ok = True
+        except MemoryError:
+            error = f"exceeded {self.config['memory_mb']} MB memory limit"
+            notes.append("the worker was replaced")
+            recycle = True
+        except SystemExit as exc:
+            error = f"called sys.exit({exc.code!r}); a forged function must return its result, not exit"
+        except RecursionError as exc:
+            error = _forged_traceback(exc)
+        except BaseException as exc:
+            error = _forged_traceback(exc)
+        finally:
+            sys.stdout, sys.stderr, sys.stdin = saved
+            recycle |= self._restore(notes)
+        stdout = "".join(out.parts)
+        file_output = self._drain_output(cap - len(stdout.encode()))
+        stdout += file_output[0]
+        if out.dropped or file_output[1]:
+            notes.append(f"output truncated to {cap} bytes")
+        value, value_is_repr = self._encode(value, notes) if ok else (None, False)
+        return {
+            "ok": ok,
+            "value": value,
+            "value_is_repr": value_is_repr,
+            "error": error,
+            "stdout": stdout,
+            "notes": notes,
+            "recycle": recycle,
+        }
+
+    def _run(self, request):
+        if request["op"] == "exec":
+            return self._exec_snippet(request["code"])
+        fn = self.functions.get(request["code_hash"])
+        if fn is None:
+            if "code" not in request:
+                raise RuntimeError("worker lost the function's code; call again")
+            module = types.ModuleType(f"forged_{request['name']}")
+            module.__dict__["__builtins__"] = __builtins__
+            try:
+                exec(compile(request["code"], f"<forged {request['name']}>", "exec"), module.__dict__)
+            except BaseException as exc:
+                raise type(exc)(f"defining {request['name']!r} failed: {exc}").with_traceback(
+                    exc.__traceback__
+                ) from None
+            fn = module.__dict__.get(request["name"])
+            if not callable(fn):
+                raise NameError(f"the code does not define a function {request['name']!r}")
+            self.functions[request["code_hash"]] = fn
+        return fn(**request["arguments"])
+
+    @staticmethod
+    def _exec_snippet(code):
+        """Run a snippet like a notebook cell: its printed output, plus the value of a final expression."""
+        import ast
+
+        tree = ast.parse(code, "<python>", "exec")
+        namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        exec(compile(tree, "<python>", "exec"), namespace)
+        if last is None:
+            return None
+        return eval(compile(ast.Expression(last.value), "<python>", "eval"), namespace)
+
+    def _restore(self, notes):
+        """Undo what forged code may have changed in this process; say whether the worker must be replaced."""
+        recycle = False
+        try:
+            os.chdir(self.scratch)
+        except OSError:
+            recycle = True
+            notes.append("the scratch directory was removed; the worker was replaced")
+        for sig, handler in self.signals.items():
+            try:
+                if signal.getsignal(sig) is not handler:
+                    signal.signal(sig, handler)
+            except (OSError, ValueError, TypeError):
+                pass
+        sys.setrecursionlimit(self.recursion_limit)
+        threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
+        if threads > 1:
+            recycle = True
+            notes.append(f"left {threads - 1} thread(s) running; the worker was replaced")
+        try:
+            while os.waitpid(-1, os.WNOHANG) != (0, 0):
+                pass  # reap children that already ended
+            recycle = True
+            notes.append("left child processes running; the worker was replaced")
+        except ChildProcessError:
+            pass  # no children: the usual case
+        return recycle
+
+    def _drain_output(self, room):
+        size = os.lseek(self.output_fd, 0, os.SEEK_END)
+        if size == 0:
+            return "", False
+        os.lseek(self.output_fd, 0, os.SEEK_SET)
+        data = os.read(self.output_fd, max(room, 0)) if room > 0 else b""
+        os.ftruncate(self.output_fd, 0)
+        os.lseek(self.output_fd, 0, os.SEEK_SET)
+        return data.decode(errors="replace"), size > len(data)
+
+    def _encode(self, value, notes):
+        limit = self.config["max_value_bytes"]
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError, OverflowError):
+            try:
+                text = repr(value)
+            except Exception as exc:
+                text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
+            notes.append(f"the return value ({type(value).__name__}) is not JSON; it is given as its repr")
+            if len(text) > limit:
+                text = text[:limit]
+                notes.append(f"the repr was truncated to {limit} characters")
+            return text, True
+        if len(text) > limit:
+            notes.append(
+                f"the return value was {len(text)} bytes of JSON, over {limit}; it is given as a truncated repr"
+            )
+            return repr(value)[:limit], True
+        return value, False
+
+
+def main():
+    config = json.loads(sys.argv[1])
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    output_fd = os.memfd_create("toolforge-output") if hasattr(os, "memfd_create") else None
+    if output_fd is None:
+        import tempfile
+
+        output_fd = tempfile.TemporaryFile().fileno()
+    os.dup2(devnull, 0)
+    os.dup2(output_fd, 1)
+    os.dup2(output_fd, 2)
+    sys.stdout = sys.stderr = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+    os.makedirs(os.path.join(config["scratch"], "tmp"), exist_ok=True)
+    enforced, missing = _lock_down(config)
+    memory = config["memory_mb"] * _MB
+    address_space = _vm_size_bytes() + memory
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+    enforced["memory"] = f"{config['memory_mb']} MB address space beyond the interpreter's own"
+    worker = Worker(config, proto_in, proto_out, output_fd)
+    worker.write({"ready": True, "pid": os.getpid(), "enforced": enforced, "missing": missing})
+    while True:
+        request = worker.read()
+        if request is None:
+            return
+        reply = worker.handle(request)
+        worker.write(reply)
+        if reply["recycle"]:
+            os._exit(0)  # without waiting for threads that forged code left behind
+
+
+if __name__ == "__main__":
+    main()

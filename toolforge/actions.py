@@ -1,0 +1,77 @@
+"""The optimizer's actions on a toolset, as the paper names them: add, revise and remove a function.
+
+`Action` is a pydantic discriminated union on the `action` field, so that an LM's JSON reply or a saved report
+parses straight into the right class:
+
+    >>> TypeAdapter(Action).validate_python({"action": "remove_function", "name": "area"})
+    RemoveFunction(action='remove_function', name='area')
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from toolforge.function import ForgedFunction
+
+__all__ = ["Action", "AddFunction", "RemoveFunction", "ReviseFunction"]
+
+
+class _FunctionAction(BaseModel):
+    """Fields of a function; `to_function()` validates them into a `ForgedFunction`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    code: str
+    packages: tuple[str, ...] = ()
+    deterministic: bool = True
+
+    def to_function(self, parent: str | None = None) -> ForgedFunction:
+        """The function this action carries. Raises `FunctionError` with the reason when it is not valid."""
+        return ForgedFunction(
+            name=self.name,
+            description=self.description,
+            parameters=self.parameters,
+            code=self.code,
+            packages=self.packages,
+            deterministic=self.deterministic,
+            parent=parent,
+        )
+
+    @classmethod
+    def of(cls, function: ForgedFunction) -> Any:
+        """The action that carries `function`."""
+        return cls(**function.model_dump(exclude={"parent"}))
+
+
+class AddFunction(_FunctionAction):
+    """Add a new function; its name must not be in the toolset yet."""
+
+    action: Literal["add_function"] = "add_function"
+
+
+class ReviseFunction(_FunctionAction):
+    """Replace the function of the same name (interface, code or both); the new one records its parent."""
+
+    action: Literal["revise_function"] = "revise_function"
+
+
+class RemoveFunction(BaseModel):
+    """Remove the function of this name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    action: Literal["remove_function"] = "remove_function"
+    name: str
+
+    def __init__(self, name: str | None = None, /, **data: Any) -> None:
+        if name is not None:
+            data["name"] = name
+        super().__init__(**data)
+
+
+Action = Annotated[AddFunction | ReviseFunction | RemoveFunction, Field(discriminator="action")]

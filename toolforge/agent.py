@@ -1,0 +1,230 @@
+"""`ToolAgent`: a ReAct-style DSPy module whose tools are fixed tools plus the current `Toolset`.
+
+DSPy's own `dspy.ReAct` writes its tool list into its prompt when it is constructed. `ToolAgent` renders the
+tools on every call instead, so assigning a new toolset (`agent.toolset = trained`) changes what the LM sees on
+the very next call, which is what lets an optimizer train the toolset. The LM sees each function's name,
+description and argument schema, never its code; the code runs in the sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Literal
+
+import dspy
+from dspy.signatures.signature import Signature, ensure_signature
+from dspy.utils.exceptions import ContextWindowExceededError
+
+from toolforge.errors import FunctionCallError, ToolforgeError
+from toolforge.sandbox import Sandbox, default_sandbox
+from toolforge.toolset import Toolset
+
+__all__ = ["ToolAgent", "python_tool"]
+
+logger = logging.getLogger(__name__)
+
+FINISH = "finish"
+
+
+class ToolAgent(dspy.Module):
+    """An agent that reasons, calls tools, and answers; its forged functions are a trainable `Toolset`.
+
+    Args:
+        signature: The task, e.g. `"question -> answer: float"` or a `dspy.Signature` class.
+        toolset: The forged functions (default: an empty toolset, ready to be trained).
+        tools: Fixed tools: callables or `dspy.Tool`s, such as `python_tool()`. Forged functions cannot shadow them.
+        max_iters: The most tool calls in one run before the agent must answer.
+        sandbox: Where forged functions run (default: the process-wide sandbox).
+
+    Examples:
+        >>> agent = ToolAgent("question -> answer: float", tools=[python_tool()])   # doctest: +SKIP
+        >>> agent.toolset = Toolset([ForgedFunction.from_callable(compound_interest)])
+        >>> agent(question="...").trajectory
+    """
+
+    def __init__(
+        self,
+        signature: str | type[Signature],
+        *,
+        toolset: Toolset | None = None,
+        tools: tuple[Any, ...] | list[Any] = (),
+        max_iters: int = 10,
+        sandbox: Sandbox | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(max_iters, int) or max_iters < 1:
+            raise ToolforgeError(f"ToolAgent(max_iters={max_iters!r}): max_iters must be an integer >= 1")
+        sig: type[Signature] = ensure_signature(signature)  # type: ignore[assignment]
+        self.signature = signature = sig
+        self.max_iters = max_iters
+        self.sandbox = sandbox
+        fixed = [t if isinstance(t, dspy.Tool) else dspy.Tool(t) for t in tools]
+        names = [t.name for t in fixed]
+        clashes = sorted({n for n in names if names.count(n) > 1} | ({FINISH} & set(names)))
+        if clashes:
+            raise ToolforgeError(f"fixed tool names {clashes} are repeated or reserved; give each tool its own name")
+        self.tools = fixed
+        self.toolset = toolset if toolset is not None else Toolset()
+
+        inputs = ", ".join(f"`{k}`" for k in sig.input_fields)
+        outputs = ", ".join(f"`{k}`" for k in sig.output_fields)
+        instructions = [sig.instructions] if sig.instructions else []
+        instructions += [
+            f"You are an Agent. In each episode, you are given the fields {inputs} as input, and you can see your "
+            "past trajectory so far.",
+            f"Your goal is to use the supplied tools to collect the information needed to produce {outputs}.",
+            "In each turn, give next_thought, next_tool_name and next_tool_args. After each tool call you receive "
+            "an observation, which is appended to your trajectory.",
+            f"Call `{FINISH}` (with empty next_tool_args) once the outputs can be produced.",
+        ]
+        react_signature = (
+            dspy.Signature({**sig.input_fields}, "\n".join(instructions))
+            .append("trajectory", dspy.InputField(), type_=str)
+            .append("next_thought", dspy.OutputField(), type_=str)
+            .append("next_tool_name", dspy.OutputField(), type_=str)
+            .append("next_tool_args", dspy.OutputField(), type_=dict[str, Any])
+        )
+        extract_signature = dspy.Signature({**sig.input_fields, **sig.output_fields}, sig.instructions).append(
+            "trajectory", dspy.InputField(), type_=str
+        )
+        self.react = dspy.Predict(react_signature)
+        self.extract = dspy.ChainOfThought(extract_signature)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "toolset":
+            if not isinstance(value, Toolset):
+                raise ToolforgeError(
+                    f"ToolAgent.toolset must be a Toolset, got {type(value).__name__}; wrap functions with "
+                    "Toolset([...])"
+                )
+            shadowed = sorted(set(value.names) & ({t.name for t in self.__dict__.get("tools", ())} | {FINISH}))
+            if shadowed:
+                raise ToolforgeError(
+                    f"toolset functions {shadowed} shadow fixed tools of this agent; rename the functions"
+                )
+        super().__setattr__(name, value)
+
+    # ---------------------------------------------------------------------------------------------- tools
+    def current_tools(self) -> dict[str, dspy.Tool]:
+        """The tools the LM sees on the next call, in order: fixed tools, forged functions, then `finish`."""
+        tools = {t.name: t for t in self.tools}
+        for tool in self.toolset.as_tools(self.sandbox):
+            tools[tool.name] = tool
+        tools[FINISH] = dspy.Tool(
+            func=lambda: "Completed.",
+            name=FINISH,
+            desc="Marks the task as complete: all information needed for the outputs is in the trajectory.",
+            args={},
+        )
+        return tools
+
+    def _step_signature(self, tools: dict[str, dspy.Tool]) -> type[Signature]:
+        base = self.react.signature
+        listing = ["The tool must be one of:"]
+        for i, tool in enumerate(tools.values(), 1):
+            forged = getattr(tool.func, "function", None)
+            required = (
+                forged.parameters.get("required", [])
+                if forged is not None
+                else [k for k, v in (tool.args or {}).items() if "default" not in v]
+            )
+            listing.append(
+                f"({i}) {tool.name}: {' '.join((tool.desc or '').split())} "
+                f"Arguments (JSON): {json.dumps(tool.args or {}, sort_keys=True)}; required: {required}."
+            )
+        listing.append("next_tool_args must be a JSON object of the chosen tool's arguments.")
+        return base.with_instructions(base.instructions + "\n\n" + "\n".join(listing)).with_updated_fields(
+            "next_tool_name",
+            type_=Literal[tuple(tools)],
+        )
+
+    # -------------------------------------------------------------------------------------------- running
+    def forward(self, **input_args: Any) -> dspy.Prediction:
+        max_iters = input_args.pop("max_iters", self.max_iters)
+        tools = self.current_tools()
+        step_signature = self._step_signature(tools)
+        trajectory: dict[str, Any] = {}
+        for idx in range(max_iters):
+            try:
+                pred = self._call(self.react, trajectory, input_args, signature=step_signature)
+            except ContextWindowExceededError as err:
+                logger.warning("ending the trajectory: the context window is exceeded (%s)", err)
+                break
+            except ValueError as err:
+                logger.warning("ending the trajectory: the agent did not choose a valid tool (%s)", err)
+                break
+            name, args = pred.next_tool_name, pred.next_tool_args
+            trajectory[f"thought_{idx}"] = pred.next_thought
+            trajectory[f"tool_name_{idx}"] = name
+            trajectory[f"tool_args_{idx}"] = args
+            trajectory[f"observation_{idx}"] = self._observe(tools, name, args)
+            if name == FINISH:
+                break
+        extract = self._call(self.extract, trajectory, input_args)
+        return dspy.Prediction(trajectory=trajectory, **extract)
+
+    @staticmethod
+    def _observe(tools: dict[str, dspy.Tool], name: str, args: Any) -> Any:
+        if not isinstance(args, dict):
+            return f"Execution error in {name}: next_tool_args must be a JSON object, got {args!r:.200}"
+        try:
+            return tools[name](**args)
+        except FunctionCallError as err:
+            return f"Execution error in {name}: {err}"
+        except Exception as err:  # a fixed tool is the user's code; its failure is an observation too
+            return f"Execution error in {name}: {type(err).__name__}: {err}"
+
+    def _call(self, module: dspy.Module, trajectory: dict[str, Any], input_args: dict[str, Any], **extra: Any) -> Any:
+        for _ in range(3):
+            try:
+                return module(**input_args, trajectory=_format_trajectory(trajectory), **extra)
+            except ContextWindowExceededError:
+                if len(trajectory) <= 4:
+                    raise
+                logger.warning("the trajectory exceeds the context window; dropping its oldest tool call")
+                for key in list(trajectory)[:4]:
+                    trajectory.pop(key)
+        raise ContextWindowExceededError(message="the context window is exceeded even after truncating the trajectory")
+
+
+def _format_trajectory(trajectory: dict[str, Any]) -> str:
+    if not trajectory:
+        return ""
+    adapter = dspy.settings.adapter or dspy.ChatAdapter()
+    signature = dspy.Signature(f"{', '.join(trajectory)} -> x")
+    return str(adapter.format_user_message_content(signature, trajectory))
+
+
+class _PythonSnippet:
+    """The callable behind `python_tool()`."""
+
+    def __init__(self, sandbox: Sandbox | None) -> None:
+        self.sandbox = sandbox
+
+    def __call__(self, code: str) -> str:
+        result = (self.sandbox or default_sandbox()).run_code(code)
+        printed = result.stdout
+        if result.ok and result.value is not None:
+            printed += ("" if not printed or printed.endswith("\n") else "\n") + (
+                result.value if result.value_is_repr else json.dumps(result.value)
+            )
+        if not result.ok:
+            raise FunctionCallError(f"{result.error}" + (f"\nIt printed: {printed[-1000:]}" if printed else ""))
+        return printed or "(the code printed nothing; print the result you need)"
+
+
+def python_tool(sandbox: Sandbox | None = None) -> dspy.Tool:
+    """A fixed tool that runs a Python snippet in the sandbox and returns what it prints.
+
+    This is the one function the paper's agents start with. The value of a final expression is shown too, as in a
+    notebook cell.
+    """
+    return dspy.Tool(
+        func=_PythonSnippet(sandbox),
+        name="python",
+        desc="Run a Python code snippet in a sandbox and return what it prints (and the value of a final "
+        "expression). Use print() to see results.",
+        args={"code": {"type": "string", "description": "Python source code to run"}},
+        arg_types={"code": str},
+    )

@@ -1,0 +1,460 @@
+"""`Sandbox`: forged code runs in persistent, locked-down worker processes, never in the caller's process.
+
+Each worker is a separate Python interpreter (`toolforge/_worker.py`, standard library only) started with a clean
+environment and its own scratch directory. Workers are reused across calls, and a worker compiles a function's
+code once per `code_hash`. A worker that times out, crashes, exits, runs out of memory or leaves threads or
+processes behind is killed and replaced; the caller gets `CallResult(ok=False, error=...)` with the reason.
+
+What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says which ones held on this machine):
+
+* **Wall time**: the parent waits `timeout_s` for a reply, then SIGKILLs the worker's whole session (and its
+  pids cgroup, where there is one). Forged code cannot catch or delay this.
+* **Memory**: `RLIMIT_AS` caps the worker's address space at its start-up size plus `memory_mb`. Python-level
+  allocations then fail with MemoryError ("exceeded 512 MB"); a C extension may crash instead, which is a crash.
+* **Processes**: forking, exec, `subprocess`, `os.system` and signals raise PermissionError (a Python audit hook).
+  Below it, a pids cgroup (when the parent may create one, e.g. as root) or `RLIMIT_NPROC` (non-root) bounds
+  what ctypes could start, and the whole session is killed when the worker is replaced.
+* **Network**: the worker enters a new, empty network namespace (`unshare(CLONE_NEWNET)`; as non-root inside a
+  user namespace), so every connect fails with "Network is unreachable". Landlock (ABI >= 4) also denies TCP
+  bind/connect, and the audit hook refuses internet-socket connect/bind/send.
+* **Filesystem writes**: Landlock forbids creating, writing, truncating, renaming or removing anything outside
+  the scratch directory (and /dev/null); the audit hook refuses the same at the Python level. Files are capped at
+  `max_file_mb` (RLIMIT_FSIZE) and 256 open descriptors.
+* **Privileges**: as root, the worker drops every capability (bounding set included) and sets no_new_privs, so
+  that the namespaces and Landlock cannot be undone from inside.
+* **Environment**: the worker's environment is built from scratch (PATH, HOME and TMPDIR in the scratch
+  directory, a fixed PYTHONHASHSEED): none of the caller's variables, API keys included, reach it.
+* **Output**: stdout and stderr, Python-level and file-descriptor-level, are captured and capped at
+  `max_output_bytes`; a return value that JSON cannot hold comes back as its repr, and the result says so.
+
+What is not enforced: reading files the caller's user may read (the code can read your home directory, but
+cannot send it anywhere over the network); CPU time beyond the wall-time limit; UDP or Unix sockets where the
+network namespace could not be made; and on kernels without Landlock or namespaces, only the Python audit hook
+guards writes and the network, which ctypes can bypass. Not Linux: only the audit hook, the rlimits and the
+wall-time limit apply.
+
+Guarantees: `Sandbox` is thread-safe; calls run in parallel up to `workers`; a fault in one call never affects
+the caller's process or a later call. The process-wide default sandbox (`default_sandbox()`) is created on first
+use and closed at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from toolforge.errors import SandboxError
+from toolforge.function import ForgedFunction
+
+__all__ = ["CallResult", "Sandbox", "default_sandbox"]
+
+logger = logging.getLogger(__name__)
+
+_WORKER_SCRIPT = Path(__file__).with_name("_worker.py")
+_START_TIMEOUT_S = 30.0
+
+
+class CallResult(BaseModel):
+    """What one call in the sandbox gave.
+
+    Attributes:
+        ok: True when the code returned normally.
+        value: The return value (JSON), or its repr when `value_is_repr`; None when not ok.
+        error: Why the call failed ("ZeroDivisionError: ...", "timed out after 10.0 s", "exceeded 512 MB ...").
+        stdout: What the code printed (stdout and stderr), capped.
+        duration_s: Wall time of the call as the caller saw it.
+        value_is_repr: True when the value could not be sent as JSON and is given as its repr.
+        notes: Anything else worth knowing: truncated output, a replaced worker.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    value: Any = None
+    error: str | None = None
+    stdout: str = ""
+    duration_s: float = 0.0
+    value_is_repr: bool = False
+    notes: tuple[str, ...] = ()
+
+
+class _WorkerLost(Exception):
+    """The worker can no longer answer; the message is the reason for the caller."""
+
+
+class _Worker:
+    """One worker process and the parent's end of its pipes."""
+
+    def __init__(self, sandbox: Sandbox, index: int) -> None:
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"worker{index}-", dir=sandbox.root))
+        config = {
+            "scratch": str(self.scratch),
+            "memory_mb": sandbox.memory_mb,
+            "max_output_bytes": sandbox.max_output_bytes,
+            "max_value_bytes": sandbox.max_value_bytes,
+            "max_file_mb": sandbox.max_file_mb,
+            "max_processes": sandbox.max_processes,
+        }
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(self.scratch),
+            "TMPDIR": str(self.scratch / "tmp"),
+            "LANG": "C.UTF-8",
+            "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-s", "-P", "-B", str(_WORKER_SCRIPT), json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=self.scratch,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+        self.cgroup = sandbox._cgroup_for(self.process.pid, index)
+        self.known: set[str] = set()
+        self._buffer = b""
+        try:
+            ready = self._read(time.monotonic() + _START_TIMEOUT_S, "starting")
+        except _WorkerLost as exc:
+            self.kill()
+            raise SandboxError(f"a sandbox worker could not start: {exc}; check that {sys.executable} runs") from None
+        self.enforced: dict[str, str] = ready["enforced"]
+        self.missing: dict[str, str] = ready["missing"]
+
+    def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        body = json.dumps(message, allow_nan=False).encode()
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(struct.pack(">I", len(body)) + body)
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise _WorkerLost(self._death_reason()) from None
+        return self._read(time.monotonic() + timeout_s, f"timed out after {timeout_s} s")
+
+    def _read(self, deadline: float, timeout_reason: str) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        while True:
+            if len(self._buffer) >= 4:
+                size = struct.unpack(">I", self._buffer[:4])[0]
+                if len(self._buffer) >= 4 + size:
+                    body, self._buffer = self._buffer[4 : 4 + size], self._buffer[4 + size :]
+                    reply: dict[str, Any] = json.loads(body)
+                    return reply
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _WorkerLost(timeout_reason)
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if not readable:
+                continue
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                raise _WorkerLost(self._death_reason())
+            self._buffer += chunk
+
+    def _death_reason(self) -> str:
+        try:
+            code = self.process.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            return "the worker stopped answering"
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = {
+                "SIGSEGV": " (a segmentation fault, or the memory limit hit inside C code)",
+                "SIGABRT": " (aborted; often the memory limit hit inside C code)",
+                "SIGKILL": " (killed from outside, e.g. out of memory)",
+                "SIGBUS": " (a bus error)",
+            }.get(name, "")
+            return f"the worker crashed with {name}{hint}"
+        return f"the code ended the worker process (exit status {code}); forged functions must return, not exit"
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.cgroup is not None:
+            _kill_cgroup(self.cgroup)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5.0)
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()  # type: ignore[union-attr]
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError):
+                self.cgroup.rmdir()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _kill_cgroup(cgroup: Path) -> None:
+    for _ in range(50):  # processes may fork while we kill; pids.max bounds how many there can be
+        try:
+            pids = [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+def _pids_cgroup_base() -> Path | None:
+    """The caller's own pids cgroup directory, if this process may create children in it."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "pids" in controllers.split(","):
+            base = Path("/sys/fs/cgroup/pids") / path.lstrip("/")
+            if os.access(base, os.W_OK) and (base / "cgroup.procs").exists():
+                return base
+    return None
+
+
+class Sandbox:
+    """Persistent worker processes that run forged functions with limits. A context manager; thread-safe.
+
+    Args:
+        workers: How many worker processes may run calls at once (started on demand).
+        timeout_s: Wall-time limit of one call; the worker is killed and replaced past it.
+        memory_mb: Memory a call may allocate, beyond the interpreter's own.
+        max_output_bytes: Cap on the captured stdout and stderr of one call.
+        max_value_bytes: Cap on the JSON of a return value (larger ones come back as a truncated repr).
+        max_file_mb: Cap on the size of a file the code writes in its scratch directory.
+        max_processes: Cap on processes and threads of a worker (pids cgroup, or RLIMIT_NPROC as non-root).
+
+    Examples:
+        >>> with Sandbox(workers=1) as sandbox:                 # doctest: +SKIP
+        ...     sandbox.run_code("print(6 * 7)").stdout
+        '42\\n'
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout_s: float = 10.0,
+        memory_mb: int = 512,
+        *,
+        max_output_bytes: int = 64 * 1024,
+        max_value_bytes: int = 1024 * 1024,
+        max_file_mb: int = 64,
+        max_processes: int = 64,
+    ) -> None:
+        for name, value, low in (
+            ("workers", workers, 1),
+            ("memory_mb", memory_mb, 16),
+            ("max_output_bytes", max_output_bytes, 0),
+            ("max_value_bytes", max_value_bytes, 64),
+            ("max_file_mb", max_file_mb, 1),
+            ("max_processes", max_processes, 1),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise SandboxError(f"Sandbox({name}={value!r}): {name} must be an integer >= {low}")
+        if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or not timeout_s > 0:
+            raise SandboxError(f"Sandbox(timeout_s={timeout_s!r}): timeout_s must be a number of seconds > 0")
+        self.workers = workers
+        self.timeout_s = float(timeout_s)
+        self.memory_mb = memory_mb
+        self.max_output_bytes = max_output_bytes
+        self.max_value_bytes = max_value_bytes
+        self.max_file_mb = max_file_mb
+        self.max_processes = max_processes
+        self.root = Path(tempfile.mkdtemp(prefix="toolforge-sandbox-"))
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._started = 0
+        self._starting = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._cgroup_base = _pids_cgroup_base()
+        self._enforced: dict[str, str] | None = None
+        self._missing: dict[str, str] = {}
+
+    # ------------------------------------------------------------------------------------------- public
+    def call(self, function: ForgedFunction, arguments: dict[str, Any]) -> CallResult:
+        """Run `function(**arguments)` in a worker. Never raises for anything the code does.
+
+        Raises:
+            SandboxError: the sandbox is closed, or a worker cannot start at all.
+        """
+        request = {"op": "call", "name": function.name, "code_hash": function.code_hash, "arguments": arguments}
+        return self._submit(request, function.code)
+
+    def run_code(self, code: str) -> CallResult:
+        """Run a Python snippet in a worker; `stdout` holds what it printed and `value` its final expression."""
+        return self._submit({"op": "exec", "code": code}, None)
+
+    @property
+    def enforced(self) -> dict[str, str]:
+        """The protections that held when a worker started here (starts one if none has yet)."""
+        if self._enforced is None:
+            worker = self._acquire()
+            self._release(worker, healthy=True)
+        return dict(self._enforced or {})
+
+    @property
+    def missing(self) -> dict[str, str]:
+        """The protections that could not be applied on this machine, with the reason."""
+        _ = self.enforced
+        return dict(self._missing)
+
+    def close(self) -> None:
+        """Kill every worker and remove the scratch directories. Idempotent."""
+        with self._cond:
+            self._closed = True
+            workers, self._idle = list(self._all), []
+            self._all.clear()
+            self._cond.notify_all()
+        for worker in workers:
+            worker.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Sandbox:
+        return self  # a shared resource, like an LM client: copies of a program share its workers
+
+    def __repr__(self) -> str:
+        return (
+            f"Sandbox(workers={self.workers}, timeout_s={self.timeout_s}, memory_mb={self.memory_mb}"
+            f"{', closed' if self._closed else ''})"
+        )
+
+    # ------------------------------------------------------------------------------------------ private
+    def _submit(self, request: dict[str, Any], code: str | None) -> CallResult:
+        try:
+            json.dumps(request, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return CallResult(ok=False, error=f"arguments are not JSON ({exc}); pass numbers, strings, lists, dicts")
+        worker = self._acquire()
+        start = time.perf_counter()
+        healthy = False
+        try:
+            if code is not None and request["code_hash"] not in worker.known:
+                request = {**request, "code": code}
+            reply = worker.request(request, self.timeout_s)
+            if code is not None:
+                worker.known.add(request["code_hash"])
+            healthy = not reply["recycle"]
+            return CallResult(
+                ok=reply["ok"],
+                value=reply["value"],
+                error=reply["error"],
+                stdout=reply["stdout"],
+                duration_s=time.perf_counter() - start,
+                value_is_repr=reply["value_is_repr"],
+                notes=tuple(reply["notes"]),
+            )
+        except _WorkerLost as exc:
+            logger.info("sandbox worker replaced: %s", exc)
+            return CallResult(
+                ok=False,
+                error=str(exc),
+                duration_s=time.perf_counter() - start,
+                notes=("the worker was replaced",),
+            )
+        finally:
+            self._release(worker, healthy)
+
+    def _acquire(self) -> _Worker:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise SandboxError("this Sandbox is closed; create a new one (or use tf.default_sandbox())")
+                if self._idle:
+                    return self._idle.pop()
+                if len(self._all) + self._starting < self.workers:
+                    self._starting += 1
+                    self._started += 1
+                    index = self._started
+                    break
+                self._cond.wait()
+        worker: _Worker | None = None
+        try:
+            worker = _Worker(self, index)
+        finally:
+            with self._cond:
+                self._starting -= 1
+                if worker is not None:
+                    self._all.add(worker)
+                    if self._enforced is None:
+                        self._enforced, self._missing = dict(worker.enforced), worker.missing
+                        if worker.cgroup is not None:
+                            self._enforced["processes"] = f"pids cgroup: at most {self.max_processes} tasks per worker"
+                        if worker.missing:
+                            logger.warning("sandbox protections not available here: %s", worker.missing)
+                closed = self._closed
+                self._cond.notify()
+        if closed:
+            self._release(worker, healthy=False)
+            raise SandboxError("this Sandbox is closed; create a new one (or use tf.default_sandbox())")
+        return worker
+
+    def _release(self, worker: _Worker, healthy: bool) -> None:
+        with self._cond:
+            keep = healthy and not self._closed and worker in self._all
+            if keep:
+                self._idle.append(worker)
+            else:
+                self._all.discard(worker)
+            self._cond.notify()
+        if not keep:
+            worker.kill()
+
+    def _cgroup_for(self, pid: int, index: int) -> Path | None:
+        if self._cgroup_base is None:
+            return None
+        path = self._cgroup_base / f"toolforge-{os.getpid()}-{id(self):x}-{index}"
+        try:
+            path.mkdir(exist_ok=True)
+            (path / "pids.max").write_text(str(self.max_processes))
+            (path / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            logger.debug("no pids cgroup for sandbox workers: %s", exc)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+            self._cgroup_base = None
+            return None
+        return path
+
+
+_default: Sandbox | None = None
+_default_lock = threading.Lock()
+
+
+def default_sandbox() -> Sandbox:
+    """The process-wide sandbox: created on first use with default limits, closed at interpreter exit."""
+    global _default
+    with _default_lock:
+        if _default is None or _default._closed:
+            _default = Sandbox()
+            atexit.register(_default.close)
+        return _default

@@ -1,0 +1,409 @@
+"""`Toolset`: the learnable parameter of an agent, an ordered set of forged functions.
+
+A Toolset is a value: `apply`, `merge` and friends return a new one. It is also a DSPy parameter, so a program
+holding one saves and loads it (code included) with `program.save("p.json")` / `program.load("p.json")`, and
+optimizers find it through `named_parameters()`. `load_state` is the one operation that changes a toolset in
+place (DSPy's contract), and `reset` undoes it, restoring the functions the toolset was constructed with.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from dspy.predict.parameter import Parameter
+from pydantic import BaseModel, ConfigDict
+
+from toolforge._hashing import content_hash
+from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction
+from toolforge.errors import FunctionCallError, ToolforgeError, ToolsetError
+from toolforge.function import ForgedFunction
+from toolforge.trace import FunctionCall, _record
+
+if TYPE_CHECKING:
+    import dspy
+
+    from toolforge.sandbox import Sandbox
+
+__all__ = ["FunctionRevision", "Toolset", "ToolsetDiff"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "toolforge.toolset"
+FORMAT_VERSION = 1
+
+
+class FunctionRevision(BaseModel):
+    """How one function differs between two toolsets."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    interface_changed: bool
+    code_changed: bool
+    code_diff: str
+
+
+class ToolsetDiff(BaseModel):
+    """What changed from one toolset to another: names added and removed, and functions revised."""
+
+    model_config = ConfigDict(frozen=True)
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    revised: tuple[FunctionRevision, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.revised)
+
+    def __str__(self) -> str:
+        lines = [f"+ {name}" for name in self.added] + [f"- {name}" for name in self.removed]
+        for revision in self.revised:
+            what = " and ".join(
+                part
+                for part, changed in (("interface", revision.interface_changed), ("code", revision.code_changed))
+                if changed
+            )
+            lines.append(f"~ {revision.name} ({what or 'determinism'})")
+            if revision.code_diff:
+                lines.extend("    " + line for line in revision.code_diff.rstrip("\n").splitlines())
+        return "\n".join(lines) if lines else "(no changes)"
+
+
+class Toolset(Parameter):
+    """An ordered, immutable-by-operation set of forged functions, and a DSPy parameter.
+
+    Args:
+        functions: The functions, in the order the agent's LM will see them. Names must be unique.
+        max_functions: The most functions this toolset (and every toolset derived from it) may hold.
+
+    Examples:
+        >>> ts = Toolset([area]).apply([RemoveFunction("area")])   # doctest: +SKIP
+        >>> len(ts), "area" in ts
+        (0, False)
+    """
+
+    def __init__(self, functions: Iterable[ForgedFunction] = (), max_functions: int | None = None) -> None:
+        if max_functions is not None and (
+            not isinstance(max_functions, int) or isinstance(max_functions, bool) or max_functions < 0
+        ):
+            raise ToolsetError(f"max_functions={max_functions!r} must be a non-negative integer or None")
+        self._set(tuple(functions), max_functions)
+        self._initial = (self._functions, self._max_functions)
+
+    def _set(self, functions: tuple[ForgedFunction, ...], max_functions: int | None) -> None:
+        seen: set[str] = set()
+        for function in functions:
+            if not isinstance(function, ForgedFunction):
+                raise ToolsetError(
+                    f"a Toolset holds ForgedFunction objects, got {type(function).__name__} {function!r:.80}; "
+                    "wrap a Python function with ForgedFunction.from_callable"
+                )
+            if function.name in seen:
+                raise ToolsetError(f"function {function.name!r} appears twice; names in a toolset must be unique")
+            seen.add(function.name)
+        if max_functions is not None and len(functions) > max_functions:
+            raise ToolsetError(
+                f"{len(functions)} functions exceed max_functions={max_functions}; remove some or raise the limit"
+            )
+        self._functions = functions
+        self._by_name = {f.name: f for f in functions}
+        self._max_functions = max_functions
+
+    # --------------------------------------------------------------------------------------- container
+    @property
+    def functions(self) -> tuple[ForgedFunction, ...]:
+        return self._functions
+
+    @property
+    def max_functions(self) -> int | None:
+        return self._max_functions
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self._functions]
+
+    def __len__(self) -> int:
+        return len(self._functions)
+
+    def __iter__(self) -> Iterator[ForgedFunction]:
+        return iter(self._functions)
+
+    def __contains__(self, item: object) -> bool:
+        if isinstance(item, ForgedFunction):
+            return self._by_name.get(item.name) == item
+        return item in self._by_name
+
+    def __getitem__(self, name: str) -> ForgedFunction:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(
+                f"no function {name!r} in this toolset (it has: {', '.join(self.names) or 'none'})"
+            ) from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Toolset):
+            return NotImplemented
+        return self.fingerprint == other.fingerprint and self._max_functions == other._max_functions
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    def __repr__(self) -> str:
+        return f"Toolset([{', '.join(f.signature() for f in self._functions)}])"
+
+    # ------------------------------------------------------------------------------------------- identity
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over every function's interface, code and determinism, in order."""
+        return content_hash([f.fingerprint for f in self._functions])
+
+    @property
+    def interface_fingerprint(self) -> str:
+        """sha256 over what the agent's LM sees (names, descriptions, schemas, in order); code changes keep it."""
+        return content_hash([f.interface_hash for f in self._functions])
+
+    # ---------------------------------------------------------------------------------------- operations
+    def apply(self, actions: Action | Sequence[Action]) -> Toolset:
+        """A new toolset with `actions` applied in order. All or nothing.
+
+        Raises:
+            ToolsetError: adding a name that exists, revising or removing one that does not, or exceeding
+                `max_functions`.
+            FunctionError: an action's function is not valid.
+        """
+        if isinstance(actions, AddFunction | ReviseFunction | RemoveFunction):
+            actions = [actions]
+        functions = list(self._functions)
+        index = {f.name: i for i, f in enumerate(functions)}
+        for action in actions:
+            if isinstance(action, AddFunction):
+                if action.name in index:
+                    raise ToolsetError(f"function {action.name!r} already exists; use ReviseFunction to change it")
+                if self._max_functions is not None and len(index) >= self._max_functions:
+                    raise ToolsetError(
+                        f"adding {action.name!r} would exceed max_functions={self._max_functions}; remove or revise "
+                        "a function instead"
+                    )
+                index[action.name] = len(functions)
+                functions.append(action.to_function())
+            elif isinstance(action, ReviseFunction):
+                if action.name not in index:
+                    raise ToolsetError(
+                        f"cannot revise {action.name!r}: no such function (have: {', '.join(index) or 'none'}); "
+                        "use AddFunction to create it"
+                    )
+                old = functions[index[action.name]]
+                functions[index[action.name]] = action.to_function(parent=old.fingerprint)
+            elif isinstance(action, RemoveFunction):
+                if action.name not in index:
+                    raise ToolsetError(
+                        f"cannot remove {action.name!r}: no such function (have: {', '.join(index) or 'none'})"
+                    )
+                functions.pop(index.pop(action.name))
+                index = {f.name: i for i, f in enumerate(functions)}
+            else:
+                raise ToolsetError(f"unknown action {action!r:.80}; use AddFunction, ReviseFunction or RemoveFunction")
+        return Toolset(functions, max_functions=self._max_functions)
+
+    def diff(self, other: Toolset) -> ToolsetDiff:
+        """What changes from this toolset to `other` (added and removed names, revisions with a code diff)."""
+        revised = []
+        for name in self.names:
+            if name not in other:
+                continue
+            old, new = self[name], other[name]
+            if old.fingerprint == new.fingerprint:
+                continue
+            code_diff = "".join(
+                difflib.unified_diff(
+                    old.code.splitlines(keepends=True),
+                    new.code.splitlines(keepends=True),
+                    fromfile=f"a/{name}",
+                    tofile=f"b/{name}",
+                )
+            )
+            revised.append(
+                FunctionRevision(
+                    name=name,
+                    interface_changed=old.interface_hash != new.interface_hash,
+                    code_changed=old.code_hash != new.code_hash,
+                    code_diff=code_diff,
+                )
+            )
+        return ToolsetDiff(
+            added=tuple(n for n in other.names if n not in self),
+            removed=tuple(n for n in self.names if n not in other),
+            revised=tuple(revised),
+        )
+
+    def merge(self, other: Toolset, on_conflict: Literal["error", "ours", "theirs"] = "error") -> Toolset:
+        """This toolset's functions, then those of `other` it lacks. Same name with different content is a conflict.
+
+        Args:
+            other: The toolset to bring in.
+            on_conflict: "error" raises, "ours" keeps this toolset's version, "theirs" takes `other`'s.
+        """
+        if on_conflict not in ("error", "ours", "theirs"):
+            raise ToolsetError(f"on_conflict={on_conflict!r} must be 'error', 'ours' or 'theirs'")
+        conflicts = [f.name for f in other if f.name in self and self[f.name].fingerprint != f.fingerprint]
+        if conflicts and on_conflict == "error":
+            raise ToolsetError(
+                f"both toolsets define {conflicts} differently; pass on_conflict='ours' or 'theirs' to choose"
+            )
+        functions = [other[f.name] if f.name in conflicts and on_conflict == "theirs" else f for f in self]
+        functions += [f for f in other if f.name not in self]
+        return Toolset(functions, max_functions=self._max_functions)
+
+    # ----------------------------------------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "max_functions": self._max_functions,
+            "fingerprint": self.fingerprint,
+            "functions": [f.model_dump(mode="json") for f in self._functions],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "toolset data") -> Toolset:
+        """Rebuild a toolset from `to_dict()` output, validating every function again."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ToolsetError(f'{source} is not a saved toolset (no "format": {FORMAT!r}); save it with Toolset.save')
+        version = data.get("version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ToolsetError(
+                f"{source} has format version {version!r}, newer than this toolforge reads ({FORMAT_VERSION}); "
+                "upgrade toolforge"
+            )
+        functions = data.get("functions")
+        if not isinstance(functions, list):
+            raise ToolsetError(f'{source}: "functions" must be a list')
+        try:
+            toolset = cls(
+                [ForgedFunction(**f) if isinstance(f, dict) else f for f in functions],
+                max_functions=data.get("max_functions"),
+            )
+        except TypeError as exc:
+            raise ToolsetError(f"{source}: a function entry is malformed ({exc})") from None
+        except ToolforgeError as exc:
+            raise type(exc)(f"{source}: {exc}") from None
+        if data.get("fingerprint") not in (None, toolset.fingerprint):
+            logger.warning("%s: stored fingerprint differs from its content; the content is used", source)
+        return toolset
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the toolset as JSON (atomically: a crash never leaves a half-written file). Returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Toolset:
+        """Read a toolset written by `save`.
+
+        Raises:
+            ToolsetError: the file is missing, not JSON, or not a toolset; the message names the file.
+            FunctionError: a function in it is no longer valid here (e.g. a package is missing).
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ToolsetError(f"toolset file {str(path)!r} does not exist; check the path") from None
+        except OSError as exc:
+            raise ToolsetError(f"cannot read toolset file {str(path)!r}: {exc.strerror}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ToolsetError(
+                f"toolset file {str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+            ) from None
+        return cls.from_dict(data, source=f"toolset file {str(path)!r}")
+
+    # --------------------------------------------------------------------------------- the DSPy parameter
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        return self.to_dict()
+
+    def load_state(self, state: dict[str, Any]) -> Toolset:
+        loaded = Toolset.from_dict(state, source="saved program state for a Toolset")
+        self._set(loaded._functions, loaded._max_functions)
+        return self
+
+    def reset(self) -> None:
+        """Restore the functions this toolset was constructed with (undoing `load_state`)."""
+        self._set(*self._initial)
+
+    # --------------------------------------------------------------------------------------------- tools
+    def as_tools(self, sandbox: Sandbox | None = None) -> list[dspy.Tool]:
+        """One `dspy.Tool` per function, for any DSPy program (ReAct included).
+
+        Each tool validates its arguments against the function's JSON Schema, runs the code in `sandbox`
+        (default: the process-wide one), records the call for `toolforge.trace.record_calls`, and returns the
+        value. A failure raises `FunctionCallError` with the reason, which DSPy's ReAct shows the LM as an
+        observation.
+        """
+        import dspy
+
+        return [
+            dspy.Tool(
+                func=_ForgedToolCall(function, sandbox),
+                name=function.name,
+                desc=function.description,
+                args=dict(function.parameters["properties"]),
+                arg_types=dict.fromkeys(function.parameters["properties"], Any),
+            )
+            for function in self._functions
+        ]
+
+
+class _ForgedToolCall:
+    """The callable behind a forged function's `dspy.Tool`."""
+
+    def __init__(self, function: ForgedFunction, sandbox: Sandbox | None) -> None:
+        self.function = function
+        self.sandbox = sandbox
+        self.__name__ = function.name
+        self.__doc__ = function.description
+
+    def __call__(self, **arguments: Any) -> Any:
+        from toolforge.sandbox import default_sandbox
+
+        function = self.function
+        start = time.perf_counter()
+        try:
+            arguments = function.validate_arguments(arguments)
+        except FunctionCallError as exc:
+            _record(FunctionCall(name=function.name, code_hash=function.code_hash, ok=False, error=str(exc)))
+            raise
+        result = (self.sandbox or default_sandbox()).call(function, arguments)
+        _record(
+            FunctionCall(
+                name=function.name,
+                code_hash=function.code_hash,
+                ok=result.ok,
+                error=result.error,
+                duration_s=time.perf_counter() - start,
+            )
+        )
+        if not result.ok:
+            printed = f"\nIt printed: {result.stdout[-500:]}" if result.stdout else ""
+            raise FunctionCallError(f"{function.name} failed: {result.error}{printed}")
+        return result.value
