@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import io
 import json
+import linecache
 import os
 import resource
 import signal
@@ -258,6 +259,11 @@ class _CappedText(io.TextIOBase):
         pass
 
 
+def _remember_source(filename, code):
+    """So that tracebacks of code compiled from a string show its lines."""
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+
+
 def _forged_traceback(exc):
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<")]
     where = "".join(f"\n  line {f.lineno} in {f.name}" + (f": {f.line}" if f.line else "") for f in frames[-3:])
@@ -336,6 +342,7 @@ class Worker:
             "stdout": stdout,
             "notes": notes,
             "recycle": recycle,
+            "pid": os.getpid(),
         }
 
     def _run(self, request):
@@ -347,8 +354,10 @@ class Worker:
                 raise RuntimeError("worker lost the function's code; call again")
             module = types.ModuleType(f"forged_{request['name']}")
             module.__dict__["__builtins__"] = __builtins__
+            filename = f"<forged {request['name']}>"
+            _remember_source(filename, request["code"])
             try:
-                exec(compile(request["code"], f"<forged {request['name']}>", "exec"), module.__dict__)
+                exec(compile(request["code"], filename, "exec"), module.__dict__)
             except BaseException as exc:
                 raise type(exc)(f"defining {request['name']!r} failed: {exc}").with_traceback(
                     exc.__traceback__
@@ -364,6 +373,7 @@ class Worker:
         """Run a snippet like a notebook cell: its printed output, plus the value of a final expression."""
         import ast
 
+        _remember_source("<python>", code)
         tree = ast.parse(code, "<python>", "exec")
         namespace = {"__name__": "__main__", "__builtins__": __builtins__}
         last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
@@ -386,6 +396,9 @@ class Worker:
                     signal.signal(sig, handler)
             except (OSError, ValueError, TypeError):
                 pass
+        signal.alarm(0)  # a pending alarm or timer would fire during a later call
+        for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+            signal.setitimer(timer, 0)
         sys.setrecursionlimit(self.recursion_limit)
         threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
         if threads > 1:

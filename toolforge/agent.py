@@ -55,7 +55,7 @@ class ToolAgent(dspy.Module):
         super().__init__()
         if not isinstance(max_iters, int) or max_iters < 1:
             raise ToolforgeError(f"ToolAgent(max_iters={max_iters!r}): max_iters must be an integer >= 1")
-        sig: type[Signature] = ensure_signature(signature)  # type: ignore[assignment]
+        sig: type[Signature] = ensure_signature(signature)
         self.signature = signature = sig
         self.max_iters = max_iters
         self.sandbox = sandbox

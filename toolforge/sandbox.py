@@ -140,6 +140,7 @@ class _Worker:
         except _WorkerLost as exc:
             self.kill()
             raise SandboxError(f"a sandbox worker could not start: {exc}; check that {sys.executable} runs") from None
+        self.pid: int = ready["pid"]
         self.enforced: dict[str, str] = ready["enforced"]
         self.missing: dict[str, str] = ready["missing"]
 
@@ -361,6 +362,8 @@ class Sandbox:
             if code is not None and request["code_hash"] not in worker.known:
                 request = {**request, "code": code}
             reply = worker.request(request, self.timeout_s)
+            if reply.get("pid") != worker.pid:  # a process the code forked answered in the worker's place
+                raise _WorkerLost("the code started a process that wrote to the sandbox's pipe; it was killed")
             if code is not None:
                 worker.known.add(request["code_hash"])
             healthy = not reply["recycle"]

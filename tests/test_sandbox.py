@@ -1,0 +1,309 @@
+"""Sandbox: calls in worker processes, limits, and a hostile-function corpus the host must survive."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+import toolforge as tf
+from tests.conftest import make_function, snippet_function
+
+
+def assert_sandbox_still_works(sandbox):
+    result = sandbox.call(make_function(), {"a": 2, "b": 3})
+    assert result.ok and result.value == 5, result
+
+
+def test_call_returns_value_and_output(sandbox):
+    f = make_function(code="def add(a, b):\n    print('adding', a, b)\n    return a + b\n")
+    result = sandbox.call(f, {"a": 2, "b": 40})
+    assert (result.ok, result.value, result.error, result.stdout) == (True, 42, None, "adding 2 40\n")
+    assert result.duration_s > 0 and not result.value_is_repr
+
+
+def test_code_never_runs_in_the_callers_process(sandbox):
+    result = sandbox.call(snippet_function("import os\nreturn os.getpid()"), {})
+    assert result.ok and result.value != os.getpid()
+
+
+def test_exception_becomes_an_error_with_the_line(sandbox):
+    f = snippet_function("x = 1\nreturn x / 0")
+    result = sandbox.call(f, {})
+    assert not result.ok
+    assert result.error.startswith("ZeroDivisionError: division by zero")
+    assert "line 3 in hostile: return x / 0" in result.error
+
+
+def test_failure_while_defining_the_function_is_reported(sandbox):
+    code = "raise ValueError('broken at import')\n\ndef f():\n    return 1\n"
+    f = tf.ForgedFunction("f", "d", {"type": "object", "properties": {}}, code)
+    result = sandbox.call(f, {})
+    assert not result.ok and "defining 'f' failed: broken at import" in result.error
+
+
+def test_code_is_compiled_once_per_worker_and_module_state_persists(sandbox):
+    code = "CALLS = []\n\ndef counter():\n    CALLS.append(1)\n    return len(CALLS)\n"
+    f = tf.ForgedFunction("counter", "Count calls.", {"type": "object", "properties": {}}, code)
+    with tf.Sandbox(workers=1) as box:
+        assert [box.call(f, {}).value for _ in range(3)] == [1, 2, 3]
+
+
+def test_run_code_returns_printed_output_and_final_expression(sandbox):
+    result = sandbox.run_code("x = 6\nprint('x is', x)\nx * 7")
+    assert (result.ok, result.stdout, result.value) == (True, "x is 6\n", 42)
+
+
+def test_non_json_arguments_are_refused_before_running(sandbox):
+    result = sandbox.call(make_function(), {"a": object(), "b": 1})
+    assert not result.ok and "arguments are not JSON" in result.error
+
+
+def test_parallel_calls_from_threads_are_correct(sandbox):
+    f = make_function(code="import time\n\ndef add(a, b):\n    time.sleep(0.01)\n    return a + b\n")
+    results = {}
+
+    def run(i):
+        results[i] = sandbox.call(f, {"a": i, "b": 1}).value
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: i + 1 for i in range(16)}
+
+
+def test_closed_sandbox_says_so():
+    box = tf.Sandbox(workers=1)
+    box.close()
+    with pytest.raises(tf.SandboxError, match="this Sandbox is closed; create a new one"):
+        box.run_code("1")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"workers": 0}, "workers must be an integer >= 1"),
+        ({"timeout_s": 0}, "timeout_s must be a number of seconds > 0"),
+        ({"memory_mb": "lots"}, "memory_mb must be an integer >= 16"),
+    ],
+)
+def test_bad_limits_are_refused(kwargs, message):
+    with pytest.raises(tf.SandboxError, match=message):
+        tf.Sandbox(**kwargs)
+
+
+def test_default_sandbox_is_shared_and_works():
+    assert tf.default_sandbox() is tf.default_sandbox()
+    assert tf.default_sandbox().run_code("2 + 2").value == 4
+
+
+def test_enforced_protections_are_reported(sandbox):
+    enforced = sandbox.enforced
+    assert {"memory", "python", "files"} <= set(enforced)
+    if os.name == "posix" and os.uname().sysname == "Linux" and "network" not in sandbox.missing:
+        assert "namespace" in enforced["network"]
+
+
+# ------------------------------------------------------------------------------------ the hostile corpus
+def _secret_env():
+    os.environ["TOOLFORGE_TEST_SECRET"] = "s3cret-api-key"
+
+
+LIBC_CONNECT = """
+import ctypes, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
+addr = struct.pack('<HH4s8x', socket.AF_INET, socket.htons(9), socket.inet_aton('1.1.1.1'))
+rc = libc.connect(fd, addr, len(addr))
+return [rc, ctypes.get_errno()]
+"""
+
+LIBC_WRITE_ETC = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.open(b'/etc/toolforge-escape', os.O_WRONLY | os.O_CREAT, 0o644)
+return [fd, ctypes.get_errno()]
+"""
+
+# (id, body, expect_ok, text expected in error/notes/stdout, extra check)
+HOSTILE = [
+    ("infinite_loop", "while True:\n    pass", False, "timed out after 2.0 s", None),
+    ("sleep_forever", "import time\ntime.sleep(3600)", False, "timed out after 2.0 s", None),
+    ("memory_bomb_bytes", "x = bytearray(4 * 1024**3)\nreturn len(x)", False, "exceeded 128 MB", None),
+    ("memory_bomb_list", "x = []\nwhile True:\n    x.append(' ' * 10**6)", False, "exceeded 128 MB", None),
+    (
+        "raise_memory_limit_first",
+        "import resource\ntry:\n    resource.setrlimit(resource.RLIMIT_AS, (-1, -1))\nexcept Exception:\n    pass\n"
+        "x = bytearray(2 * 1024**3)",
+        False,
+        "exceeded 128 MB",
+        None,
+    ),
+    ("fork_bomb", "import os\nwhile True:\n    os.fork()", False, "forking is not allowed", None),
+    ("subprocess", "import subprocess\nreturn subprocess.run(['id']).returncode", False, "starting processes", None),
+    ("os_system", "import os\nreturn os.system('touch /tmp/pwned')", False, "running shell commands", None),
+    ("os_exit", "import os\nos._exit(3)", False, "ended the worker process (exit status 3)", None),
+    ("sys_exit", "import sys\nsys.exit(2)", False, "called sys.exit(2)", None),
+    ("keyboard_interrupt", "raise KeyboardInterrupt", False, "KeyboardInterrupt", None),
+    ("segfault_ctypes", "import ctypes\nreturn ctypes.string_at(0)", False, "crashed with SIGSEGV", None),
+    ("abort", "import os\nos.abort()", False, "crashed with SIGABRT", None),
+    ("deep_recursion", "def f(n):\n    return f(n + 1)\nreturn f(0)", False, "RecursionError", None),
+    (
+        "c_stack_overflow",
+        "import sys\nsys.setrecursionlimit(10**8)\ndef f(n):\n    return f(n + 1)\nreturn f(0)",
+        False,
+        "",
+        None,
+    ),
+    (
+        "network_connect",
+        "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=1)",
+        False,
+        "network access is not allowed",
+        None,
+    ),
+    ("network_below_python", LIBC_CONNECT, True, "", "connect_failed"),
+    ("write_etc", "open('/etc/toolforge-escape', 'w').write('x')", False, "writing outside the scratch", None),
+    ("write_etc_below_python", LIBC_WRITE_ETC, True, "", "open_failed"),
+    (
+        "write_home",
+        f"open({str(Path.home() / '.toolforge-escape')!r}, 'w').write('x')",
+        False,
+        "writing outside the scratch",
+        None,
+    ),
+    ("remove_outside", "import os\nos.remove('/etc/hostname')", False, "outside the scratch directory", None),
+    ("read_secret_env", "import os\nreturn dict(os.environ)", True, "", "no_secret"),
+    ("huge_output", "while True:\n    print('x' * 10000)", False, "timed out", "capped_output"),
+    ("huge_output_finite", "for _ in range(1000):\n    print('y' * 1000)", True, "output truncated", None),
+    ("fd_level_output", "import os\nos.write(1, b'raw bytes')\nreturn 1", True, "", "raw_output"),
+    (
+        "thread_left_running",
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\nreturn 1",
+        True,
+        "thread(s) running; the worker was replaced",
+        None,
+    ),
+    ("non_serialisable_return", "return {1, 2, 3}", True, "is not JSON; it is given as its repr", "repr_value"),
+    ("nan_return", "return float('nan')", True, "is not JSON", None),
+    ("huge_return", "return 'z' * (4 * 1024 * 1024)", True, "given as a truncated repr", None),
+    (
+        "signal_handler_and_alarm",
+        "import signal, os\nsignal.signal(signal.SIGALRM, lambda *a: os._exit(9))\nsignal.alarm(1)\nreturn 1",
+        True,
+        "",
+        "alarm_cancelled",
+    ),
+    (
+        "ignore_sigterm",
+        "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    pass",
+        False,
+        "timed out",
+        None,
+    ),
+    ("kill_parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", False, "sending signals", None),
+    (
+        "close_pipes",
+        "import os\nfor fd in range(3, 64):\n    try:\n        os.close(fd)\n    except OSError:\n"
+        "        pass\nreturn 1",
+        False,
+        "",
+        None,
+    ),
+    ("chdir_away", "import os\nos.chdir('/')\nreturn os.getcwd()", True, "", "cwd_restored"),
+    ("read_stdin", "return input()", False, "EOFError", None),
+    (
+        "ctypes_fork",
+        "import ctypes\npid = ctypes.CDLL(None).fork()\nimport time\ntime.sleep(0.2)\nreturn pid",
+        None,
+        "",
+        None,
+    ),
+]
+
+
+def _check_extra(kind, result, sandbox):
+    if kind == "connect_failed":
+        rc, errno = result.value
+        assert rc == -1 and errno != 0
+    elif kind == "open_failed":
+        fd, errno = result.value
+        assert fd == -1 and errno != 0
+        assert not Path("/etc/toolforge-escape").exists()
+    elif kind == "no_secret":
+        assert "TOOLFORGE_TEST_SECRET" not in result.value
+        assert "s3cret-api-key" not in str(result.value)
+    elif kind == "capped_output":
+        assert len(result.stdout) <= sandbox.max_output_bytes
+    elif kind == "raw_output":
+        assert "raw bytes" in result.stdout
+    elif kind == "repr_value":
+        assert result.value == "{1, 2, 3}" and result.value_is_repr
+    elif kind == "alarm_cancelled":
+        import time
+
+        time.sleep(1.5)  # the alarm would have fired by now, had it not been cancelled
+        assert sandbox.run_code("1 + 1").value == 2
+    elif kind == "cwd_restored":
+        assert Path(sandbox.run_code("import os\nos.getcwd()").value).name.startswith("worker")
+
+
+def test_the_corpus_has_at_least_twenty_cases():
+    assert len(HOSTILE) >= 20
+
+
+@pytest.mark.parametrize(("case", "body", "expect_ok", "text", "extra"), HOSTILE, ids=[c[0] for c in HOSTILE])
+def test_hostile_function_is_contained(sandbox, case, body, expect_ok, text, extra):
+    if case == "read_secret_env":
+        _secret_env()
+        box = tf.Sandbox(workers=1)  # started after the secret was set
+    else:
+        box = sandbox
+    try:
+        if extra in ("connect_failed",) and "network" in box.missing:
+            pytest.skip(f"no network namespace here: {box.missing['network']}")
+        if extra in ("open_failed",) and "filesystem" in box.missing:
+            pytest.skip(f"no Landlock here: {box.missing['filesystem']}")
+        result = box.call(snippet_function(body), {})
+        if expect_ok is not None:
+            assert result.ok is expect_ok, result
+        if not result.ok:
+            assert result.error, result
+        said = f"{result.error} {' '.join(result.notes)}"
+        assert text in said, result
+        if extra:
+            _check_extra(extra, result, box)
+        assert_sandbox_still_works(box)
+    finally:
+        if box is not sandbox:
+            box.close()
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_worker_killed_by_timeout_takes_its_children_along(sandbox):
+    marker = "toolforge-sleeper-marker"
+    body = (
+        "import ctypes, time\nlibc = ctypes.CDLL(None)\n"
+        f"if libc.fork() == 0:\n    libc.setsid()\n    import sys\n    sys.argv[0] = {marker!r}\n"
+        "    while True:\n        time.sleep(1)\nwhile True:\n    time.sleep(1)"
+    )
+    result = sandbox.call(snippet_function(body), {})
+    assert not result.ok
+    if sandbox.enforced.get("processes", "").startswith("pids cgroup"):
+        import time
+
+        time.sleep(0.2)
+        survivors = [p for p in os.listdir("/proc") if p.isdigit() and _children_of_gone_worker(p, marker)]
+        assert survivors == []
+    assert_sandbox_still_works(sandbox)
+
+
+def _children_of_gone_worker(pid: str, marker: str) -> bool:
+    try:
+        return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
