@@ -27,7 +27,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix toolforge tests benchmarks programs
 
 demo: $(STAMP)
-	$(BIN)/python -m toolforge.demo
+	$(BIN)/python programs/foundation_demo.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sandbox_overhead.py

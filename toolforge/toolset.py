@@ -360,10 +360,8 @@ class Toolset(Parameter):
         value. A failure raises `FunctionCallError` with the reason, which DSPy's ReAct shows the LM as an
         observation.
         """
-        import dspy
-
         return [
-            dspy.Tool(
+            _forged_tool_class()(
                 func=_ForgedToolCall(function, sandbox),
                 name=function.name,
                 desc=function.description,
@@ -372,6 +370,18 @@ class Toolset(Parameter):
             )
             for function in self._functions
         ]
+
+
+def _forged_tool_class() -> type[dspy.Tool]:
+    import dspy
+
+    class ForgedTool(dspy.Tool):
+        """A dspy.Tool whose arguments are checked once, against the whole schema, by the function itself."""
+
+        def _validate_and_parse_args(self, **kwargs: Any) -> dict[str, Any]:
+            return kwargs  # _ForgedToolCall validates with the function's cached JSON Schema validator
+
+    return ForgedTool
 
 
 class _ForgedToolCall:

@@ -1,0 +1,170 @@
+"""ToolAgent and as_tools: the LM sees the current toolset's interfaces (never code) and calls run sandboxed."""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+from dspy.utils import DummyLM
+
+import toolforge as tf
+from tests.conftest import make_function
+
+COMPOUND_CODE = "def compound(principal, rate, years):\n    return round(principal * (1 + rate) ** years, 2)\n"
+COMPOUND = tf.ForgedFunction(
+    "compound",
+    "Amount after compounding yearly at a rate given as a fraction.",
+    {
+        "type": "object",
+        "properties": {"principal": {"type": "number"}, "rate": {"type": "number"}, "years": {"type": "integer"}},
+        "required": ["principal", "rate", "years"],
+    },
+    COMPOUND_CODE,
+)
+QUESTION = "What does 100 grow to at 10% for 2 years?"
+
+
+def script(*steps, answer="121.0"):
+    return DummyLM(
+        [
+            *[
+                {"next_thought": f"step {i}", "next_tool_name": n, "next_tool_args": a}
+                for i, (n, a) in enumerate(steps)
+            ],
+            {"reasoning": "from the trajectory", "answer": answer},
+        ]
+    )
+
+
+def system_prompt(lm, index=0):
+    return lm.history[index]["messages"][0]["content"]
+
+
+def test_agent_calls_a_forged_function_and_uses_its_result(sandbox):
+    lm = script(("compound", {"principal": 100, "rate": 0.1, "years": 2}), ("finish", {}))
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
+    with dspy.context(lm=lm), tf.record_calls() as calls:
+        prediction = agent(question=QUESTION)
+    assert prediction.answer == 121.0
+    assert prediction.trajectory["tool_name_0"] == "compound"
+    assert prediction.trajectory["tool_args_0"] == {"principal": 100, "rate": 0.1, "years": 2}
+    assert prediction.trajectory["observation_0"] == 121.0
+    assert "121.0" in lm.history[1]["messages"][-1]["content"]  # the observation reached the next prompt
+    assert [(c.name, c.code_hash, c.ok) for c in calls] == [("compound", COMPOUND.code_hash, True)]
+
+
+def test_prompt_shows_interface_but_never_code(sandbox):
+    lm = script(("finish", {}))
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
+    with dspy.context(lm=lm):
+        agent(question=QUESTION)
+    prompt = system_prompt(lm)
+    assert "compound: Amount after compounding yearly" in prompt
+    assert '"years": {"type": "integer"}' in prompt
+    assert "round(principal" not in prompt
+
+
+def test_assigning_a_new_toolset_changes_the_very_next_prompt(sandbox):
+    agent = tf.ToolAgent("question -> answer: float", tools=[tf.python_tool(sandbox)], sandbox=sandbox)
+    first = script(("finish", {}))
+    with dspy.context(lm=first):
+        agent(question=QUESTION)
+    assert "compound" not in system_prompt(first)
+    assert "Literal['python', 'finish']" in system_prompt(first)
+
+    agent.toolset = tf.Toolset([COMPOUND])
+    second = script(("compound", {"principal": 100, "rate": 0.1, "years": 2}), ("finish", {}))
+    with dspy.context(lm=second):
+        prediction = agent(question=QUESTION)
+    assert "(2) compound: Amount after compounding yearly" in system_prompt(second)
+    assert "Literal['python', 'compound', 'finish']" in system_prompt(second)
+    assert prediction.trajectory["observation_0"] == 121.0
+
+
+def test_a_failing_function_becomes_an_observation(sandbox):
+    broken = make_function("div", "def div(a, b):\n    return a / b\n", description="Divide a by b.")
+    lm = script(("div", {"a": 1, "b": 0}), ("div", {"a": 1}), ("finish", {}))
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([broken]), sandbox=sandbox)
+    with dspy.context(lm=lm), tf.record_calls() as calls:
+        prediction = agent(question="1/0?")
+    assert prediction.trajectory["observation_0"].startswith("Execution error in div: div failed: ZeroDivisionError")
+    assert "'b' is a required property" in prediction.trajectory["observation_1"]
+    assert [c.ok for c in calls] == [False, False]
+
+
+def test_python_tool_runs_code_in_the_sandbox(sandbox):
+    lm = script(("python", {"code": "print(17 * 23)"}), ("finish", {}), answer="391")
+    agent = tf.ToolAgent("question -> answer: int", tools=[tf.python_tool(sandbox)], sandbox=sandbox)
+    with dspy.context(lm=lm):
+        prediction = agent(question="17 * 23?")
+    assert prediction.trajectory["observation_0"] == "391\n"
+    assert prediction.answer == 391
+
+
+def test_python_tool_reports_errors_and_final_expressions(sandbox):
+    tool = tf.python_tool(sandbox)
+    assert tool(code="x = 2\nx ** 10") == "1024"
+    assert tool(code="x = 1") == "(the code printed nothing; print the result you need)"
+    with pytest.raises(tf.FunctionCallError, match="NameError: name 'y' is not defined"):
+        tool(code="print('before')\ny")
+
+
+def test_max_iters_bounds_the_tool_calls(sandbox):
+    lm = script(*[("compound", {"principal": 1, "rate": 0, "years": 1})] * 2)  # then the extract step
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), max_iters=2, sandbox=sandbox)
+    with dspy.context(lm=lm):
+        prediction = agent(question=QUESTION)
+    assert "tool_name_1" in prediction.trajectory and "tool_name_2" not in prediction.trajectory
+
+
+def test_toolset_cannot_shadow_fixed_tools(sandbox):
+    agent = tf.ToolAgent("question -> answer", tools=[tf.python_tool(sandbox)])
+    python_fn = make_function("python", "def python(a, b):\n    return a\n")
+    with pytest.raises(tf.ToolforgeError, match=r"toolset functions \['python'\] shadow fixed tools"):
+        agent.toolset = tf.Toolset([python_fn])
+    with pytest.raises(tf.ToolforgeError, match="ToolAgent.toolset must be a Toolset, got list"):
+        agent.toolset = [COMPOUND]
+
+
+def test_bad_agent_arguments_are_refused():
+    with pytest.raises(tf.ToolforgeError, match="max_iters must be an integer >= 1"):
+        tf.ToolAgent("question -> answer", max_iters=0)
+    with pytest.raises(tf.ToolforgeError, match=r"fixed tool names \['finish'\] are repeated or reserved"):
+        tf.ToolAgent("question -> answer", tools=[dspy.Tool(lambda: 1, name="finish")])
+
+
+def test_agent_toolset_is_a_parameter_and_round_trips_through_program_save(sandbox, tmp_path):
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
+    assert dict(agent.named_parameters())["toolset"] is agent.toolset
+    path = tmp_path / "agent.json"
+    agent.save(path)
+    fresh = tf.ToolAgent("question -> answer: float", sandbox=sandbox)
+    fresh.load(path)
+    assert fresh.toolset == agent.toolset and fresh.toolset["compound"].code == COMPOUND_CODE
+    lm = script(("compound", {"principal": 100, "rate": 0.1, "years": 2}), ("finish", {}))
+    with dspy.context(lm=lm):
+        assert fresh(question=QUESTION).trajectory["observation_0"] == 121.0
+
+
+def test_deepcopy_shares_the_sandbox_and_copies_the_toolset(sandbox):
+    agent = tf.ToolAgent("question -> answer", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
+    copy = agent.deepcopy()
+    assert copy.sandbox is sandbox and copy.toolset == agent.toolset and copy.toolset is not agent.toolset
+
+
+def test_as_tools_works_in_dspy_react(sandbox):
+    tools = tf.Toolset([COMPOUND]).as_tools(sandbox)
+    lm = script(("compound", {"principal": 100, "rate": 0.1, "years": 2}), ("finish", {}))
+    react = dspy.ReAct("question -> answer: float", tools=tools)
+    with dspy.context(lm=lm), tf.record_calls() as calls:
+        prediction = react(question=QUESTION)
+    assert prediction.trajectory["observation_0"] == 121.0
+    assert [c.name for c in calls] == ["compound"]
+
+
+def test_record_calls_blocks_nest():
+    tool = tf.Toolset([COMPOUND]).as_tools()[0]
+    with tf.record_calls() as outer:
+        tool(principal=1, rate=0, years=1)
+        with tf.record_calls() as inner:
+            tool(principal=2, rate=0, years=1)
+    assert len(outer) == 2 and len(inner) == 1
