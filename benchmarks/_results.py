@@ -13,7 +13,7 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 def append(title: str, table: list[tuple[str, ...]], notes: list[str]) -> None:
     """Add a section: a Markdown table (first row is the header) and notes, stamped with date and machine."""
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}"
     lines = [f"## {title}", "", f"_{when}; {machine}; `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`_", ""]
     header, *rows = table

@@ -23,9 +23,9 @@ import time
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 
-import _results  # noqa: E402
+import _results
 
-import toolforge as tf  # noqa: E402
+import toolforge as tf
 
 CODE = "def add(a, b):\n    return a + b\n"
 FUNCTION = tf.ForgedFunction(
@@ -101,7 +101,8 @@ def main() -> None:
     verdict = [
         f"Warm sandbox median {medians['sandbox'] * 1e3:.3f} ms (target <= 1 ms): "
         f"{'met' if medians['sandbox'] <= 1e-3 else 'NOT met'}.",
-        f"Subprocess-per-call / warm sandbox = {speedup:.1f}x (target >= 20x): {'met' if speedup >= 20 else 'NOT met'}.",
+        f"Subprocess-per-call / warm sandbox = {speedup:.1f}x (target >= 20x): "
+        f"{'met' if speedup >= 20 else 'NOT met'}.",
         f"Protections in force during the run: {', '.join(sorted(enforced))}.",
     ]
     width = max(len(r[0]) for r in rows)
