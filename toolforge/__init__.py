@@ -8,8 +8,11 @@ agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([area]), to
 
 from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction
 from toolforge.agent import ToolAgent, python_tool
+from toolforge.cache import CacheStats, EvaluationCache
 from toolforge.errors import FunctionCallError, FunctionError, SandboxError, ToolforgeError, ToolsetError
+from toolforge.evaluate import Evaluator
 from toolforge.function import ForgedFunction
+from toolforge.records import EvaluationRun, ExampleRecord
 from toolforge.sandbox import CallResult, Sandbox, default_sandbox
 from toolforge.toolset import FunctionRevision, Toolset, ToolsetDiff
 from toolforge.trace import FunctionCall, record_calls
@@ -19,7 +22,12 @@ __version__ = "0.1.0"
 __all__ = [
     "Action",
     "AddFunction",
+    "CacheStats",
     "CallResult",
+    "EvaluationCache",
+    "EvaluationRun",
+    "Evaluator",
+    "ExampleRecord",
     "ForgedFunction",
     "FunctionCall",
     "FunctionCallError",

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from toolforge._hashing import content_hash
 from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction
+from toolforge.cache import active_call_cache
 from toolforge.errors import FunctionCallError, ToolforgeError, ToolsetError
 from toolforge.function import ForgedFunction
 from toolforge.trace import FunctionCall, _record
@@ -403,6 +404,20 @@ class _ForgedToolCall:
         except FunctionCallError as exc:
             _record(FunctionCall(name=function.name, code_hash=function.code_hash, ok=False, error=str(exc)))
             raise
+        cache = active_call_cache() if function.deterministic else None
+        if cache is not None:
+            value = cache.get_call(function.code_hash, arguments)
+            if value is not cache.MISSING:
+                _record(
+                    FunctionCall(
+                        name=function.name,
+                        code_hash=function.code_hash,
+                        ok=True,
+                        duration_s=time.perf_counter() - start,
+                        cached=True,
+                    )
+                )
+                return value
         result = (self.sandbox or default_sandbox()).call(function, arguments)
         _record(
             FunctionCall(
@@ -416,4 +431,6 @@ class _ForgedToolCall:
         if not result.ok:
             printed = f"\nIt printed: {result.stdout[-500:]}" if result.stdout else ""
             raise FunctionCallError(f"{function.name} failed: {result.error}{printed}")
+        if cache is not None and not result.value_is_repr:
+            cache.put_call(function.code_hash, arguments, result.value)
         return result.value

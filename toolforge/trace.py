@@ -29,6 +29,7 @@ class FunctionCall(BaseModel):
     ok: bool
     error: str | None = None
     duration_s: float = 0.0
+    cached: bool = False
 
 
 _recorders: ContextVar[tuple[list[FunctionCall], ...]] = ContextVar("toolforge_recorders", default=())

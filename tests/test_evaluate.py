@@ -1,0 +1,313 @@
+"""Evaluator and EvaluationCache: re-evaluating unchanged functions is free, and exactly what changed re-runs."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+
+import dspy
+import pytest
+
+import toolforge as tf
+from tests.evaluation_fixtures import (
+    DOUBLE,
+    SQUARE,
+    CountingSandbox,
+    exact,
+    make_examples,
+    make_lm,
+    make_program,
+    unary,
+)
+
+N = 10
+N_SQUARE = 2  # examples 0 and 5
+CALLS_PER_EXAMPLE = 3  # a tool step, a finish step, the extraction
+
+
+@pytest.fixture(scope="module")
+def counting_sandbox():
+    with CountingSandbox(workers=2) as box:
+        yield box
+
+
+@pytest.fixture
+def cache(tmp_path):
+    with tf.EvaluationCache(tmp_path / "cache") as c:
+        yield c
+
+
+@pytest.fixture
+def lm():
+    return make_lm()
+
+
+def evaluate(program, lm, cache, examples=None, metric=exact, **kwargs):
+    lm_obj, _ = lm
+    with dspy.context(lm=lm_obj):
+        return tf.Evaluator(metric, cache=cache, num_threads=4, **kwargs).evaluate(
+            program, examples or make_examples(N)
+        )
+
+
+def test_first_run_scores_every_example_and_records_what_it_called(lm, cache, counting_sandbox):
+    run = evaluate(make_program(sandbox=counting_sandbox), lm, cache)
+    assert run.score == 1.0 and (run.hits, run.misses) == (0, N)
+    assert lm[1].calls == N * CALLS_PER_EXAMPLE == run.lm_calls
+    square = run.records[0]
+    assert square.prediction["answer"] == 0.0 and square.trajectory["tool_name_0"] == "square"
+    assert [(c.name, c.code_hash, c.ok) for c in square.calls] == [("square", SQUARE.code_hash, True)]
+    assert run.records[1].calls[0].name == "double"
+    assert all(r.lm_calls == CALLS_PER_EXAMPLE and r.wall_time_s > 0 and not r.cached for r in run.records)
+    assert run.records[1].prompt_tokens > 0 and run.records[1].completion_tokens > 0
+    assert [r.example_id for r in run.records] == [tf.evaluate.example_id(e) for e in make_examples(N)]
+
+
+def test_second_run_makes_no_lm_and_no_sandbox_calls_and_returns_the_same(lm, cache, counting_sandbox):
+    program = make_program(sandbox=counting_sandbox)
+    first = evaluate(program, lm, cache)
+    lm_calls, sandbox_calls = lm[1].calls, counting_sandbox.calls
+    second = evaluate(program, lm, cache)
+    assert (lm[1].calls, counting_sandbox.calls) == (lm_calls, sandbox_calls)
+    assert (second.hits, second.misses, second.lm_calls) == (N, 0, 0)
+    assert second.lm_calls_saved == N * CALLS_PER_EXAMPLE
+    assert [r.score for r in second.records] == [r.score for r in first.records]
+    assert [r.prediction for r in second.records] == [r.prediction for r in first.records]
+    assert [r.trajectory for r in second.records] == [r.trajectory for r in first.records]
+    assert all(r.cached for r in second.records)
+    assert second.records[3].to_prediction().answer == first.records[3].prediction["answer"]
+
+
+def test_code_only_revision_reruns_only_the_examples_that_called_it(lm, cache):
+    program = make_program()
+    evaluate(program, lm, cache)
+    before = lm[1].calls
+    program.toolset = program.toolset.apply(tf.ReviseFunction.of(unary("square", "x ** 2 + 1", SQUARE.description)))
+    run = evaluate(program, lm, cache)
+    assert (run.hits, run.misses) == (N - N_SQUARE, N_SQUARE)
+    assert lm[1].calls - before == N_SQUARE * CALLS_PER_EXAMPLE
+    assert run.score == (N - N_SQUARE) / N  # the revision broke the squares
+    assert [r.cached for r in run.records] == [i % 5 != 0 for i in range(N)]
+
+
+def test_rolling_back_a_revision_finds_the_earlier_records_again(lm, cache):
+    program = make_program()
+    evaluate(program, lm, cache)
+    original = program.toolset
+    program.toolset = original.apply(tf.ReviseFunction.of(unary("square", "x ** 2 + 1", SQUARE.description)))
+    evaluate(program, lm, cache)
+    before = lm[1].calls
+    program.toolset = original
+    run = evaluate(program, lm, cache)
+    assert (run.hits, lm[1].calls) == (N, before)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["description", "add_function", "remove_function", "reorder", "lm_model", "temperature", "metric", "instructions"],
+)
+def test_changes_outside_function_code_rerun_everything(lm, cache, change):
+    triple = unary("triple", "x * 3")
+    program = make_program(tf.Toolset([DOUBLE, SQUARE, triple]) if change == "remove_function" else None)
+    evaluate(program, lm, cache, metric_version="v1")
+    lm_obj, engine = lm
+    metric_version = "v1"
+    if change == "description":
+        program.toolset = program.toolset.apply(tf.ReviseFunction.of(unary("square", "x * x", "Square of x.")))
+    elif change == "add_function":
+        program.toolset = program.toolset.apply(tf.AddFunction.of(triple))
+    elif change == "remove_function":
+        program.toolset = program.toolset.apply(tf.RemoveFunction("triple"))
+    elif change == "reorder":
+        program.toolset = tf.Toolset([SQUARE, DOUBLE])
+    elif change == "lm_model":
+        lm = make_lm(name="another-model")
+        engine = lm[1]
+    elif change == "temperature":
+        lm = (lm_obj.copy(temperature=0.7), engine)
+    elif change == "metric":
+        metric_version = "v2"
+    elif change == "instructions":
+        program.react.signature = program.react.signature.with_instructions("Be brief.")
+    before = engine.calls
+    run = evaluate(program, lm, cache, metric_version=metric_version)
+    assert (run.hits, run.misses) == (0, N)
+    assert engine.calls - before == N * CALLS_PER_EXAMPLE
+
+
+def test_editing_the_metric_source_reruns_everything(lm, cache):
+    def metric_a(example, prediction, trace=None):
+        return abs(float(prediction.answer) - example.answer) < 1e-9
+
+    def metric_b(example, prediction, trace=None):
+        return abs(float(prediction.answer) - example.answer) < 1e-3
+
+    evaluate(make_program(), lm, cache, metric=metric_a)
+    assert evaluate(make_program(), lm, cache, metric=metric_a).hits == N
+    assert evaluate(make_program(), lm, cache, metric=metric_b).misses == N
+
+
+def test_deterministic_calls_are_answered_from_the_function_call_cache(lm, cache, tmp_path):
+    with CountingSandbox(workers=1) as sandbox:
+        program = make_program(sandbox=sandbox)
+        evaluate(program, lm, cache)
+        assert sandbox.calls == N
+        program.toolset = program.toolset.apply(tf.ReviseFunction.of(unary("square", "x * x", "Square of a number.")))
+        run = evaluate(program, lm, cache)  # the interface changed: every example runs again ...
+        assert run.misses == N
+        assert sandbox.calls == N  # ... but no function runs again: same code, same arguments
+        assert all(c.cached for r in run.records for c in r.calls)
+        assert cache.stats().call_hits == N
+
+
+def test_non_deterministic_functions_are_not_cached(lm, cache):
+    noisy = unary("noisy", "x", deterministic=False)
+    examples = [dspy.Example(question="noisy 2", answer=2.0).with_inputs("question")]
+    with CountingSandbox(workers=1) as sandbox:
+        program = make_program(tf.Toolset([noisy]), sandbox=sandbox)
+        evaluate(program, lm, cache, examples=examples)
+        program.toolset = tf.Toolset([unary("noisy", "x", "Noisy x.", deterministic=False)])
+        evaluate(program, lm, cache, examples=examples)
+        assert sandbox.calls == 2
+
+
+def test_a_program_error_scores_failure_score_never_ends_the_run_and_is_not_cached(lm, cache):
+    examples = [*make_examples(3), dspy.Example(question="crash 1", answer=1.0).with_inputs("question")]
+    run = evaluate(make_program(), lm, cache, examples=examples, failure_score=0.25)
+    assert [r.score for r in run.records] == [1.0, 1.0, 1.0, 0.25]
+    assert "the LM service is down" in run.records[3].error
+    assert run.errors == [run.records[3]]
+    again = evaluate(make_program(), lm, cache, examples=examples, failure_score=0.25)
+    assert (again.hits, again.misses) == (3, 1)
+
+
+def test_a_metric_out_of_range_is_an_error_in_the_record(lm, cache):
+    run = evaluate(make_program(), lm, cache, examples=make_examples(1), metric=lambda e, p, t=None: 5)
+    assert run.records[0].score == 0.0
+    assert "the metric returned 5; return a bool or a number in [0, 1]" in run.records[0].error
+
+
+def test_metric_may_return_a_prediction_with_a_score(lm, cache):
+    run = evaluate(
+        make_program(),
+        lm,
+        cache,
+        examples=make_examples(2),
+        metric=lambda e, p, t=None: dspy.Prediction(score=0.5, feedback="half"),
+    )
+    assert run.score == 0.5
+
+
+def test_corrupt_entries_are_misses_with_a_warning_never_a_crash(lm, cache, caplog):
+    program = make_program()
+    evaluate(program, lm, cache, examples=make_examples(2))
+    raw = cache._cache
+    keys = sorted(k for k in raw.iterkeys() if k.startswith("record:"))
+    raw.set(keys[0], "{not json")
+    raw.set(keys[1], '[{"dependencies": {}, "record": {"score": "high"}}]')
+    with caplog.at_level(logging.WARNING, logger="toolforge.cache"):
+        run = evaluate(program, lm, cache, examples=make_examples(2))
+    assert (run.hits, run.misses, run.score) == (0, 2, 1.0)
+    assert "treating it as a miss" in caplog.text
+    assert evaluate(program, lm, cache, examples=make_examples(2)).hits == 2  # re-stored correctly
+
+
+def test_unreadable_cache_value_is_a_miss(lm, cache, caplog, monkeypatch):
+    program = make_program()
+    evaluate(program, lm, cache, examples=make_examples(1))
+
+    def broken_get(*args, **kwargs):
+        raise OSError("disk read error")
+
+    monkeypatch.setattr(cache._cache, "get", broken_get)
+    with caplog.at_level(logging.WARNING, logger="toolforge.cache"):
+        run = evaluate(program, lm, cache, examples=make_examples(1))
+    assert run.misses == 1 and "disk read error" in caplog.text
+
+
+def test_stats_add_up_hits_misses_and_savings(lm, cache):
+    evaluate(make_program(), lm, cache)
+    evaluate(make_program(), lm, cache)
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.lm_calls_saved) == (N, N, N * CALLS_PER_EXAMPLE)
+    assert stats.seconds_saved > 0 and stats.entries > 0 and stats.size_bytes > 0 and stats.hit_rate == 0.5
+    cache.reset_stats()
+    assert cache.stats().hits == 0
+
+
+def test_size_limit_is_enforced(tmp_path):
+    with tf.EvaluationCache(tmp_path / "small", size_limit_mb=1) as small:
+        for i in range(60):
+            small.put_call(f"hash{i}", {"i": i}, "x" * 100_000)
+        assert small._cache.volume() < 3 * 1024 * 1024
+
+
+def test_cache_directory_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLFORGE_CACHE_DIR", str(tmp_path / "from-env"))
+    with tf.EvaluationCache() as from_env:
+        assert from_env.directory == tmp_path / "from-env"
+    with tf.EvaluationCache(tmp_path / "explicit") as explicit:
+        assert explicit.directory == tmp_path / "explicit"
+
+
+def test_unusable_cache_directory_names_the_fix(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(tf.ToolforgeError, match="cannot open the evaluation cache at .*choose a writable directory"):
+        tf.EvaluationCache(blocker / "cache")
+
+
+def test_evaluation_under_dspy_context_from_another_thread(cache):
+    lm_obj, engine = make_lm()
+    results = {}
+
+    def work():
+        with dspy.context(lm=lm_obj):
+            results["run"] = tf.Evaluator(exact, cache=cache, num_threads=4).evaluate(make_program(), make_examples(N))
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert results["run"].score == 1.0 and engine.calls == N * CALLS_PER_EXAMPLE
+
+
+def test_without_a_cache_everything_runs_every_time(lm):
+    evaluate(make_program(), lm, None)
+    assert evaluate(make_program(), lm, None).misses == N
+
+
+def test_progress_bar_is_shown_when_asked(lm, cache, capsys):
+    evaluate(make_program(), lm, cache, examples=make_examples(2), display_progress=True)
+    assert "toolforge evaluate" in capsys.readouterr().err
+
+
+def test_bad_input_is_refused_with_the_fix(lm, cache):
+    with pytest.raises(tf.ToolforgeError, match="example 0 has no inputs marked; .*with_inputs"):
+        evaluate(make_program(), lm, cache, examples=[dspy.Example(question="double 1", answer=2.0)])
+    with pytest.raises(tf.ToolforgeError, match="example 0 is a dict, not a dspy.Example"):
+        evaluate(make_program(), lm, cache, examples=[{"question": "double 1"}])
+    with pytest.raises(tf.ToolforgeError, match="num_threads must be an integer >= 1"):
+        tf.Evaluator(exact, num_threads=0)
+    with pytest.raises(tf.ToolforgeError, match="cannot read the source of metric .* pass metric_version="):
+        tf.Evaluator(max)
+    with pytest.raises(tf.ToolforgeError, match="no LM is configured for predictor 'react'"):
+        tf.Evaluator(exact).evaluate(make_program(), make_examples(1))
+
+
+def test_two_processes_writing_one_directory_at_once(tmp_path):
+    directory = tmp_path / "shared"
+    script = "import sys; from tests.cache_writer import main; main(sys.argv[1], int(sys.argv[2]))"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, str(directory), str(seed)], stdout=subprocess.PIPE, text=True)
+        for seed in (1, 2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    with tf.EvaluationCache(directory) as shared:
+        lm_obj, engine = make_lm()
+        with dspy.context(lm=lm_obj):
+            run = tf.Evaluator(exact, cache=shared).evaluate(make_program(), make_examples(40))
+        assert (run.hits, engine.calls) == (40, 0)
+        assert shared.stats().misses + shared.stats().hits >= 80 + 40

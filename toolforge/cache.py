@@ -1,0 +1,258 @@
+"""`EvaluationCache`: evaluation records and function-call results on disk, reusable by dependency.
+
+Two kinds of entry live in one diskcache directory:
+
+* **Evaluation records**, under a key that hashes everything an example's outcome depends on except the code of
+  forged functions (the program's prompts and demos, fixed tools, the toolset's interface, the example, the LM
+  settings, the metric, the cache format). Each key holds a few *variants*, each with the `code_hash` of every
+  forged function its run called. A variant is reused while all of those are unchanged, so revising one function
+  re-runs only the examples that called it, and rolling back to an earlier toolset finds its records again.
+* **Function-call results** of deterministic functions: (code_hash, canonical arguments) -> value.
+
+Guarantees (from diskcache, which stores in SQLite with write-ahead logging): any number of threads and
+processes may share one directory; every write is atomic; an interrupted process never leaves a half-written
+entry. Record variants are updated in a transaction. An entry that cannot be read or parsed counts as a miss,
+logs a warning, and is dropped; it never raises. The directory is kept under `size_limit_mb` by evicting the
+least recently used entries. Hit and miss counters are kept in the directory too, so `stats()` adds up
+every process that used it (`reset_stats()` zeroes them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import diskcache
+from pydantic import BaseModel, ValidationError
+
+from toolforge._hashing import canonical_json, content_hash
+from toolforge.errors import ToolforgeError
+from toolforge.records import ExampleRecord
+
+__all__ = ["CACHE_FORMAT", "CacheStats", "EvaluationCache", "active_call_cache", "use_call_cache"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+DEFAULT_DIRECTORY = ".toolforge/cache"
+MAX_VARIANTS = 8
+_MISSING = object()
+
+
+class CacheStats(BaseModel):
+    """Counters of a cache directory, summed over every process that used it since the last `reset_stats()`."""
+
+    directory: str
+    hits: int
+    misses: int
+    lm_calls_saved: int
+    seconds_saved: float
+    call_hits: int
+    call_misses: int
+    entries: int
+    size_bytes: int
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class EvaluationCache:
+    """Evaluation records and function-call results in a diskcache directory.
+
+    Args:
+        directory: Where to keep the cache. Default: `$TOOLFORGE_CACHE_DIR` if set, else `.toolforge/cache`.
+        size_limit_mb: Least recently used entries are evicted beyond this size.
+
+    Examples:
+        >>> cache = EvaluationCache(".toolforge/cache")                    # doctest: +SKIP
+        >>> Evaluator(metric, cache=cache).evaluate(program, examples)
+        >>> cache.stats().hits
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None, *, size_limit_mb: int = 1024) -> None:
+        if not isinstance(size_limit_mb, int) or size_limit_mb < 1:
+            raise ToolforgeError(f"EvaluationCache(size_limit_mb={size_limit_mb!r}) must be an integer >= 1")
+        chosen = directory if directory is not None else os.environ.get("TOOLFORGE_CACHE_DIR") or DEFAULT_DIRECTORY
+        self.directory = Path(chosen).expanduser()
+        try:
+            self._cache = diskcache.Cache(
+                str(self.directory), size_limit=size_limit_mb * 1024 * 1024, eviction_policy="least-recently-used"
+            )
+        except (OSError, diskcache.Timeout) as exc:
+            raise ToolforgeError(
+                f"cannot open the evaluation cache at {str(self.directory)!r} ({exc}); choose a writable directory "
+                "(EvaluationCache(directory) or TOOLFORGE_CACHE_DIR)"
+            ) from None
+
+    # ------------------------------------------------------------------------------------------- records
+    def get_record(self, key: str, code_hash_of: Callable[[str], str | None]) -> ExampleRecord | None:
+        """The stored record for `key` whose called functions all still have the same code, or None.
+
+        Args:
+            key: The evaluation key (see the module docstring).
+            code_hash_of: The current code_hash of a function name (None when the name is gone).
+        """
+        variants = self._read_variants(key)
+        for variant in variants:
+            if all(code_hash_of(name) == code_hash for name, code_hash in variant["dependencies"].items()):
+                try:
+                    return ExampleRecord.model_validate({**variant["record"], "cached": True})
+                except (ValidationError, TypeError) as exc:
+                    self._drop(f"record:{key}", f"a stored record does not parse ({exc.__class__.__name__})")
+                    return None
+        return None
+
+    def put_record(self, key: str, record: ExampleRecord) -> None:
+        """Store `record` as the newest variant for `key` (replacing one with the same dependencies)."""
+        entry = {"dependencies": record.dependencies, "record": record.model_dump(mode="json", exclude={"cached"})}
+        try:
+            with self._cache.transact():
+                variants = [v for v in self._read_variants(key) if v["dependencies"] != entry["dependencies"]][
+                    : MAX_VARIANTS - 1
+                ]
+                self._cache.set(f"record:{key}", json.dumps([entry, *variants]))
+        except Exception as exc:  # a full disk or a locked database must not end an evaluation
+            logger.warning("could not store an evaluation record in %s: %s", self.directory, exc)
+
+    def _read_variants(self, key: str) -> list[dict[str, Any]]:
+        raw = self._safe_get(f"record:{key}")
+        if raw is _MISSING:
+            return []
+        try:
+            variants = json.loads(raw)
+            if not isinstance(variants, list) or not all(
+                isinstance(v, dict) and isinstance(v.get("dependencies"), dict) and "record" in v for v in variants
+            ):
+                raise ValueError("not a list of record variants")
+            return variants
+        except (ValueError, TypeError) as exc:
+            self._drop(f"record:{key}", f"a corrupt entry ({exc})")
+            return []
+
+    # ------------------------------------------------------------------------------------ function calls
+    def get_call(self, code_hash: str, arguments: dict[str, Any]) -> Any:
+        """The cached value of a deterministic function call, or `EvaluationCache.MISSING`."""
+        key = _call_key(code_hash, arguments)
+        raw = self._safe_get(key)
+        if raw is _MISSING:
+            self._count("call_misses")
+            return _MISSING
+        try:
+            value = json.loads(raw)["value"]
+        except (ValueError, TypeError, KeyError) as exc:
+            self._drop(key, f"a corrupt function-call entry ({exc})")
+            self._count("call_misses")
+            return _MISSING
+        self._count("call_hits")
+        return value
+
+    def put_call(self, code_hash: str, arguments: dict[str, Any], value: Any) -> None:
+        try:
+            self._cache.set(_call_key(code_hash, arguments), json.dumps({"value": value}))
+        except Exception as exc:
+            logger.warning("could not store a function-call result in %s: %s", self.directory, exc)
+
+    MISSING = _MISSING
+
+    # ------------------------------------------------------------------------------------------ counters
+    def record_run(self, *, hits: int, misses: int, lm_calls_saved: int, seconds_saved: float) -> None:
+        """Add one evaluation's counts to the directory's counters (atomic across processes)."""
+        for name, amount in (
+            ("hits", hits),
+            ("misses", misses),
+            ("lm_calls_saved", lm_calls_saved),
+            ("ms_saved", round(seconds_saved * 1000)),
+        ):
+            self._count(name, amount)
+
+    def stats(self) -> CacheStats:
+        def counter(name: str) -> int:
+            value = self._safe_get(f"stats:{name}")
+            return int(value) if isinstance(value, int) else 0
+
+        try:
+            entries, size = len(self._cache), int(self._cache.volume())
+        except Exception:
+            entries, size = 0, 0
+        return CacheStats(
+            directory=str(self.directory),
+            hits=counter("hits"),
+            misses=counter("misses"),
+            lm_calls_saved=counter("lm_calls_saved"),
+            seconds_saved=counter("ms_saved") / 1000,
+            call_hits=counter("call_hits"),
+            call_misses=counter("call_misses"),
+            entries=entries,
+            size_bytes=size,
+        )
+
+    def reset_stats(self) -> None:
+        for name in ("hits", "misses", "lm_calls_saved", "ms_saved", "call_hits", "call_misses"):
+            with contextlib.suppress(Exception):
+                self._cache.delete(f"stats:{name}")
+
+    def clear(self) -> int:
+        """Remove every entry (records, call results and counters). Returns how many were removed."""
+        return int(self._cache.clear())
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def __enter__(self) -> EvaluationCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EvaluationCache({str(self.directory)!r})"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EvaluationCache:
+        return self  # a handle on a shared directory
+
+    # ------------------------------------------------------------------------------------------- private
+    def _safe_get(self, key: str) -> Any:
+        try:
+            return self._cache.get(key, default=_MISSING, retry=True)
+        except Exception as exc:  # unreadable value file, corrupt pickle, database error
+            self._drop(key, f"an unreadable entry ({exc.__class__.__name__}: {exc})")
+            return _MISSING
+
+    def _drop(self, key: str, why: str) -> None:
+        logger.warning("evaluation cache %s: %s under %r; treating it as a miss", self.directory, why, key[:80])
+        with contextlib.suppress(Exception):
+            self._cache.delete(key, retry=True)
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        if amount:
+            with contextlib.suppress(Exception):
+                self._cache.incr(f"stats:{name}", amount, default=0, retry=True)
+
+
+def _call_key(code_hash: str, arguments: dict[str, Any]) -> str:
+    return f"call:{code_hash}:{content_hash(canonical_json(arguments))}"
+
+
+_active: ContextVar[EvaluationCache | None] = ContextVar("toolforge_call_cache", default=None)
+
+
+@contextlib.contextmanager
+def use_call_cache(cache: EvaluationCache | None) -> Iterator[None]:
+    """Within the block, forged tools answer deterministic calls from `cache` (and fill it)."""
+    token = _active.set(cache)
+    try:
+        yield
+    finally:
+        _active.reset(token)
+
+
+def active_call_cache() -> EvaluationCache | None:
+    return _active.get()

@@ -1,0 +1,325 @@
+"""`Evaluator`: parallel, cached evaluation of a DSPy program on examples, one `ExampleRecord` per example.
+
+An example's record is stored under a key that hashes the program's prompts and demos (every predictor's
+state), the fixed tools' interfaces, the interface fingerprint of every Toolset in the program, the example, the
+LM settings (model and sampling parameters, per predictor), the metric (its source, or `metric_version`), and
+the cache format. The record is reused while every forged function its run called still has the same code
+(see `toolforge.cache`). So evaluating an unchanged program again runs nothing at all, and a code-only revision
+of one function re-runs only the examples that called it.
+
+A program that raises scores `failure_score` and never ends the run; such records are not cached (the failure
+may be passing, e.g. a network error), so they are tried again next time.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+import dspy
+import tqdm
+from dspy.utils.callback import BaseCallback
+from dspy.utils.usage_tracker import track_usage
+
+from toolforge._hashing import content_hash
+from toolforge.cache import CACHE_FORMAT, EvaluationCache, use_call_cache
+from toolforge.errors import ToolforgeError
+from toolforge.records import EvaluationRun, ExampleRecord
+from toolforge.toolset import Toolset
+from toolforge.trace import record_calls
+
+__all__ = ["Evaluator", "example_id", "program_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+Metric = Callable[..., Any]
+_SECRET_KWARGS = {"api_key", "api_token", "access_token", "headers", "extra_headers", "client", "credentials"}
+
+
+class Evaluator:
+    """Evaluate programs on examples, in parallel, reusing every record whose dependencies did not change.
+
+    Args:
+        metric: `metric(example, prediction, trace=None)` returning a bool, a number in [0, 1], or an object with a
+            `score` attribute (such as a `dspy.Prediction(score=..., feedback=...)`).
+        cache: Where records live; None evaluates without a cache.
+        num_threads: Examples run at once.
+        failure_score: The score of an example whose program (or metric) raised.
+        metric_version: Identifies the metric in cache keys instead of its source (for metrics whose source
+            cannot be read, or to keep records across cosmetic edits).
+        display_progress: Show a tqdm progress bar.
+
+    Examples:
+        >>> evaluator = Evaluator(metric, cache=EvaluationCache(), num_threads=8)      # doctest: +SKIP
+        >>> run = evaluator.evaluate(program, devset)
+        >>> run.score, run.hits, run.misses
+    """
+
+    def __init__(
+        self,
+        metric: Metric,
+        *,
+        cache: EvaluationCache | None = None,
+        num_threads: int = 8,
+        failure_score: float = 0.0,
+        metric_version: str | None = None,
+        display_progress: bool = False,
+    ) -> None:
+        if not callable(metric):
+            raise ToolforgeError(f"metric must be callable as metric(example, prediction, trace=None), got {metric!r}")
+        if not isinstance(num_threads, int) or num_threads < 1:
+            raise ToolforgeError(f"Evaluator(num_threads={num_threads!r}): num_threads must be an integer >= 1")
+        if not 0.0 <= failure_score <= 1.0:
+            raise ToolforgeError(f"Evaluator(failure_score={failure_score!r}): failure_score must be in [0, 1]")
+        self.metric = metric
+        self.cache = cache
+        self.num_threads = num_threads
+        self.failure_score = float(failure_score)
+        self.display_progress = display_progress
+        self.metric_id = metric_version if metric_version is not None else _metric_source(metric)
+
+    def evaluate(
+        self, program: dspy.Module, examples: Sequence[dspy.Example], *, display_progress: bool | None = None
+    ) -> EvaluationRun:
+        """Run `program` on every example (or reuse its record), score it, and return the records in order."""
+        start = time.perf_counter()
+        examples = list(examples)
+        for index, example in enumerate(examples):
+            _check_example(index, example)
+        base = program_fingerprint(program, metric_id=self.metric_id)
+        code_hashes = _code_hashes(program)
+        keys = [content_hash([base, example_id(example)]) for example in examples]
+
+        records: list[ExampleRecord | None] = [None] * len(examples)
+        if self.cache is not None:
+            for index, key in enumerate(keys):
+                records[index] = self.cache.get_record(key, code_hashes.get)
+        todo = [i for i, record in enumerate(records) if record is None]
+        show = self.display_progress if display_progress is None else display_progress
+        with tqdm.tqdm(total=len(examples), disable=not show, desc="toolforge evaluate", leave=False) as bar:
+            bar.update(len(examples) - len(todo))
+            context = contextvars.copy_context()  # so that dspy.context(lm=...) of the caller reaches the threads
+            with ThreadPoolExecutor(max_workers=min(self.num_threads, max(1, len(todo)))) as pool:
+                futures = {pool.submit(context.copy().run, self._run_one, program, examples[i]): i for i in todo}
+                for future in as_completed(futures):
+                    index = futures[future]
+                    record = future.result()
+                    records[index] = record
+                    if self.cache is not None and record.error is None:
+                        self.cache.put_record(keys[index], record)
+                    bar.update(1)
+                    done = [r.score for r in records if r is not None]
+                    bar.set_postfix(score=f"{sum(done) / len(done):.3f}")
+        final = [r for r in records if r is not None]
+        hits = [r for r in final if r.cached]
+        run = EvaluationRun(
+            score=sum(r.score for r in final) / len(final) if final else 0.0,
+            records=tuple(final),
+            hits=len(hits),
+            misses=len(todo),
+            lm_calls=sum(r.lm_calls for r in final if not r.cached),
+            lm_calls_saved=sum(r.lm_calls for r in hits),
+            seconds_saved=sum(r.wall_time_s for r in hits),
+            wall_time_s=time.perf_counter() - start,
+        )
+        if self.cache is not None:
+            self.cache.record_run(
+                hits=run.hits, misses=run.misses, lm_calls_saved=run.lm_calls_saved, seconds_saved=run.seconds_saved
+            )
+        logger.info(
+            "evaluated %d examples: score %.3f, %d from cache, %d run, %d LM calls",
+            len(final),
+            run.score,
+            run.hits,
+            run.misses,
+            run.lm_calls,
+        )
+        return run
+
+    def _run_one(self, program: dspy.Module, example: dspy.Example) -> ExampleRecord:
+        start = time.perf_counter()
+        counter = _LMCallCounter()
+        prediction: Any = None
+        error: str | None = None
+        callbacks = [*(dspy.settings.get("callbacks") or []), counter]
+        with (
+            dspy.context(callbacks=callbacks),
+            track_usage() as usage,
+            record_calls() as calls,
+            use_call_cache(self.cache),
+        ):
+            try:
+                prediction = program(**example.inputs())
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                logger.debug("program raised on example %s: %s", example_id(example)[:12], error)
+        score = self.failure_score
+        if error is None:
+            try:
+                score = _as_score(self.metric(example, prediction))
+            except Exception as exc:
+                error = f"metric: {type(exc).__name__}: {exc}"
+        tokens = _token_totals(usage.get_total_tokens())
+        fields = dict(prediction.items()) if isinstance(prediction, dspy.Prediction) else {}
+        trajectory = fields.pop("trajectory", None)
+        return ExampleRecord(
+            example_id=example_id(example),
+            score=score,
+            prediction=_jsonable(fields),
+            trajectory=_jsonable(trajectory) if isinstance(trajectory, dict) else None,
+            calls=tuple(calls),
+            lm_calls=counter.calls,
+            prompt_tokens=tokens[0],
+            completion_tokens=tokens[1],
+            wall_time_s=time.perf_counter() - start,
+            error=error,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ keys
+def example_id(example: dspy.Example) -> str:
+    """Content hash of an example: its fields and which of them are inputs."""
+    inputs = sorted(example.inputs().keys()) if example._input_keys else []
+    return content_hash({"fields": _jsonable(example.toDict()), "inputs": inputs})
+
+
+def program_fingerprint(program: dspy.Module, *, metric_id: str) -> str:
+    """Hash of everything an evaluation depends on except the examples and the code of forged functions."""
+    predictors = []
+    for name, predictor in program.named_predictors():
+        state = predictor.dump_state()
+        state.pop("lm", None)
+        lm = predictor.lm or dspy.settings.lm
+        if lm is None:
+            raise ToolforgeError(
+                f"no LM is configured for predictor {name!r}; call dspy.configure(lm=...), use "
+                "dspy.context(lm=...), or set the predictor's lm"
+            )
+        predictors.append({"name": name, "state": _jsonable(state), "lm": _lm_identity(lm)})
+    toolsets = [
+        {"name": name, "interface": p.interface_fingerprint}
+        for name, p in program.named_parameters()
+        if isinstance(p, Toolset)
+    ]
+    adapter = dspy.settings.adapter
+    return content_hash(
+        {
+            "format": CACHE_FORMAT,
+            "program": type(program).__qualname__,
+            "predictors": predictors,
+            "fixed_tools": _fixed_tool_interfaces(program),
+            "toolsets": toolsets,
+            "adapter": type(adapter).__qualname__ if adapter is not None else None,
+            "metric": metric_id,
+        }
+    )
+
+
+def _code_hashes(program: dspy.Module) -> dict[str, str]:
+    hashes: dict[str, str] = {}
+    for _, parameter in program.named_parameters():
+        if isinstance(parameter, Toolset):
+            for function in parameter:
+                hashes.setdefault(function.name, function.code_hash)
+    return hashes
+
+
+def _fixed_tool_interfaces(program: dspy.Module) -> list[Any]:
+    interfaces = []
+    modules = [("self", program), *program.named_sub_modules()]
+    for module_name, module in modules:
+        tools = getattr(module, "tools", None)
+        items = tools.values() if isinstance(tools, dict) else tools if isinstance(tools, list | tuple) else ()
+        for tool in items:
+            if isinstance(tool, dspy.Tool):
+                interfaces.append(
+                    {"module": module_name, "name": tool.name, "desc": tool.desc, "args": _jsonable(tool.args)}
+                )
+    return interfaces
+
+
+def _lm_identity(lm: Any) -> dict[str, Any]:
+    kwargs = {k: v for k, v in (getattr(lm, "kwargs", {}) or {}).items() if k not in _SECRET_KWARGS}
+    return {
+        "class": f"{type(lm).__module__}.{type(lm).__qualname__}",
+        "model": getattr(lm, "model", None),
+        "model_type": getattr(lm, "model_type", None),
+        "kwargs": _jsonable(kwargs),
+    }
+
+
+def _metric_source(metric: Metric) -> str:
+    for target in (metric, getattr(metric, "func", None), type(metric)):
+        if target is None:
+            continue
+        try:
+            return inspect.getsource(target)
+        except (OSError, TypeError):
+            continue
+    raise ToolforgeError(
+        f"cannot read the source of metric {metric!r} to key the cache on it; pass metric_version='...' "
+        "(and change it whenever the metric changes)"
+    )
+
+
+# ------------------------------------------------------------------------------------------- helpers
+class _LMCallCounter(BaseCallback):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self.calls += 1
+
+
+def _check_example(index: int, example: Any) -> None:
+    if not isinstance(example, dspy.Example):
+        raise ToolforgeError(f"example {index} is a {type(example).__name__}, not a dspy.Example; wrap it")
+    if not example._input_keys:
+        raise ToolforgeError(
+            f"example {index} has no inputs marked; build it as dspy.Example(...).with_inputs('question', ...)"
+        )
+
+
+def _as_score(value: Any) -> float:
+    raw = getattr(value, "score", value)
+    if isinstance(raw, bool):
+        return float(raw)
+    if isinstance(raw, int | float) and 0.0 <= float(raw) <= 1.0:
+        return float(raw)
+    raise ToolforgeError(f"the metric returned {raw!r}; return a bool or a number in [0, 1]")
+
+
+def _token_totals(totals: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    prompt = completion = 0
+    for usage in totals.values():
+        prompt += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        completion += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+    return prompt, completion
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` as plain JSON data (pydantic models dumped, unknown objects as their repr)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
+        return [_jsonable(v) for v in items]
+    if hasattr(value, "model_dump"):
+        return _jsonable(value.model_dump(mode="json"))
+    if isinstance(value, dspy.Example):
+        return _jsonable(value.toDict())
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
