@@ -26,12 +26,15 @@ class ScriptedEngine:
         self.respond = respond
         self.latency_s = latency_s
         self.calls = 0
+        self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
     def complete(self, request: Any) -> Response:
         validate_request(request)
         system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system or [])
         user = request.messages[-1].text or ""
+        with self._lock:
+            self.requests.append((system, user))
         fields = self.respond(system, user)
         text = "".join(f"[[ ## {k} ## ]]\n{_render(v)}\n\n" for k, v in fields.items()) + "[[ ## completed ## ]]"
         if self.latency_s:
@@ -85,7 +88,7 @@ def tool_agent_script(choose: Callable[[str], tuple[str, dict[str, Any]] | None]
                 return {"next_thought": "I can answer now.", "next_tool_name": "finish", "next_tool_args": {}}
             return {"next_thought": f"Use {choice[0]}.", "next_tool_name": choice[0], "next_tool_args": choice[1]}
         observation = field(user, "observation_0").split("\n")[0]
-        if observation.startswith("Execution error"):
+        if observation.startswith("Execution error") or field(user, "tool_name_0") == "finish":
             observation = ""
         return {"reasoning": "From the observation.", "answer": observation or "0"}
 

@@ -12,6 +12,8 @@ from toolforge.cache import CacheStats, EvaluationCache
 from toolforge.errors import FunctionCallError, FunctionError, SandboxError, ToolforgeError, ToolsetError
 from toolforge.evaluate import Evaluator
 from toolforge.function import ForgedFunction
+from toolforge.optimizer import ActionOutcome, FunctionOptimizer, OptimizationReport, StepReport
+from toolforge.proposer import ProposedAction, Proposer
 from toolforge.records import EvaluationRun, ExampleRecord
 from toolforge.sandbox import CallResult, Sandbox, default_sandbox
 from toolforge.toolset import FunctionRevision, Toolset, ToolsetDiff
@@ -21,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Action",
+    "ActionOutcome",
     "AddFunction",
     "CacheStats",
     "CallResult",
@@ -32,11 +35,16 @@ __all__ = [
     "FunctionCall",
     "FunctionCallError",
     "FunctionError",
+    "FunctionOptimizer",
     "FunctionRevision",
+    "OptimizationReport",
+    "ProposedAction",
+    "Proposer",
     "RemoveFunction",
     "ReviseFunction",
     "Sandbox",
     "SandboxError",
+    "StepReport",
     "ToolAgent",
     "ToolforgeError",
     "Toolset",

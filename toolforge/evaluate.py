@@ -24,17 +24,17 @@ from typing import Any
 
 import dspy
 import tqdm
-from dspy.utils.callback import BaseCallback
 from dspy.utils.usage_tracker import track_usage
 
 from toolforge._hashing import content_hash
+from toolforge._usage import LMCallCounter, token_totals
 from toolforge.cache import CACHE_FORMAT, EvaluationCache, use_call_cache
 from toolforge.errors import ToolforgeError
 from toolforge.records import EvaluationRun, ExampleRecord
 from toolforge.toolset import Toolset
 from toolforge.trace import record_calls
 
-__all__ = ["Evaluator", "example_id", "program_fingerprint"]
+__all__ = ["Evaluator", "example_id", "fixed_tool_names", "program_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class Evaluator:
 
     def _run_one(self, program: dspy.Module, example: dspy.Example) -> ExampleRecord:
         start = time.perf_counter()
-        counter = _LMCallCounter()
+        counter = LMCallCounter()
         prediction: Any = None
         error: str | None = None
         callbacks = [*(dspy.settings.get("callbacks") or []), counter]
@@ -165,7 +165,7 @@ class Evaluator:
                 score = _as_score(self.metric(example, prediction))
             except Exception as exc:
                 error = f"metric: {type(exc).__name__}: {exc}"
-        tokens = _token_totals(usage.get_total_tokens())
+        tokens = token_totals(usage.get_total_tokens())
         fields = dict(prediction.items()) if isinstance(prediction, dspy.Prediction) else {}
         trajectory = fields.pop("trajectory", None)
         return ExampleRecord(
@@ -230,6 +230,17 @@ def _code_hashes(program: dspy.Module) -> dict[str, str]:
     return hashes
 
 
+def fixed_tool_names(program: dspy.Module) -> set[str]:
+    """Names a forged function must not take: the program's fixed tools (and `finish` for a ToolAgent)."""
+    from toolforge.agent import FINISH, ToolAgent
+
+    names = {tool["name"] for tool in _fixed_tool_interfaces(program)}
+    modules = [program, *(m for _, m in program.named_sub_modules())]
+    if any(isinstance(m, ToolAgent) for m in modules):
+        names.add(FINISH)
+    return names
+
+
 def _fixed_tool_interfaces(program: dspy.Module) -> list[Any]:
     interfaces = []
     modules = [("self", program), *program.named_sub_modules()]
@@ -269,14 +280,6 @@ def _metric_source(metric: Metric) -> str:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-class _LMCallCounter(BaseCallback):
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        self.calls += 1
-
-
 def _check_example(index: int, example: Any) -> None:
     if not isinstance(example, dspy.Example):
         raise ToolforgeError(f"example {index} is a {type(example).__name__}, not a dspy.Example; wrap it")
@@ -293,14 +296,6 @@ def _as_score(value: Any) -> float:
     if isinstance(raw, int | float) and 0.0 <= float(raw) <= 1.0:
         return float(raw)
     raise ToolforgeError(f"the metric returned {raw!r}; return a bool or a number in [0, 1]")
-
-
-def _token_totals(totals: dict[str, dict[str, Any]]) -> tuple[int, int]:
-    prompt = completion = 0
-    for usage in totals.values():
-        prompt += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
-        completion += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-    return prompt, completion
 
 
 def _jsonable(value: Any) -> Any:

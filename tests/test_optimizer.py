@@ -1,0 +1,414 @@
+"""FunctionOptimizer: the training loop with scripted agent and proposer LMs, and exact expectations."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import dspy
+import pytest
+
+import toolforge as tf
+from tests.evaluation_fixtures import exact, unary
+from tests.scripted_lm import field, scripted_lm, tool_agent_script
+
+DOUBLE = unary("double", "x * 2")
+SQUARE = unary("square", "x * x")
+SQUARE_DESCRIPTION = SQUARE.description
+
+
+def offered(system: str, name: str) -> bool:
+    return f") {name}: " in system
+
+
+def agent_lm():
+    """Calls the tool named by the question's first word, if the agent has it; else answers 0."""
+
+    def respond(system: str, user: str) -> dict[str, Any]:
+        def choose(question: str):
+            kind, number = question.split()
+            return (kind, {"x": float(number)}) if offered(system, kind) else None
+
+        return tool_agent_script(choose)(system, user)
+
+    return scripted_lm(respond, name="agent")
+
+
+def examples(n: int = 10, kinds=("double", "double", "double", "double", "square")) -> list[dspy.Example]:
+    """Questions 1..n; every fifth asks for a square (20%), the others for a double."""
+    out = []
+    for i in range(1, n + 1):
+        kind = kinds[(i - 1) % len(kinds)]
+        answer = float(i * i) if kind == "square" else float(2 * i)
+        out.append(dspy.Example(question=f"{kind} {i}", answer=answer).with_inputs("question"))
+    return out
+
+
+def action(kind: str, function: tf.ForgedFunction | None = None, name: str | None = None, **overrides) -> dict:
+    if kind == "remove_function":
+        return {"action": kind, "name": name}
+    data = {
+        "action": kind,
+        "name": function.name,
+        "description": function.description,
+        "parameters": function.parameters,
+        "code": function.code,
+        "example_arguments": {"x": 3},
+    }
+    data.update(overrides)
+    return data
+
+
+def proposer_lm(policy):
+    """A proposer whose reply is `policy(inputs)`, with inputs the proposer's rendered input fields."""
+
+    def respond(system: str, user: str) -> dict[str, Any]:
+        inputs = {name: field(user, name) for name in ("current_functions", "failure_list", "trajectories", "rejected")}
+        return {"reasoning": "Looking at the failures.", "actions": policy(inputs)}
+
+    return scripted_lm(respond, name="proposer")
+
+
+def add_square_once(inputs):
+    return [] if "### square" in inputs["current_functions"] else [action("add_function", SQUARE)]
+
+
+@pytest.fixture
+def cache(tmp_path):
+    with tf.EvaluationCache(tmp_path / "cache") as c:
+        yield c
+
+
+def compile_with(policy, toolset, *, trainset=None, cache=None, agent=None, proposer=None, **kwargs):
+    agent_model, agent_engine = agent or agent_lm()
+    proposer_model, proposer_engine = proposer or proposer_lm(policy)
+    student = tf.ToolAgent("question -> answer: float", toolset=toolset)
+    settings = dict(max_epochs=3, patience=2, num_threads=4, display_progress=False, cache=cache or False)
+    settings.update(kwargs)
+    optimizer = tf.FunctionOptimizer(exact, proposer_lm=proposer_model, **settings)
+    with dspy.context(lm=agent_model):
+        trained = optimizer.compile(student, trainset=trainset or examples())
+    return student, trained, trained.toolforge_report, agent_engine, proposer_engine
+
+
+def test_an_add_that_raises_the_score_is_accepted(cache):
+    _, trained, report, _, _ = compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache)
+    assert report.initial_score == 0.8 and report.best_score == 1.0
+    step = report.steps[0]
+    assert (step.outcome, step.score_before, step.score_after, step.improved) == ("accepted", 0.8, 1.0, True)
+    assert [(a.summary, a.status) for a in step.actions] == [("add square", "accepted")]
+    assert trained.toolset.names == ["double", "square"]
+    assert trained.toolset["square"].code == SQUARE.code
+    assert report.accepted_steps == [0, 1]
+
+
+def test_the_student_is_never_changed(cache):
+    original = tf.Toolset([DOUBLE])
+    student, trained, _, _, _ = compile_with(add_square_once, original, cache=cache)
+    assert student.toolset is original and student.toolset.names == ["double"]
+    assert trained is not student and trained.toolset.names == ["double", "square"]
+
+
+def test_a_revision_that_lowers_the_score_is_rolled_back_and_shown_in_the_failure_list(cache):
+    buggy = unary("square", "x * x + 1", SQUARE_DESCRIPTION)
+    seen: list[dict] = []
+
+    def policy(inputs):
+        seen.append(inputs)
+        if inputs["failure_list"] == "(none)" and len(seen) == 1:
+            return [action("revise_function", buggy)]
+        return []
+
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), cache=cache)
+    first = report.steps[0]
+    assert (first.outcome, first.score_before, first.score_after) == ("rolled_back", 1.0, 0.8)
+    assert first.actions[0].status == "rolled_back"
+    assert trained.toolset["square"].code == SQUARE.code
+    assert "Step 1: scored 0.800 (the current functions score 1.000)" in seen[1]["failure_list"]
+    assert "return x * x + 1" in seen[1]["failure_list"]
+
+
+def test_accepting_a_candidate_clears_the_failure_list(cache):
+    triple = unary("triple", "x * 3")
+    seen: list[dict] = []
+
+    def policy(inputs):
+        seen.append(inputs)
+        return [
+            [action("revise_function", unary("square", "x * x + 1", SQUARE_DESCRIPTION))],
+            [action("add_function", triple)],
+            [],
+        ][min(len(seen) - 1, 2)]
+
+    compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), cache=cache, patience=3)
+    assert seen[1]["failure_list"] != "(none)"
+    assert seen[2]["failure_list"] == "(none)"  # the tie in step 2 was accepted (accept_ties=True)
+
+
+def test_ties_are_rolled_back_without_accept_ties(cache):
+    triple = unary("triple", "x * 3")
+    policy = lambda inputs: [] if "### triple" in inputs["current_functions"] else [action("add_function", triple)]  # noqa: E731
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), cache=cache, accept_ties=False)
+    assert report.steps[0].outcome == "rolled_back" and "triple" not in trained.toolset
+
+
+def test_early_stop_fires_after_patience(cache):
+    _, _, report, _, proposer = compile_with(
+        lambda inputs: [], tf.Toolset([DOUBLE]), cache=cache, max_epochs=10, patience=3
+    )
+    assert report.stop_reason == "early_stop"
+    assert [s.outcome for s in report.steps] == ["no_change"] * 3
+    assert proposer.calls == 3
+
+
+def test_invalid_proposals_are_retried_with_their_reasons_and_then_dropped(cache):
+    seen: list[str] = []
+
+    def policy(inputs):
+        seen.append(inputs["rejected"])
+        if len(seen) == 1:
+            return [action("add_function", SQUARE, code="def square(x):\n    return x *\n")]
+        if len(seen) == 2:
+            return [action("add_function", SQUARE, code="def sq(x):\n    return x * x\n")]
+        if len(seen) == 3:
+            return [action("add_function", SQUARE, code="def square(y):\n    return y * y\n")]
+        return []
+
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1)
+    outcomes = report.steps[0].actions
+    assert [(o.trial, o.status) for o in outcomes] == [(1, "rejected"), (2, "rejected"), (3, "dropped")]
+    assert "code does not compile" in outcomes[0].reason
+    assert "does not define a top-level function 'square'" in outcomes[1].reason
+    assert "parameters disagree with the def" in outcomes[2].reason
+    assert seen[0] == "(none)"
+    assert "add square (trial 1): function 'square': code does not compile" in seen[1]
+    assert "add square (trial 2): function 'square': code does not define" in seen[2]
+    assert report.steps[0].outcome == "no_change" and trained.toolset.names == ["double"]
+
+
+def test_a_function_that_crashes_in_its_smoke_call_is_rejected(cache):
+    crashing = action("add_function", SQUARE, code="def square(x):\n    return x * x / 0\n")
+    calls = []
+
+    def policy(inputs):
+        calls.append(inputs)
+        return [crashing] if len(calls) == 1 else [action("add_function", SQUARE)]
+
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1)
+    first, second = report.steps[0].actions
+    assert first.status == "rejected"
+    assert first.reason.startswith('the smoke call square({"x": 3}) failed: ZeroDivisionError')
+    assert second.status == "accepted" and trained.toolset.names == ["double", "square"]
+
+
+@pytest.mark.parametrize(
+    ("proposal", "reason"),
+    [
+        (action("add_function", DOUBLE), "function 'double' already exists; use ReviseFunction"),
+        (action("remove_function", name="cube"), "cannot remove 'cube': no such function"),
+        (action("add_function", unary("finish", "x")), "'finish' is the name of a fixed tool"),
+        (action("add_function", SQUARE, example_arguments={"y": 1}), "example_arguments do not fit"),
+        ({"action": "add_function", "name": "square"}, "function 'square': description is empty"),
+    ],
+)
+def test_toolset_rules_reject_actions(cache, proposal, reason):
+    _, _, report, _, _ = compile_with(
+        lambda inputs: [proposal], tf.Toolset([DOUBLE]), cache=cache, max_epochs=1, max_trials=1
+    )
+    assert report.steps[0].actions[0].status == "dropped"
+    assert reason in report.steps[0].actions[0].reason
+
+
+def test_max_functions_holds(cache):
+    triple = unary("triple", "x * 3")
+    policy = lambda inputs: [action("add_function", SQUARE), action("add_function", triple)]  # noqa: E731
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1, max_functions=2, max_trials=1
+    )
+    outcomes = report.steps[0].actions
+    assert [o.status for o in outcomes] == ["accepted", "dropped"]
+    assert "adding 'triple' would exceed max_functions=2" in outcomes[1].reason
+    assert len(trained.toolset) == 2 and trained.toolset.max_functions == 2
+
+
+def test_max_actions_per_step_holds(cache):
+    triple, half = unary("triple", "x * 3"), unary("half", "x / 2")
+    policy = lambda inputs: [action("add_function", f) for f in (SQUARE, triple, half)]  # noqa: E731
+    _, _, report, _, _ = compile_with(
+        policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1, max_actions_per_step=2, max_trials=1
+    )
+    assert [o.status for o in report.steps[0].actions] == ["accepted", "accepted", "dropped"]
+    assert "over the limit" in report.steps[0].actions[2].reason
+
+
+def test_pruning_drops_functions_no_trajectory_called(cache):
+    unused = unary("cube", "x ** 3")
+    _, trained, report, _, _ = compile_with(lambda inputs: [], tf.Toolset([DOUBLE, unused]), cache=cache)
+    assert report.pruned == ["cube"] and trained.toolset.names == ["double"]
+    _, kept, _, _, _ = compile_with(lambda inputs: [], tf.Toolset([DOUBLE, unused]), cache=cache, prune_unused=False)
+    assert kept.toolset.names == ["double", "cube"]
+
+
+def test_the_budget_stops_cleanly_keeping_the_best_so_far(cache):
+    # the baseline costs 8 x 3 + 2 x 2 = 28 requests; step 1 a proposer call and 10 x 3; later steps 1 each
+    _, trained, report, _, proposer = compile_with(
+        add_square_once, tf.Toolset([DOUBLE]), cache=cache, max_epochs=10, patience=10, max_lm_calls=61
+    )
+    assert report.stop_reason == "budget" and len(report.steps) == 3
+    assert trained.toolset.names == ["double", "square"]
+    assert proposer.calls == 3 and report.agent_lm_calls + report.proposer_lm_calls == 61
+
+
+def test_the_returned_program_saves_and_loads(cache, tmp_path):
+    _, trained, _, _, _ = compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache)
+    trained.save(tmp_path / "trained.json")
+    fresh = tf.ToolAgent("question -> answer: float")
+    fresh.load(tmp_path / "trained.json")
+    assert fresh.toolset == trained.toolset
+
+
+def test_log_dir_holds_the_report_every_accepted_toolset_and_a_checkpoint(cache, tmp_path):
+    log_dir = tmp_path / "run"
+    _, trained, report, _, _ = compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache, log_dir=log_dir)
+    assert {p.name for p in log_dir.iterdir()} == {
+        "report.json",
+        "checkpoint.json",
+        "toolset-0.json",
+        "toolset-1.json",
+        "toolset-final.json",
+    }
+    saved = json.loads((log_dir / "report.json").read_text())
+    assert saved["best_score"] == 1.0 and len(saved["steps"]) == len(report.steps)
+    assert tf.Toolset.load(log_dir / "toolset-1.json").names == ["double", "square"]
+    assert tf.Toolset.load(log_dir / "toolset-final.json") == trained.toolset
+
+
+def test_step_reports_count_lm_calls_and_cache_hits(cache):
+    _, _, report, agent, proposer = compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache)
+    first = report.steps[0]
+    assert (first.cache_hits, first.cache_misses) == (10, 10)  # the best toolset was cached; the candidate ran
+    assert first.agent_lm_calls == 30 and first.proposer_lm_calls == 1
+    assert first.proposer_prompt_tokens > 0 and first.agent_prompt_tokens > 0
+    assert report.agent_lm_calls == agent.calls == 28 + 30
+    assert report.proposer_lm_calls == proposer.calls
+
+
+def scenario(inputs):
+    """A three-step run: add square (accepted), a bad revision (rolled back), then nothing."""
+    if "### square" not in inputs["current_functions"]:
+        return [action("add_function", SQUARE)]
+    if inputs["failure_list"] == "(none)" and "return x * x + 1" not in inputs["failure_list"]:
+        return [action("revise_function", unary("double", "x * 2 + 1", DOUBLE.description))]
+    return []
+
+
+def test_resume_after_an_interruption_gives_the_same_result(cache, tmp_path):
+    _, reference, ref_report, _, _ = compile_with(
+        scenario, tf.Toolset([DOUBLE]), cache=False, max_epochs=4, patience=4, log_dir=tmp_path / "reference"
+    )
+    proposer_model, engine = proposer_lm(scenario)
+    original_respond = engine.respond
+    engine.fail_on = 2
+
+    def flaky(system, user):
+        if engine.calls + 1 == engine.fail_on:
+            engine.fail_on = None
+            raise KeyboardInterrupt  # Ctrl-C during step 2
+        return original_respond(system, user)
+
+    engine.respond = flaky
+    with pytest.raises(KeyboardInterrupt):
+        compile_with(
+            scenario,
+            tf.Toolset([DOUBLE]),
+            cache=False,
+            max_epochs=4,
+            patience=4,
+            log_dir=tmp_path / "resumed",
+            proposer=(proposer_model, engine),
+        )
+    checkpoint = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
+    assert checkpoint["step"] == 1
+    _, resumed, report, _, _ = compile_with(
+        scenario,
+        tf.Toolset([DOUBLE]),
+        cache=False,
+        max_epochs=4,
+        patience=4,
+        log_dir=tmp_path / "resumed",
+        proposer=(proposer_model, engine),
+    )
+    assert report.resumed_after_step == 1
+    assert resumed.toolset == reference.toolset
+    assert [s.outcome for s in report.steps] == [s.outcome for s in ref_report.steps]
+    assert report.best_score == ref_report.best_score
+
+
+def test_a_finished_compile_in_the_same_log_dir_returns_its_result_without_work(cache, tmp_path):
+    _, first, _, _, _ = compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache, log_dir=tmp_path / "run")
+    _, again, report, _, proposer = compile_with(
+        add_square_once, tf.Toolset([DOUBLE]), cache=cache, log_dir=tmp_path / "run"
+    )
+    assert again.toolset == first.toolset and proposer.calls == 0 and report.resumed_after_step == 3
+
+
+def test_a_different_compile_in_the_same_log_dir_is_refused(cache, tmp_path):
+    compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache, log_dir=tmp_path / "run")
+    with pytest.raises(tf.ToolforgeError, match="holds a checkpoint of a different compile"):
+        compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache, log_dir=tmp_path / "run", trainset=examples(5))
+
+
+def test_valset_picks_the_accepted_toolset_that_scores_best_on_it(cache):
+    val = examples(5, kinds=("square",))  # only squares
+    agent_model, _ = agent_lm()
+    proposer_model, _ = proposer_lm(add_square_once)
+    optimizer = tf.FunctionOptimizer(
+        exact, proposer_lm=proposer_model, max_epochs=2, display_progress=False, cache=cache, num_threads=2
+    )
+    with dspy.context(lm=agent_model):
+        trained = optimizer.compile(
+            tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([DOUBLE])), trainset=examples(), valset=val
+        )
+    report = trained.toolforge_report
+    assert report.val_scores == {0: 0.0, 1: 1.0} and report.selected_step == 1
+
+
+def test_a_proposer_reply_that_does_not_parse_is_recorded_not_raised(cache):
+    def respond(system, user):
+        return {"reasoning": "hm", "actions": "this is not a list of actions"}
+
+    _, trained, report, _, _ = compile_with(
+        None, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1, proposer=scripted_lm(respond, name="broken")
+    )
+    assert report.steps[0].outcome == "proposal_failed"
+    assert "the proposer failed" in report.steps[0].note
+    assert trained.toolset.names == ["double"]
+
+
+def test_students_without_exactly_one_toolset_are_refused():
+    class NoToolset(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.predict = dspy.Predict("question -> answer")
+
+    class TwoToolsets(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = tf.Toolset(), tf.Toolset()
+
+    optimizer = tf.FunctionOptimizer(exact, cache=False, display_progress=False)
+    with pytest.raises(tf.ToolforgeError, match="holds no Toolset to train; use tf.ToolAgent"):
+        optimizer.compile(NoToolset(), trainset=examples(1))
+    with pytest.raises(tf.ToolforgeError, match=r"several toolsets \(a, b\); pass toolset='<name>'"):
+        optimizer.compile(TwoToolsets(), trainset=examples(1))
+    with pytest.raises(tf.ToolforgeError, match="no toolset named 'c' in the student; it has: a, b"):
+        optimizer.compile(TwoToolsets(), trainset=examples(1), toolset="c")
+    with pytest.raises(tf.ToolforgeError, match="trainset is empty"):
+        optimizer.compile(TwoToolsets(), trainset=[])
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(tf.ToolforgeError, match="patience must be an integer >= 1"):
+        tf.FunctionOptimizer(exact, patience=0, cache=False)
+    with pytest.raises(tf.ToolforgeError, match="max_lm_calls must be a non-negative integer"):
+        tf.FunctionOptimizer(exact, max_lm_calls=-1, cache=False)

@@ -1,0 +1,728 @@
+"""`FunctionOptimizer`: the AgentOptimizer training loop (arXiv 2402.11359) as a DSPy optimizer.
+
+One *step* per epoch: evaluate the best toolset on the training set (cached, so free after the first time); ask
+the proposer LM for typed actions given the current functions, the failure list and the scored trajectories;
+check each action (its own validation, the toolset's rules, a smoke call in the sandbox), sending rejected ones
+back with their reason up to `max_trials` times; apply the rest and evaluate the candidate. **Roll-back**: a
+candidate that scores lower (or not higher, with `accept_ties=False`) goes to the failure list and the best
+toolset stays. **Early-stop**: after `patience` steps without an improvement. At the end, functions no training
+trajectory called successfully are pruned, and with a valset the accepted toolset that scores best on it wins.
+
+Unlike the reference implementation, removals really remove, every function runs its own code, proposals are
+checked before they cost an evaluation, nothing runs in the caller's process, unchanged work is never paid for
+twice, the prompt has a size budget, and with `log_dir` a compile resumes after a crash where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import dspy
+import tqdm
+from dspy.primitives.module import set_attribute_by_name
+from dspy.teleprompt.teleprompt import Teleprompter
+from dspy.utils.usage_tracker import track_usage
+from pydantic import BaseModel, Field, ValidationError
+
+from toolforge._hashing import content_hash
+from toolforge._usage import LMCallCounter, token_totals
+from toolforge.actions import RemoveFunction
+from toolforge.cache import EvaluationCache
+from toolforge.errors import FunctionCallError, FunctionError, ToolforgeError, ToolsetError
+from toolforge.evaluate import Evaluator, example_id, fixed_tool_names, program_fingerprint
+from toolforge.proposer import ProposedAction, Proposer, parse_error, render_functions, render_trajectories
+from toolforge.records import EvaluationRun
+from toolforge.sandbox import Sandbox, default_sandbox
+from toolforge.toolset import Toolset
+
+__all__ = ["ActionOutcome", "FunctionOptimizer", "OptimizationReport", "StepReport"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "toolforge.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class ActionOutcome(BaseModel):
+    """What became of one proposed action."""
+
+    summary: str
+    proposal: dict[str, Any]
+    status: Literal["accepted", "rolled_back", "rejected", "dropped"]
+    reason: str | None = None
+    trial: int
+
+
+class StepReport(BaseModel):
+    """One step of the training loop."""
+
+    step: int
+    outcome: Literal["accepted", "rolled_back", "no_change", "proposal_failed"]
+    score_before: float
+    score_after: float | None = None
+    improved: bool = False
+    actions: list[ActionOutcome] = Field(default_factory=list)
+    candidate_fingerprint: str | None = None
+    best_fingerprint: str
+    agent_lm_calls: int = 0
+    agent_prompt_tokens: int = 0
+    agent_completion_tokens: int = 0
+    proposer_lm_calls: int = 0
+    proposer_prompt_tokens: int = 0
+    proposer_completion_tokens: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    wall_time_s: float = 0.0
+    note: str | None = None
+
+
+class OptimizationReport(BaseModel):
+    """What a compile did: every step, why it stopped, and what it kept."""
+
+    initial_score: float
+    best_score: float
+    stop_reason: Literal["max_epochs", "early_stop", "budget"]
+    steps: list[StepReport] = Field(default_factory=list)
+    accepted_steps: list[int] = Field(default_factory=list)
+    val_scores: dict[int, float] = Field(default_factory=dict)
+    selected_step: int = 0
+    pruned: list[str] = Field(default_factory=list)
+    final_functions: list[str] = Field(default_factory=list)
+    final_fingerprint: str = ""
+    agent_lm_calls: int = 0
+    proposer_lm_calls: int = 0
+    resumed_after_step: int | None = None
+    wall_time_s: float = 0.0
+
+
+class _BudgetExhausted(Exception):
+    pass
+
+
+class FunctionOptimizer(Teleprompter):
+    """Train the functions (a `Toolset`) of a DSPy program: the AgentOptimizer method.
+
+    Args:
+        metric: `metric(example, prediction, trace=None)` -> bool or number in [0, 1].
+        proposer_lm: The LM that proposes actions (a `dspy.BaseLM` or a model string); None uses the configured LM.
+        max_epochs: Steps to run at most (one evaluation of a candidate each).
+        max_actions_per_step: Actions the proposer may take in one step.
+        max_trials: Proposer calls per step; rejected actions go back with their reason until this runs out.
+        patience: Stop after this many consecutive steps without a higher training score.
+        accept_ties: Accept a candidate that scores the same as the best.
+        max_functions: The most functions the toolset may hold (default: the toolset's own limit).
+        prune_unused: At the end, drop functions that no training trajectory called successfully.
+        max_lm_calls: Budget of LM requests (agent and proposer, DSPy cache hits included); checked between
+            phases, so an evaluation that has started finishes. Stops cleanly, keeping the best so far.
+        num_threads: Examples evaluated at once.
+        cache: Evaluation cache; None uses `EvaluationCache()` (`$TOOLFORGE_CACHE_DIR` or `.toolforge/cache`),
+            False uses none.
+        log_dir: Where to write `report.json`, `toolset-<step>.json` for every accepted toolset, and a checkpoint
+            after every step; a compile with the same `log_dir` resumes after the last finished step.
+        seed: Seeds which trajectories the proposer sees.
+        display_progress: Show a tqdm bar over steps.
+        sandbox: Where smoke calls run (default: the process-wide sandbox).
+        failure_score: Score of an example whose program raised.
+        metric_version: Identifies the metric in cache keys instead of its source.
+        trajectory_budget_chars: Size budget of the trajectories shown to the proposer.
+
+    Examples:
+        >>> optimizer = FunctionOptimizer(metric, max_epochs=5, log_dir="runs/math")      # doctest: +SKIP
+        >>> trained = optimizer.compile(ToolAgent("question -> answer: float"), trainset=train)
+        >>> trained.toolset, trained.toolforge_report.best_score
+    """
+
+    def __init__(
+        self,
+        metric: Any,
+        *,
+        proposer_lm: dspy.BaseLM | str | None = None,
+        max_epochs: int = 10,
+        max_actions_per_step: int = 3,
+        max_trials: int = 3,
+        patience: int = 3,
+        accept_ties: bool = True,
+        max_functions: int | None = None,
+        prune_unused: bool = True,
+        max_lm_calls: int | None = None,
+        num_threads: int = 8,
+        cache: EvaluationCache | Literal[False] | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+        display_progress: bool = True,
+        sandbox: Sandbox | None = None,
+        failure_score: float = 0.0,
+        metric_version: str | None = None,
+        trajectory_budget_chars: int = 12_000,
+    ) -> None:
+        super().__init__()
+        for name, value, low in (
+            ("max_epochs", max_epochs, 0),
+            ("max_actions_per_step", max_actions_per_step, 1),
+            ("max_trials", max_trials, 1),
+            ("patience", patience, 1),
+            ("num_threads", num_threads, 1),
+            ("trajectory_budget_chars", trajectory_budget_chars, 500),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ToolforgeError(f"FunctionOptimizer({name}={value!r}): {name} must be an integer >= {low}")
+        for name, limit in (("max_functions", max_functions), ("max_lm_calls", max_lm_calls)):
+            if limit is not None and (not isinstance(limit, int) or limit < 0):
+                raise ToolforgeError(f"FunctionOptimizer({name}={limit!r}): {name} must be a non-negative integer")
+        self.metric = metric
+        self.proposer_lm = dspy.LM(proposer_lm) if isinstance(proposer_lm, str) else proposer_lm
+        self.max_epochs = max_epochs
+        self.max_actions_per_step = max_actions_per_step
+        self.max_trials = max_trials
+        self.patience = patience
+        self.accept_ties = accept_ties
+        self.max_functions = max_functions
+        self.prune_unused = prune_unused
+        self.max_lm_calls = max_lm_calls
+        self.num_threads = num_threads
+        self.cache = None if cache is False else cache if cache is not None else EvaluationCache()
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.seed = seed
+        self.display_progress = display_progress
+        self.sandbox = sandbox
+        self.trajectory_budget_chars = trajectory_budget_chars
+        self.evaluator = Evaluator(
+            metric,
+            cache=self.cache,
+            num_threads=num_threads,
+            failure_score=failure_score,
+            metric_version=metric_version,
+        )
+        self.proposer = Proposer()
+
+    # ------------------------------------------------------------------------------------------- compile
+    def compile(
+        self,
+        student: dspy.Module,
+        *,
+        trainset: list[dspy.Example],
+        valset: list[dspy.Example] | None = None,
+        toolset: str | None = None,
+    ) -> dspy.Module:
+        """Train the student's toolset; return a copy of the student holding the best one.
+
+        Args:
+            student: A DSPy program holding a `Toolset` (e.g. a `ToolAgent`). It is never changed.
+            trainset: Examples with inputs marked; every step evaluates on them.
+            valset: Optional examples to pick the final toolset among the accepted ones.
+            toolset: The name (as in `named_parameters()`) of the toolset to train, when the student holds several.
+
+        Returns:
+            A copy of `student` with the trained toolset, and the report as `.toolforge_report`.
+        """
+        start = time.perf_counter()
+        if not trainset:
+            raise ToolforgeError("trainset is empty; pass the examples to train on")
+        param_name, initial = _find_toolset(student, toolset)
+        work = student.deepcopy()
+        limit = self.max_functions if self.max_functions is not None else initial.max_functions
+        initial = Toolset(initial.functions, max_functions=limit)
+        set_attribute_by_name(work, param_name, initial)
+        self._fixed = fixed_tool_names(work)
+        run = _RunState(self, work, param_name, trainset, valset)
+        run.restore_or_start(initial)
+        try:
+            run.train()
+        except _BudgetExhausted:
+            run.stop_reason = "budget"
+            run.checkpoint()
+        final, report = run.finish(start)
+        trained = student.deepcopy()
+        set_attribute_by_name(trained, param_name, final)
+        trained.toolforge_report = report
+        trained._compiled = True
+        return trained
+
+
+class _RunState:
+    """The state of one compile: what a checkpoint holds, and the steps that move it."""
+
+    def __init__(
+        self,
+        optimizer: FunctionOptimizer,
+        program: dspy.Module,
+        param_name: str,
+        trainset: list[dspy.Example],
+        valset: list[dspy.Example] | None,
+    ) -> None:
+        self.opt = optimizer
+        self.program = program
+        self.param_name = param_name
+        self.trainset = list(trainset)
+        self.valset = list(valset) if valset else None
+        self.best: Toolset = Toolset()
+        self.best_score = 0.0
+        self.initial_score = 0.0
+        self.step = 0
+        self.stale = 0
+        self.failure_list: list[dict[str, Any]] = []
+        self.accepted: list[dict[str, Any]] = []
+        self.steps: list[StepReport] = []
+        self.agent_lm_calls = 0
+        self.proposer_lm_calls = 0
+        self.stop_reason: Literal["max_epochs", "early_stop", "budget"] | None = None
+        self.resumed_after: int | None = None
+        self.log_dir = optimizer.log_dir
+
+    # ---------------------------------------------------------------------------------------- lifecycle
+    def restore_or_start(self, initial: Toolset) -> None:
+        self.signature = self._signature(initial)
+        checkpoint = self._load_checkpoint()
+        if checkpoint is not None:
+            self.best = Toolset.from_dict(checkpoint["best"], source="checkpoint")
+            self.best_score = checkpoint["best_score"]
+            self.initial_score = checkpoint["initial_score"]
+            self.step = checkpoint["step"]
+            self.stale = checkpoint["stale"]
+            self.failure_list = checkpoint["failure_list"]
+            self.accepted = checkpoint["accepted"]
+            self.steps = [StepReport.model_validate(s) for s in checkpoint["steps"]]
+            self.agent_lm_calls = checkpoint["agent_lm_calls"]
+            self.proposer_lm_calls = checkpoint["proposer_lm_calls"]
+            self.stop_reason = checkpoint["stop_reason"]
+            self.resumed_after = self.step
+            logger.info("resuming the compile in %s after step %d", self.log_dir, self.step)
+            return
+        self.best = initial
+        baseline = self._evaluate(initial, self.trainset)
+        self.initial_score = self.best_score = baseline.score
+        self.accepted = [{"step": 0, "score": baseline.score, "toolset": initial.to_dict()}]
+        self._save_toolset(0, initial)
+        self.checkpoint()
+
+    def train(self) -> None:
+        opt = self.opt
+        with tqdm.tqdm(
+            total=opt.max_epochs,
+            initial=min(self.step, opt.max_epochs),
+            desc="toolforge compile",
+            disable=not opt.display_progress,
+        ) as bar:
+            bar.set_postfix(best=f"{self.best_score:.3f}")
+            while self.stop_reason is None:
+                if self.step >= opt.max_epochs:
+                    self.stop_reason = "max_epochs"
+                elif self.stale >= opt.patience:
+                    self.stop_reason = "early_stop"
+                else:
+                    self._budget_check()
+                    report = self._one_step(self.step + 1)
+                    self.steps.append(report)
+                    self.step += 1
+                    bar.update(1)
+                    bar.set_postfix(best=f"{self.best_score:.3f}", last=report.outcome)
+                self.checkpoint()
+
+    def finish(self, start: float) -> tuple[Toolset, OptimizationReport]:
+        best_run = self._evaluate(self.best, self.trainset)
+        candidates = [
+            (entry["step"], Toolset.from_dict(entry["toolset"], source="checkpoint"), entry["score"])
+            for entry in self.accepted
+        ]
+        pruned_of: dict[int, tuple[Toolset, list[str]]] = {}
+        for step, toolset, _ in candidates:
+            run = best_run if toolset.fingerprint == self.best.fingerprint else self._evaluate(toolset, self.trainset)
+            pruned_of[step] = self._prune(toolset, run) if self.opt.prune_unused else (toolset, [])
+        val_scores: dict[int, float] = {}
+        if self.valset:
+            for step, _, _ in candidates:
+                val_scores[step] = self._evaluate(pruned_of[step][0], self.valset).score
+            selected = max(candidates, key=lambda c: (val_scores[c[0]], c[2], c[0]))[0]
+        else:
+            selected = next(step for step, toolset, _ in reversed(candidates) if toolset == self.best)
+        final, pruned = pruned_of[selected]
+        report = OptimizationReport(
+            initial_score=self.initial_score,
+            best_score=self.best_score,
+            stop_reason=self.stop_reason or "max_epochs",
+            steps=self.steps,
+            accepted_steps=[c[0] for c in candidates],
+            val_scores=val_scores,
+            selected_step=selected,
+            pruned=pruned,
+            final_functions=final.names,
+            final_fingerprint=final.fingerprint,
+            agent_lm_calls=self.agent_lm_calls,
+            proposer_lm_calls=self.proposer_lm_calls,
+            resumed_after_step=self.resumed_after,
+            wall_time_s=time.perf_counter() - start,
+        )
+        if self.log_dir is not None:
+            final.save(self.log_dir / "toolset-final.json")
+            _write_json(self.log_dir / "report.json", report.model_dump(mode="json"))
+        logger.info(
+            "compile finished (%s): train score %.3f -> %.3f, functions %s",
+            report.stop_reason,
+            report.initial_score,
+            report.best_score,
+            report.final_functions,
+        )
+        return final, report
+
+    # -------------------------------------------------------------------------------------------- a step
+    def _one_step(self, step: int) -> StepReport:
+        opt = self.opt
+        start = time.perf_counter()
+        counts = _StepCounts()
+        best_run = self._evaluate(self.best, self.trainset, counts)
+        score_before = best_run.score
+        outcomes: list[ActionOutcome] = []
+        kept: list[int] = []  # indices into outcomes
+        candidate = self.best
+        feedback: list[str] = []
+        note = None
+        trajectories = render_trajectories(
+            best_run.records, self.trainset, budget_chars=opt.trajectory_budget_chars, seed=opt.seed * 100_003 + step
+        )
+        for trial in range(1, opt.max_trials + 1):
+            need = opt.max_actions_per_step - len(kept)
+            if need <= 0:
+                break
+            self._budget_check()
+            try:
+                proposals = self._propose(candidate, trajectories, feedback, need, counts)
+            except Exception as exc:
+                note = f"the proposer failed: {type(exc).__name__}: {exc}"
+                logger.warning("step %d: %s", step, note)
+                feedback.append(
+                    f"Your previous reply could not be used ({type(exc).__name__}: {exc}); reply again "
+                    "with valid actions."
+                )
+                continue
+            if not proposals:
+                break
+            rejected_now = 0
+            for index, proposal in enumerate(proposals):
+                reason = None
+                if index >= need:
+                    reason = f"over the limit of {need} more action(s) in this step"
+                else:
+                    reason, candidate = self._check(proposal, candidate)
+                outcome = ActionOutcome(
+                    summary=proposal.summary(),
+                    proposal=proposal.model_dump(mode="json"),
+                    status="rejected" if reason else "accepted",
+                    reason=reason,
+                    trial=trial,
+                )
+                outcomes.append(outcome)
+                if reason:
+                    rejected_now += 1
+                    feedback.append(f"- {proposal.summary()} (trial {trial}): {reason}")
+                else:
+                    kept.append(len(outcomes) - 1)
+            if not rejected_now:
+                break
+        else:
+            last = opt.max_trials
+            outcomes = [
+                o.model_copy(update={"status": "dropped"}) if o.status == "rejected" and o.trial == last else o
+                for o in outcomes
+            ]
+
+        base = dict(step=step, score_before=score_before, actions=outcomes, note=note)
+        if not kept:
+            self.stale += 1
+            no_change = "proposal_failed" if note and not outcomes else "no_change"
+            return self._step_report(
+                base | {"outcome": no_change, "best_fingerprint": self.best.fingerprint}, counts, start
+            )
+        self._budget_check()
+        candidate_run = self._evaluate(candidate, self.trainset, counts)
+        score = candidate_run.score
+        accept = score > self.best_score or (opt.accept_ties and score == self.best_score)
+        improved = score > self.best_score
+        status: Literal["accepted", "rolled_back"] = "accepted" if accept else "rolled_back"
+        outcomes = [o.model_copy(update={"status": status}) if i in kept else o for i, o in enumerate(outcomes)]
+        if accept:
+            self.best, self.best_score = candidate, score
+            self.failure_list = []
+            self.accepted.append({"step": step, "score": score, "toolset": candidate.to_dict()})
+            self._save_toolset(step, candidate)
+        else:
+            self.failure_list.append(
+                {
+                    "step": step,
+                    "score": score,
+                    "best_score": self.best_score,
+                    "actions": [outcomes[i].proposal for i in kept],
+                }
+            )
+        self.stale = 0 if improved else self.stale + 1
+        return self._step_report(
+            base
+            | {
+                "actions": outcomes,
+                "outcome": status,
+                "score_after": score,
+                "improved": improved,
+                "candidate_fingerprint": candidate.fingerprint,
+                "best_fingerprint": self.best.fingerprint,
+            },
+            counts,
+            start,
+        )
+
+    def _step_report(self, fields: dict[str, Any], counts: _StepCounts, start: float) -> StepReport:
+        return StepReport(
+            **fields,
+            agent_lm_calls=counts.agent_calls,
+            agent_prompt_tokens=counts.agent_tokens[0],
+            agent_completion_tokens=counts.agent_tokens[1],
+            proposer_lm_calls=counts.proposer_calls,
+            proposer_prompt_tokens=counts.proposer_tokens[0],
+            proposer_completion_tokens=counts.proposer_tokens[1],
+            cache_hits=counts.hits,
+            cache_misses=counts.misses,
+            wall_time_s=time.perf_counter() - start,
+        )
+
+    def _propose(
+        self, toolset: Toolset, trajectories: str, feedback: list[str], need: int, counts: _StepCounts
+    ) -> list[ProposedAction]:
+        opt = self.opt
+        counter = LMCallCounter()
+        callbacks = [*(dspy.settings.get("callbacks") or []), counter]
+        context: dict[str, Any] = {"callbacks": callbacks}
+        if opt.proposer_lm is not None:
+            context["lm"] = opt.proposer_lm
+        try:
+            with dspy.context(**context), track_usage() as usage:
+                prediction = opt.proposer(
+                    task=_describe_task(self.program),
+                    fixed_tools=", ".join(sorted(opt._fixed)) or "(none)",
+                    current_functions=render_functions(toolset),
+                    failure_list=_render_failures(self.failure_list),
+                    trajectories=trajectories,
+                    rejected="\n".join(feedback) or "(none)",
+                    max_actions=need,
+                )
+        finally:
+            self.proposer_lm_calls += counter.calls
+            counts.proposer_calls += counter.calls
+        tokens = token_totals(usage.get_total_tokens())
+        counts.proposer_tokens = (counts.proposer_tokens[0] + tokens[0], counts.proposer_tokens[1] + tokens[1])
+        actions = prediction.actions or []
+        return [a if isinstance(a, ProposedAction) else ProposedAction.model_validate(a) for a in actions]
+
+    def _check(self, proposal: ProposedAction, candidate: Toolset) -> tuple[str | None, Toolset]:
+        """None and the new candidate, or the reason the proposal is rejected and the unchanged candidate."""
+        try:
+            action = proposal.to_action()
+        except ValidationError as exc:
+            return f"the action is malformed: {parse_error(exc)}", candidate
+        if action.name in self.opt._fixed:
+            return (
+                f"{action.name!r} is the name of a fixed tool of the agent; choose another name",
+                candidate,
+            )
+        try:
+            updated = candidate.apply([action])
+        except (ToolsetError, FunctionError) as exc:
+            return str(exc), candidate
+        if isinstance(action, RemoveFunction):
+            return None, updated
+        function = updated[action.name]
+        try:
+            arguments = function.validate_arguments(proposal.example_arguments)
+        except FunctionCallError as exc:
+            return f"example_arguments do not fit: {exc}", candidate
+        result = (self.opt.sandbox or default_sandbox()).call(function, arguments)
+        if not result.ok:
+            return (
+                f"the smoke call {action.name}({json.dumps(arguments)}) failed: {result.error}"
+                + (f" (it printed: {result.stdout[-300:]})" if result.stdout else ""),
+                candidate,
+            )
+        return None, updated
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _evaluate(
+        self, toolset: Toolset, examples: list[dspy.Example], counts: _StepCounts | None = None
+    ) -> EvaluationRun:
+        set_attribute_by_name(self.program, self.param_name, toolset)
+        run = self.opt.evaluator.evaluate(self.program, examples, display_progress=False)
+        self.agent_lm_calls += run.lm_calls
+        if counts is not None:
+            counts.agent_calls += run.lm_calls
+            counts.hits += run.hits
+            counts.misses += run.misses
+            prompt = sum(r.prompt_tokens for r in run.records if not r.cached)
+            completion = sum(r.completion_tokens for r in run.records if not r.cached)
+            counts.agent_tokens = (counts.agent_tokens[0] + prompt, counts.agent_tokens[1] + completion)
+        return run
+
+    def _prune(self, toolset: Toolset, run: EvaluationRun) -> tuple[Toolset, list[str]]:
+        used: set[str] = set().union(*(r.called for r in run.records)) if run.records else set()
+        unused = [name for name in toolset.names if name not in used]
+        if not unused:
+            return toolset, []
+        return toolset.apply([RemoveFunction(name) for name in unused]), unused
+
+    def _budget_check(self) -> None:
+        limit = self.opt.max_lm_calls
+        if limit is not None and self.agent_lm_calls + self.proposer_lm_calls >= limit:
+            raise _BudgetExhausted()
+
+    def _signature(self, initial: Toolset) -> str:
+        opt = self.opt
+        return content_hash(
+            {
+                "program": program_fingerprint(self.program, metric_id=opt.evaluator.metric_id),
+                "initial": initial.fingerprint,
+                "max_functions": initial.max_functions,
+                "train": [example_id(e) for e in self.trainset],
+                "val": [example_id(e) for e in self.valset] if self.valset else None,
+                "proposer": _lm_name(opt.proposer_lm),
+                "settings": [
+                    opt.max_actions_per_step,
+                    opt.max_trials,
+                    opt.patience,
+                    opt.accept_ties,
+                    opt.prune_unused,
+                    opt.seed,
+                    opt.trajectory_budget_chars,
+                ],
+            }
+        )
+
+    def checkpoint(self) -> None:
+        if self.log_dir is None:
+            return
+        _write_json(
+            self.log_dir / "checkpoint.json",
+            {
+                "format": CHECKPOINT_FORMAT,
+                "version": CHECKPOINT_VERSION,
+                "signature": self.signature,
+                "step": self.step,
+                "best": self.best.to_dict(),
+                "best_score": self.best_score,
+                "initial_score": self.initial_score,
+                "stale": self.stale,
+                "failure_list": self.failure_list,
+                "accepted": self.accepted,
+                "steps": [s.model_dump(mode="json") for s in self.steps],
+                "agent_lm_calls": self.agent_lm_calls,
+                "proposer_lm_calls": self.proposer_lm_calls,
+                "stop_reason": self.stop_reason,
+            },
+        )
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        if self.log_dir is None:
+            return None
+        path = self.log_dir / "checkpoint.json"
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ToolforgeError(
+                f"cannot read the checkpoint {str(path)!r} ({exc}); delete it to start this compile afresh"
+            ) from None
+        if data.get("format") != CHECKPOINT_FORMAT or data.get("version") != CHECKPOINT_VERSION:
+            raise ToolforgeError(f"{str(path)!r} is not a toolforge checkpoint of this version; use another log_dir")
+        if data.get("signature") != self.signature:
+            raise ToolforgeError(
+                f"log_dir {str(self.log_dir)!r} holds a checkpoint of a different compile (another program, data, "
+                "metric, LM or settings); use another log_dir, or delete it to start afresh"
+            )
+        if data["stop_reason"] == "max_epochs" and data["step"] < self.opt.max_epochs:
+            data["stop_reason"] = None  # asked for more epochs this time: continue
+        return data
+
+    def _save_toolset(self, step: int, toolset: Toolset) -> None:
+        if self.log_dir is not None:
+            toolset.save(self.log_dir / f"toolset-{step}.json")
+
+
+class _StepCounts:
+    def __init__(self) -> None:
+        self.agent_calls = 0
+        self.agent_tokens = (0, 0)
+        self.proposer_calls = 0
+        self.proposer_tokens = (0, 0)
+        self.hits = 0
+        self.misses = 0
+
+
+def _find_toolset(student: dspy.Module, name: str | None) -> tuple[str, Toolset]:
+    if not isinstance(student, dspy.Module):
+        raise ToolforgeError(f"compile needs a dspy.Module as student, got {type(student).__name__}")
+    found = [(n, p) for n, p in student.named_parameters() if isinstance(p, Toolset)]
+    if not found:
+        raise ToolforgeError(
+            f"the student ({type(student).__name__}) holds no Toolset to train; use tf.ToolAgent(...) or add "
+            "`self.toolset = tf.Toolset()` in its __init__ and pass `self.toolset.as_tools()` to its tools"
+        )
+    if name is None:
+        if len(found) > 1:
+            raise ToolforgeError(
+                f"the student holds several toolsets ({', '.join(n for n, _ in found)}); pass toolset='<name>' "
+                "to compile to choose the one to train"
+            )
+        return found[0]
+    for n, p in found:
+        if n == name:
+            return n, p
+    raise ToolforgeError(f"no toolset named {name!r} in the student; it has: {', '.join(n for n, _ in found)}")
+
+
+def _describe_task(program: dspy.Module) -> str:
+    signature = getattr(program, "signature", None)
+    if signature is not None and hasattr(signature, "signature"):
+        text = f"{signature.signature}"
+        return f"{text}\n{signature.instructions}" if signature.instructions else text
+    parts = [f"{name}: {p.signature.signature}" for name, p in program.named_predictors()]
+    return f"{type(program).__name__} with predictors " + "; ".join(parts)
+
+
+def _render_failures(failures: list[dict[str, Any]]) -> str:
+    if not failures:
+        return "(none)"
+    parts = []
+    for failure in failures:
+        lines = [
+            f"Step {failure['step']}: scored {failure['score']:.3f} (the current functions score "
+            f"{failure['best_score']:.3f}) after:"
+        ]
+        for action in failure["actions"]:
+            lines.append(f"- {action['action']} {action['name']}")
+            if action.get("code"):
+                code = action["code"].strip()
+                lines.append(
+                    "  ```python\n  "
+                    + (code if len(code) < 1500 else code[:1500] + "\n  ...").replace("\n", "\n  ")
+                    + "\n  ```"
+                )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def _lm_name(lm: Any) -> str | None:
+    return None if lm is None else f"{type(lm).__qualname__}:{getattr(lm, 'model', '')}"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

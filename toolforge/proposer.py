@@ -1,0 +1,164 @@
+"""The optimizer LM's step: from the training history to typed actions on the toolset.
+
+`Proposer` is a `dspy.Module` with a typed signature, so any DSPy LM and adapter drive it, and its prompt can
+itself be optimized. This module also renders what the proposer reads (functions, failure list, scored
+trajectories) into text within a size budget: failures first, long trajectories truncated, never the whole
+history raw.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import dspy
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from toolforge.actions import Action
+from toolforge.records import ExampleRecord
+from toolforge.toolset import Toolset
+
+__all__ = ["ProposeActions", "ProposedAction", "Proposer", "render_functions", "render_trajectories"]
+
+_ACTION_ADAPTER: TypeAdapter[Any] = TypeAdapter(Action)
+
+
+class ProposedAction(BaseModel):
+    """One action as the optimizer LM writes it: a flat record, easy for any LM to fill in."""
+
+    action: Literal["add_function", "revise_function", "remove_function"] = Field(
+        description="add_function a new function, revise_function an existing one, or remove_function one"
+    )
+    name: str = Field(description="the function's name: a Python identifier, also the name of its def")
+    description: str = Field(default="", description="what the function does and returns (for add and revise)")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description='JSON Schema of the arguments: {"type": "object", "properties": {...}, "required": [...]}',
+    )
+    code: str = Field(default="", description="Python source defining `def <name>(<arguments>):` at top level")
+    packages: list[str] = Field(default_factory=list, description="modules beyond the standard library it imports")
+    example_arguments: dict[str, Any] = Field(
+        default_factory=dict, description="arguments for a test call of the function (for add and revise)"
+    )
+
+    def to_action(self) -> Action:
+        """The typed action. Raises pydantic's ValidationError when fields are missing."""
+        data = self.model_dump(exclude={"example_arguments"})
+        if self.action == "remove_function":
+            data = {"action": self.action, "name": self.name}
+        action: Action = _ACTION_ADAPTER.validate_python(data)
+        return action
+
+    def summary(self) -> str:
+        verb = self.action.replace("_function", "")
+        return f"{verb} {self.name}"
+
+
+class ProposeActions(dspy.Signature):
+    """You improve an AI agent by editing the Python functions it can call as tools, as in training: the agent's
+    language model stays fixed, its functions are the parameters.
+
+    Study the scored trajectories: where the agent failed, what function would have let it succeed? Propose up to
+    the allowed number of actions: `add_function` (a new, reusable function), `revise_function` (fix or improve an
+    existing one; give its full new version), or `remove_function`. Propose no actions if no change would help.
+
+    Each function needs: a name (a Python identifier), a description the agent will read (it never sees the code),
+    `parameters` as a JSON Schema object whose properties are exactly the def's arguments (`required` = the
+    arguments without a default), and `code` that defines a top-level `def` with that name. Use the standard
+    library only unless a package is listed as available. Functions must return their result (JSON-serialisable),
+    not print it. Give `example_arguments` for a test call. Do not repeat function sets from the failure list, and
+    do not reuse the names of fixed tools."""
+
+    task: str = dspy.InputField(desc="what the agent does: its inputs and outputs")
+    fixed_tools: str = dspy.InputField(desc="tools the agent always has; functions must not reuse their names")
+    current_functions: str = dspy.InputField(desc="the agent's current functions, with their full code")
+    failure_list: str = dspy.InputField(desc="function sets tried earlier that scored worse than the current one")
+    trajectories: str = dspy.InputField(desc="the agent's recent runs with the current functions, failures first")
+    rejected: str = dspy.InputField(desc="actions proposed earlier in this step that were rejected, and why")
+    max_actions: int = dspy.InputField(desc="the most actions to propose")
+    actions: list[ProposedAction] = dspy.OutputField(desc="the actions, possibly none")
+
+
+class Proposer(dspy.Module):
+    """Proposes actions on a toolset from the training history (a `ChainOfThought` over `ProposeActions`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.propose = dspy.ChainOfThought(ProposeActions)
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        prediction: dspy.Prediction = self.propose(**inputs)
+        return prediction
+
+
+# --------------------------------------------------------------------------------------------- rendering
+def render_functions(toolset: Toolset) -> str:
+    if not len(toolset):
+        return "(none yet)"
+    parts = []
+    for function in toolset:
+        parts.append(
+            f"### {function.name}\n{function.description}\nparameters: {json.dumps(function.parameters)}\n"
+            + (f"packages: {', '.join(function.packages)}\n" if function.packages else "")
+            + f"```python\n{function.code.rstrip()}\n```"
+        )
+    return "\n\n".join(parts)
+
+
+def render_trajectories(
+    records: Sequence[ExampleRecord], examples: Sequence[dspy.Example], *, budget_chars: int, seed: int
+) -> str:
+    """Scored runs, failures first (lowest score first), each truncated, all within `budget_chars`."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)  # which successes and which equal-score failures are shown varies by step
+    order.sort(key=lambda i: records[i].score)
+    per_item = max(400, budget_chars // 6)
+    parts: list[str] = []
+    used = 0
+    shown = 0
+    for i in order:
+        text = _render_record(records[i], examples[i])
+        if len(text) > per_item:
+            text = text[: per_item - 30] + "\n... (truncated)"
+        if used + len(text) > budget_chars and shown:
+            break
+        parts.append(text)
+        used += len(text) + 2
+        shown += 1
+    failures = sum(1 for r in records if r.score < 1.0)
+    header = (
+        f"{len(records)} runs, {failures} not fully successful (mean score "
+        f"{sum(r.score for r in records) / max(1, len(records)):.3f}); showing {shown}."
+    )
+    return "\n\n".join([header, *parts])
+
+
+def _render_record(record: ExampleRecord, example: dspy.Example) -> str:
+    status = "success" if record.score >= 1.0 else "failure" if record.score <= 0.0 else "partial"
+    inputs = "; ".join(f"{k}: {_short(v, 300)}" for k, v in example.inputs().items())
+    lines = [f"--- score {record.score:.2f} ({status})", f"inputs: {inputs}"]
+    trajectory = record.trajectory or {}
+    step = 0
+    while f"tool_name_{step}" in trajectory:
+        thought = _short(trajectory.get(f"thought_{step}", ""), 200)
+        call = f"{trajectory[f'tool_name_{step}']}({json.dumps(trajectory.get(f'tool_args_{step}', {}))})"
+        lines.append(f"  thought: {thought}")
+        lines.append(f"  call: {_short(call, 300)} -> {_short(trajectory.get(f'observation_{step}', ''), 300)}")
+        step += 1
+    if record.prediction:
+        lines.append("output: " + "; ".join(f"{k}: {_short(v, 200)}" for k, v in record.prediction.items()))
+    if record.error:
+        lines.append(f"error: {_short(record.error, 300)}")
+    return "\n".join(lines)
+
+
+def _short(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parse_error(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'action'}: {e['msg']}" for e in exc.errors()[:3])
