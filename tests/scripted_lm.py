@@ -27,9 +27,11 @@ class ScriptedEngine:
         self.latency_s = latency_s
         self.calls = 0
         self.requests: list[tuple[str, str]] = []
+        self.intervals: list[tuple[float, float]] = []  # (start, end) of each call, for overhead accounting
         self._lock = threading.Lock()
 
     def complete(self, request: Any) -> Response:
+        started = time.perf_counter()
         validate_request(request)
         system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system or [])
         user = request.messages[-1].text or ""
@@ -41,6 +43,7 @@ class ScriptedEngine:
             time.sleep(self.latency_s)
         with self._lock:
             self.calls += 1
+            self.intervals.append((started, time.perf_counter()))
         return Response(
             id=None,
             model="scripted",

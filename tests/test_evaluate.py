@@ -207,11 +207,13 @@ def test_corrupt_entries_are_misses_with_a_warning_never_a_crash(lm, cache, capl
     keys = sorted(k for k in raw.iterkeys() if k.startswith("record:"))
     raw.set(keys[0], "{not json")
     raw.set(keys[1], '[{"dependencies": {}, "record": {"score": "high"}}]')
-    with caplog.at_level(logging.WARNING, logger="toolforge.cache"):
-        run = evaluate(program, lm, cache, examples=make_examples(2))
-    assert (run.hits, run.misses, run.score) == (0, 2, 1.0)
-    assert "treating it as a miss" in caplog.text
-    assert evaluate(program, lm, cache, examples=make_examples(2)).hits == 2  # re-stored correctly
+    with tf.EvaluationCache(cache.directory) as reader:  # a process that has not seen the entries yet
+        with caplog.at_level(logging.WARNING, logger="toolforge.cache"):
+            run = evaluate(program, lm, reader, examples=make_examples(2))
+        assert (run.hits, run.misses, run.score) == (0, 2, 1.0)
+        assert "treating it as a miss" in caplog.text
+    with tf.EvaluationCache(cache.directory) as reader:
+        assert evaluate(program, lm, reader, examples=make_examples(2)).hits == 2  # re-stored correctly
 
 
 def test_unreadable_cache_value_is_a_miss(lm, cache, caplog, monkeypatch):
@@ -221,9 +223,10 @@ def test_unreadable_cache_value_is_a_miss(lm, cache, caplog, monkeypatch):
     def broken_get(*args, **kwargs):
         raise OSError("disk read error")
 
-    monkeypatch.setattr(cache._cache, "get", broken_get)
-    with caplog.at_level(logging.WARNING, logger="toolforge.cache"):
-        run = evaluate(program, lm, cache, examples=make_examples(1))
+    with tf.EvaluationCache(cache.directory) as reader:
+        monkeypatch.setattr(reader._cache, "get", broken_get)
+        with caplog.at_level(logging.WARNING, logger="toolforge.cache"):
+            run = evaluate(program, lm, reader, examples=make_examples(1))
     assert run.misses == 1 and "disk read error" in caplog.text
 
 
@@ -241,7 +244,9 @@ def test_size_limit_is_enforced(tmp_path):
     with tf.EvaluationCache(tmp_path / "small", size_limit_mb=1) as small:
         for i in range(60):
             small.put_call(f"hash{i}", {"i": i}, "x" * 100_000)
-        assert small._cache.volume() < 3 * 1024 * 1024
+            small.flush()  # 6 MB written in all
+        assert small._cache.volume() < 2 * 1024 * 1024
+        assert small.get_call("hash59", {"i": 59}) == "x" * 100_000  # the newest survive
 
 
 def test_cache_directory_comes_from_the_environment(tmp_path, monkeypatch):

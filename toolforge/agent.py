@@ -140,10 +140,27 @@ class ToolAgent(dspy.Module):
         )
 
     # -------------------------------------------------------------------------------------------- running
+    def _rendered(self) -> tuple[dict[str, dspy.Tool], type[Signature]]:
+        """The current tools and the step signature that lists them, built once per toolset and prompt."""
+        key = (
+            self.toolset.fingerprint,
+            id(self.react.signature),
+            tuple(id(t) for t in self.tools),
+            id(self.sandbox),
+        )
+        cache: dict[Any, Any] = self.__dict__.setdefault("_render_cache", {})
+        found = cache.get(key)
+        if found is None:
+            tools = self.current_tools()
+            found = (tools, self._step_signature(tools))
+            if len(cache) >= 8:
+                cache.clear()
+            cache[key] = found
+        return found
+
     def forward(self, **input_args: Any) -> dspy.Prediction:
         max_iters = input_args.pop("max_iters", self.max_iters)
-        tools = self.current_tools()
-        step_signature = self._step_signature(tools)
+        tools, step_signature = self._rendered()
         trajectory: dict[str, Any] = {}
         for idx in range(max_iters):
             try:
@@ -189,11 +206,12 @@ class ToolAgent(dspy.Module):
 
 
 def _format_trajectory(trajectory: dict[str, Any]) -> str:
-    if not trajectory:
-        return ""
-    adapter = dspy.settings.adapter or dspy.ChatAdapter()
-    signature = dspy.Signature(f"{', '.join(trajectory)} -> x")
-    return str(adapter.format_user_message_content(signature, trajectory))
+    """The trajectory as `[[ ## key ## ]]` sections, as DSPy's ChatAdapter renders input fields."""
+    parts = []
+    for key, value in trajectory.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        parts.append(f"[[ ## {key} ## ]]\n{text}")
+    return "\n\n".join(parts)
 
 
 class _PythonSnippet:

@@ -13,8 +13,14 @@ Guarantees (from diskcache, which stores in SQLite with write-ahead logging): an
 processes may share one directory; every write is atomic; an interrupted process never leaves a half-written
 entry. Record variants are updated in a transaction. An entry that cannot be read or parsed counts as a miss,
 logs a warning, and is dropped; it never raises. The directory is kept under `size_limit_mb` by evicting the
-least recently used entries. Hit and miss counters are kept in the directory too, so `stats()` adds up
-every process that used it (`reset_stats()` zeroes them).
+least recently stored entries (reads never write to the disk).
+
+Speed: an evaluation's records are written in batches, one transaction each, together with the function-call
+results made meanwhile; a process dying mid-evaluation loses at most the current batch. Counters (hits, misses,
+savings) are kept in memory and added to the directory's own counters at the end of each evaluation, on `stats()`
+and on `close()`, so `stats()` adds up every process that used the directory (`reset_stats()` zeroes them).
+Reads are remembered in memory; since record variants are content-addressed, a remembered entry can only lack a
+variant that another process wrote since, which costs a re-run, never a wrong record.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -42,6 +49,7 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 DEFAULT_DIRECTORY = ".toolforge/cache"
 MAX_VARIANTS = 8
+_MEMO_SIZE = 100_000
 _MISSING = object()
 
 
@@ -69,7 +77,7 @@ class EvaluationCache:
 
     Args:
         directory: Where to keep the cache. Default: `$TOOLFORGE_CACHE_DIR` if set, else `.toolforge/cache`.
-        size_limit_mb: Least recently used entries are evicted beyond this size.
+        size_limit_mb: The least recently stored entries are evicted beyond this size.
 
     Examples:
         >>> cache = EvaluationCache(".toolforge/cache")                    # doctest: +SKIP
@@ -84,13 +92,21 @@ class EvaluationCache:
         self.directory = Path(chosen).expanduser()
         try:
             self._cache = diskcache.Cache(
-                str(self.directory), size_limit=size_limit_mb * 1024 * 1024, eviction_policy="least-recently-used"
+                str(self.directory),
+                size_limit=size_limit_mb * 1024 * 1024,
+                eviction_policy="least-recently-stored",
+                cull_limit=0,  # no size check on every write: `flush` culls once per batch
             )
         except (OSError, diskcache.Timeout) as exc:
             raise ToolforgeError(
                 f"cannot open the evaluation cache at {str(self.directory)!r} ({exc}); choose a writable directory "
                 "(EvaluationCache(directory) or TOOLFORGE_CACHE_DIR)"
             ) from None
+        self._lock = threading.Lock()
+        self._memo: dict[str, list[dict[str, Any]]] = {}
+        self._call_memo: dict[str, Any] = {}
+        self._calls_pending: dict[str, str] = {}
+        self._pending: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------------- records
     def get_record(self, key: str, code_hash_of: Callable[[str], str | None]) -> ExampleRecord | None:
@@ -112,17 +128,50 @@ class EvaluationCache:
 
     def put_record(self, key: str, record: ExampleRecord) -> None:
         """Store `record` as the newest variant for `key` (replacing one with the same dependencies)."""
-        entry = {"dependencies": record.dependencies, "record": record.model_dump(mode="json", exclude={"cached"})}
+        self.put_records([(key, record)])
+
+    def put_records(self, items: list[tuple[str, ExampleRecord]]) -> None:
+        """Store several records, and the function-call results remembered so far, in one transaction."""
+        with self._lock:
+            calls, self._calls_pending = self._calls_pending, {}
+        if not items and not calls:
+            return
         try:
             with self._cache.transact():
-                variants = [v for v in self._read_variants(key) if v["dependencies"] != entry["dependencies"]][
-                    : MAX_VARIANTS - 1
-                ]
-                self._cache.set(f"record:{key}", json.dumps([entry, *variants]))
+                for key, text in calls.items():
+                    self._cache.set(key, text)
+                for key, record in items:
+                    entry = {
+                        "dependencies": record.dependencies,
+                        "record": record.model_dump(mode="json", exclude={"cached"}),
+                    }
+                    others = [
+                        v for v in self._read_variants(key, fresh=True) if v["dependencies"] != entry["dependencies"]
+                    ]
+                    variants = [entry, *others[: MAX_VARIANTS - 1]]
+                    self._cache.set(f"record:{key}", json.dumps(variants))
+                    self._remember(key, variants)
+            self._cache.cull()
         except Exception as exc:  # a full disk or a locked database must not end an evaluation
-            logger.warning("could not store an evaluation record in %s: %s", self.directory, exc)
+            logger.warning(
+                "could not store %d evaluation record(s) and %d call result(s) in %s: %s",
+                len(items),
+                len(calls),
+                self.directory,
+                exc,
+            )
 
-    def _read_variants(self, key: str) -> list[dict[str, Any]]:
+    def flush(self) -> None:
+        """Write what is kept in memory (function-call results and counters) to the directory."""
+        self.put_records([])
+        self.flush_counts()
+
+    def _read_variants(self, key: str, fresh: bool = False) -> list[dict[str, Any]]:
+        if not fresh:
+            with self._lock:
+                memo = self._memo.get(key)
+            if memo is not None:
+                return memo
         raw = self._safe_get(f"record:{key}")
         if raw is _MISSING:
             return []
@@ -132,6 +181,7 @@ class EvaluationCache:
                 isinstance(v, dict) and isinstance(v.get("dependencies"), dict) and "record" in v for v in variants
             ):
                 raise ValueError("not a list of record variants")
+            self._remember(key, variants)
             return variants
         except (ValueError, TypeError) as exc:
             self._drop(f"record:{key}", f"a corrupt entry ({exc})")
@@ -141,6 +191,10 @@ class EvaluationCache:
     def get_call(self, code_hash: str, arguments: dict[str, Any]) -> Any:
         """The cached value of a deterministic function call, or `EvaluationCache.MISSING`."""
         key = _call_key(code_hash, arguments)
+        with self._lock:
+            if key in self._call_memo:
+                self._pending["call_hits"] = self._pending.get("call_hits", 0) + 1
+                return self._call_memo[key]
         raw = self._safe_get(key)
         if raw is _MISSING:
             self._count("call_misses")
@@ -152,13 +206,21 @@ class EvaluationCache:
             self._count("call_misses")
             return _MISSING
         self._count("call_hits")
+        self._remember_call(key, value)
         return value
 
     def put_call(self, code_hash: str, arguments: dict[str, Any], value: Any) -> None:
-        try:
-            self._cache.set(_call_key(code_hash, arguments), json.dumps({"value": value}))
-        except Exception as exc:
-            logger.warning("could not store a function-call result in %s: %s", self.directory, exc)
+        """Remember a call's result; it reaches the disk with the next batch of records (or `flush()`)."""
+        key = _call_key(code_hash, arguments)
+        self._remember_call(key, value)
+        with self._lock:
+            self._calls_pending[key] = json.dumps({"value": value})
+
+    def _remember_call(self, key: str, value: Any) -> None:
+        with self._lock:
+            if len(self._call_memo) >= _MEMO_SIZE:
+                self._call_memo.clear()
+            self._call_memo[key] = value
 
     MISSING = _MISSING
 
@@ -172,8 +234,11 @@ class EvaluationCache:
             ("ms_saved", round(seconds_saved * 1000)),
         ):
             self._count(name, amount)
+        self.flush()
 
     def stats(self) -> CacheStats:
+        self.flush_counts()
+
         def counter(name: str) -> int:
             value = self._safe_get(f"stats:{name}")
             return int(value) if isinstance(value, int) else 0
@@ -195,15 +260,23 @@ class EvaluationCache:
         )
 
     def reset_stats(self) -> None:
+        with self._lock:
+            self._pending = {}
         for name in ("hits", "misses", "lm_calls_saved", "ms_saved", "call_hits", "call_misses"):
             with contextlib.suppress(Exception):
                 self._cache.delete(f"stats:{name}")
 
     def clear(self) -> int:
         """Remove every entry (records, call results and counters). Returns how many were removed."""
+        with self._lock:
+            self._memo.clear()
+            self._call_memo.clear()
+            self._calls_pending = {}
+            self._pending = {}
         return int(self._cache.clear())
 
     def close(self) -> None:
+        self.flush()
         self._cache.close()
 
     def __enter__(self) -> EvaluationCache:
@@ -226,15 +299,42 @@ class EvaluationCache:
             self._drop(key, f"an unreadable entry ({exc.__class__.__name__}: {exc})")
             return _MISSING
 
+    def _remember(self, key: str, variants: list[dict[str, Any]]) -> None:
+        # Variants are content-addressed (by their dependencies), so a remembered list can only lack newer
+        # variants written by another process: the worst case is a miss, never a wrong record.
+        with self._lock:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = variants
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._memo.pop(key.removeprefix("record:"), None)
+
     def _drop(self, key: str, why: str) -> None:
+        self._forget(key)
         logger.warning("evaluation cache %s: %s under %r; treating it as a miss", self.directory, why, key[:80])
         with contextlib.suppress(Exception):
             self._cache.delete(key, retry=True)
 
     def _count(self, name: str, amount: int = 1) -> None:
+        """Count in memory; `flush_counts` adds the counts to the directory's counters."""
         if amount:
-            with contextlib.suppress(Exception):
-                self._cache.incr(f"stats:{name}", amount, default=0, retry=True)
+            with self._lock:
+                self._pending[name] = self._pending.get(name, 0) + amount
+
+    def flush_counts(self) -> None:
+        """Add the counts kept in memory to the directory's counters (one transaction)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        try:
+            with self._cache.transact():
+                for name, amount in pending.items():
+                    self._cache.incr(f"stats:{name}", amount, default=0, retry=True)
+        except Exception as exc:
+            logger.warning("could not update the counters of %s: %s", self.directory, exc)
 
 
 def _call_key(code_hash: str, arguments: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
@@ -39,6 +39,7 @@ __all__ = ["Evaluator", "example_id", "fixed_tool_names", "program_fingerprint"]
 logger = logging.getLogger(__name__)
 
 Metric = Callable[..., Any]
+_WRITE_BATCH = 16  # records per cache transaction: few disk commits, little lost if the process dies
 _SECRET_KWARGS = {"api_key", "api_token", "access_token", "headers", "extra_headers", "client", "credentials"}
 
 
@@ -94,7 +95,8 @@ class Evaluator:
             _check_example(index, example)
         base = program_fingerprint(program, metric_id=self.metric_id)
         code_hashes = _code_hashes(program)
-        keys = [content_hash([base, example_id(example)]) for example in examples]
+        ids = [example_id(example) for example in examples]
+        keys = [content_hash([base, eid]) for eid in ids]
 
         records: list[ExampleRecord | None] = [None] * len(examples)
         if self.cache is not None:
@@ -104,18 +106,20 @@ class Evaluator:
         show = self.display_progress if display_progress is None else display_progress
         with tqdm.tqdm(total=len(examples), disable=not show, desc="toolforge evaluate", leave=False) as bar:
             bar.update(len(examples) - len(todo))
-            context = contextvars.copy_context()  # so that dspy.context(lm=...) of the caller reaches the threads
-            with ThreadPoolExecutor(max_workers=min(self.num_threads, max(1, len(todo)))) as pool:
-                futures = {pool.submit(context.copy().run, self._run_one, program, examples[i]): i for i in todo}
-                for future in as_completed(futures):
-                    index = futures[future]
-                    record = future.result()
-                    records[index] = record
-                    if self.cache is not None and record.error is None:
-                        self.cache.put_record(keys[index], record)
-                    bar.update(1)
+            pending: list[tuple[str, ExampleRecord]] = []
+            for index, record in self._run_all(program, examples, ids, todo):
+                records[index] = record
+                if self.cache is not None and record.error is None:
+                    pending.append((keys[index], record))
+                    if len(pending) >= _WRITE_BATCH:
+                        self.cache.put_records(pending)
+                        pending = []
+                bar.update(1)
+                if show:
                     done = [r.score for r in records if r is not None]
                     bar.set_postfix(score=f"{sum(done) / len(done):.3f}")
+            if self.cache is not None:
+                self.cache.put_records(pending)
         final = [r for r in records if r is not None]
         hits = [r for r in final if r.cached]
         run = EvaluationRun(
@@ -142,7 +146,21 @@ class Evaluator:
         )
         return run
 
-    def _run_one(self, program: dspy.Module, example: dspy.Example) -> ExampleRecord:
+    def _run_all(
+        self, program: dspy.Module, examples: list[dspy.Example], ids: list[str], todo: list[int]
+    ) -> Iterator[tuple[int, ExampleRecord]]:
+        """Run the examples at `todo`, yielding (index, record) as they finish."""
+        if self.num_threads == 1 or len(todo) <= 1:
+            for index in todo:
+                yield index, self._run_one(program, examples[index], ids[index])
+            return
+        context = contextvars.copy_context()  # so that dspy.context(lm=...) of the caller reaches the threads
+        with ThreadPoolExecutor(max_workers=min(self.num_threads, len(todo))) as pool:
+            futures = {pool.submit(context.copy().run, self._run_one, program, examples[i], ids[i]): i for i in todo}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+
+    def _run_one(self, program: dspy.Module, example: dspy.Example, eid: str) -> ExampleRecord:
         start = time.perf_counter()
         counter = LMCallCounter()
         prediction: Any = None
@@ -158,7 +176,7 @@ class Evaluator:
                 prediction = program(**example.inputs())
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                logger.debug("program raised on example %s: %s", example_id(example)[:12], error)
+                logger.debug("program raised on example %s: %s", eid[:12], error)
         score = self.failure_score
         if error is None:
             try:
@@ -169,7 +187,7 @@ class Evaluator:
         fields = dict(prediction.items()) if isinstance(prediction, dspy.Prediction) else {}
         trajectory = fields.pop("trajectory", None)
         return ExampleRecord(
-            example_id=example_id(example),
+            example_id=eid,
             score=score,
             prediction=_jsonable(fields),
             trajectory=_jsonable(trajectory) if isinstance(trajectory, dict) else None,
@@ -235,16 +253,40 @@ def fixed_tool_names(program: dspy.Module) -> set[str]:
     from toolforge.agent import FINISH, ToolAgent
 
     names = {tool["name"] for tool in _fixed_tool_interfaces(program)}
-    modules = [program, *(m for _, m in program.named_sub_modules())]
-    if any(isinstance(m, ToolAgent) for m in modules):
+    if any(isinstance(m, ToolAgent) for _, m in _modules(program)):
         names.add(FINISH)
     return names
 
 
+def _modules(program: dspy.Module) -> list[tuple[str, dspy.Module]]:
+    """The program and its sub-modules, found through attributes, lists and dicts (without walking their data)."""
+    found: list[tuple[str, dspy.Module]] = []
+    seen: set[int] = set()
+
+    def visit(name: str, module: dspy.Module) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        found.append((name, module))
+        for attribute, value in module.__dict__.items():
+            items = (
+                value.items()
+                if isinstance(value, dict)
+                else enumerate(value)
+                if isinstance(value, list | tuple)
+                else [(None, value)]
+            )
+            for key, item in items:
+                if isinstance(item, dspy.Module):
+                    visit(f"{name}.{attribute}" + ("" if key is None else f"[{key}]"), item)
+
+    visit("self", program)
+    return found
+
+
 def _fixed_tool_interfaces(program: dspy.Module) -> list[Any]:
     interfaces = []
-    modules = [("self", program), *program.named_sub_modules()]
-    for module_name, module in modules:
+    for module_name, module in _modules(program):
         tools = getattr(module, "tools", None)
         items = tools.values() if isinstance(tools, dict) else tools if isinstance(tools, list | tuple) else ()
         for tool in items:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import importlib.util
 import inspect
+import json
 import keyword
 import re
 import symtable
@@ -25,7 +27,7 @@ from typing import Any
 import jsonschema
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 
-from toolforge._hashing import content_hash
+from toolforge._hashing import canonical_json, content_hash
 from toolforge.errors import FunctionCallError, FunctionError
 
 __all__ = ["ForgedFunction"]
@@ -262,12 +264,20 @@ def _check_schema(name: str, parameters: dict[str, Any]) -> None:
     unknown = [r for r in required if r not in properties]
     if unknown:
         raise FunctionError(f'{where}: "required" names {unknown} that are not in "properties"; add or drop them')
+    problem = _schema_problem(canonical_json(parameters))
+    if problem:
+        raise FunctionError(f"{where} is not a valid JSON Schema: {problem}; fix the schema")
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema_problem(schema_json: str) -> str | None:
+    """Why a JSON Schema is invalid, or None (cached: checking a schema is slow, and schemas repeat)."""
+    schema = json.loads(schema_json)
     try:
-        jsonschema.validators.validator_for(parameters, default=jsonschema.Draft202012Validator).check_schema(
-            parameters
-        )
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as exc:
-        raise FunctionError(f"{where} is not a valid JSON Schema: {exc.message}; fix the schema") from None
+        return str(exc.message)
+    return None
 
 
 def _parse(name: str, code: str) -> ast.Module:

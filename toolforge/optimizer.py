@@ -268,6 +268,7 @@ class _RunState:
         self.stale = 0
         self.failure_list: list[dict[str, Any]] = []
         self.accepted: list[dict[str, Any]] = []
+        self._toolsets: dict[int, Toolset] = {}  # accepted toolsets by step, as objects (the checkpoint has dicts)
         self.steps: list[StepReport] = []
         self.agent_lm_calls = 0
         self.proposer_lm_calls = 0
@@ -298,6 +299,7 @@ class _RunState:
         baseline = self._evaluate(initial, self.trainset)
         self.initial_score = self.best_score = baseline.score
         self.accepted = [{"step": 0, "score": baseline.score, "toolset": initial.to_dict()}]
+        self._toolsets[0] = initial
         self._save_toolset(0, initial)
         self.checkpoint()
 
@@ -327,7 +329,11 @@ class _RunState:
     def finish(self, start: float) -> tuple[Toolset, OptimizationReport]:
         best_run = self._evaluate(self.best, self.trainset)
         candidates = [
-            (entry["step"], Toolset.from_dict(entry["toolset"], source="checkpoint"), entry["score"])
+            (
+                entry["step"],
+                self._toolsets.get(entry["step"]) or Toolset.from_dict(entry["toolset"], source="checkpoint"),
+                entry["score"],
+            )
             for entry in self.accepted
         ]
         pruned_of: dict[int, tuple[Toolset, list[str]]] = {}
@@ -449,6 +455,7 @@ class _RunState:
             self.best, self.best_score = candidate, score
             self.failure_list = []
             self.accepted.append({"step": step, "score": score, "toolset": candidate.to_dict()})
+            self._toolsets[step] = candidate
             self._save_toolset(step, candidate)
         else:
             self.failure_list.append(

@@ -9,6 +9,7 @@ place (DSPy's contract), and `reset` undoes it, restoring the functions the tool
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import os
@@ -361,8 +362,9 @@ class Toolset(Parameter):
         value. A failure raises `FunctionCallError` with the reason, which DSPy's ReAct shows the LM as an
         observation.
         """
+        tool_class = _forged_tool_class()
         return [
-            _forged_tool_class()(
+            tool_class(
                 func=_ForgedToolCall(function, sandbox),
                 name=function.name,
                 desc=function.description,
@@ -373,6 +375,7 @@ class Toolset(Parameter):
         ]
 
 
+@functools.cache
 def _forged_tool_class() -> type[dspy.Tool]:
     import dspy
 
