@@ -206,7 +206,7 @@ def main() -> None:
     # toolset after each step (what the next epoch would run). Per-example calls: 3 with the needed tool, 2 without.
     n_kind = args.examples // len(KINDS)
 
-    def epoch_calls(known: int) -> int:  # noqa: E306
+    def epoch_calls(known: int) -> int:
         return n_kind * (3 * known + 2 * (len(KINDS) - known))
 
     # functions the agent has in each epoch: 3 at first; the reference keeps a candidate even when it is worse
