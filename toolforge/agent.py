@@ -134,10 +134,10 @@ class ToolAgent(dspy.Module):
                 f"Arguments (JSON): {json.dumps(tool.args or {}, sort_keys=True)}; required: {required}."
             )
         listing.append("next_tool_args must be a JSON object of the chosen tool's arguments.")
-        return base.with_instructions(base.instructions + "\n\n" + "\n".join(listing)).with_updated_fields(
-            "next_tool_name",
-            type_=Literal[tuple(tools)],
-        )
+        fields = {name: (field.annotation, field) for name, field in base.fields.items()}
+        fields["next_tool_name"] = (Literal[tuple(tools)], base.fields["next_tool_name"])
+        signature: type[Signature] = dspy.Signature(fields, base.instructions + "\n\n" + "\n".join(listing))
+        return signature
 
     # -------------------------------------------------------------------------------------------- running
     def _rendered(self) -> tuple[dict[str, dspy.Tool], type[Signature]]:

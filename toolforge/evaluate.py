@@ -24,10 +24,9 @@ from typing import Any
 
 import dspy
 import tqdm
-from dspy.utils.usage_tracker import track_usage
 
 from toolforge._hashing import content_hash
-from toolforge._usage import LMCallCounter, token_totals
+from toolforge._usage import count_lm_usage
 from toolforge.cache import CACHE_FORMAT, EvaluationCache, use_call_cache
 from toolforge.errors import ToolforgeError
 from toolforge.records import EvaluationRun, ExampleRecord
@@ -162,16 +161,9 @@ class Evaluator:
 
     def _run_one(self, program: dspy.Module, example: dspy.Example, eid: str) -> ExampleRecord:
         start = time.perf_counter()
-        counter = LMCallCounter()
         prediction: Any = None
         error: str | None = None
-        callbacks = [*(dspy.settings.get("callbacks") or []), counter]
-        with (
-            dspy.context(callbacks=callbacks),
-            track_usage() as usage,
-            record_calls() as calls,
-            use_call_cache(self.cache),
-        ):
+        with count_lm_usage() as usage, record_calls() as calls, use_call_cache(self.cache):
             try:
                 prediction = program(**example.inputs())
             except Exception as exc:
@@ -183,7 +175,7 @@ class Evaluator:
                 score = _as_score(self.metric(example, prediction))
             except Exception as exc:
                 error = f"metric: {type(exc).__name__}: {exc}"
-        tokens = token_totals(usage.get_total_tokens())
+        tokens = usage.tokens
         fields = dict(prediction.items()) if isinstance(prediction, dspy.Prediction) else {}
         trajectory = fields.pop("trajectory", None)
         return ExampleRecord(
@@ -192,7 +184,7 @@ class Evaluator:
             prediction=_jsonable(fields),
             trajectory=_jsonable(trajectory) if isinstance(trajectory, dict) else None,
             calls=tuple(calls),
-            lm_calls=counter.calls,
+            lm_calls=usage.calls,
             prompt_tokens=tokens[0],
             completion_tokens=tokens[1],
             wall_time_s=time.perf_counter() - start,

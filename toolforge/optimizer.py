@@ -27,11 +27,10 @@ import dspy
 import tqdm
 from dspy.primitives.module import set_attribute_by_name
 from dspy.teleprompt.teleprompt import Teleprompter
-from dspy.utils.usage_tracker import track_usage
 from pydantic import BaseModel, Field, ValidationError
 
 from toolforge._hashing import content_hash
-from toolforge._usage import LMCallCounter, token_totals
+from toolforge._usage import count_lm_usage
 from toolforge.actions import RemoveFunction
 from toolforge.cache import EvaluationCache
 from toolforge.errors import FunctionCallError, FunctionError, ToolforgeError, ToolsetError
@@ -118,7 +117,7 @@ class FunctionOptimizer(Teleprompter):
         accept_ties: Accept a candidate that scores the same as the best.
         max_functions: The most functions the toolset may hold (default: the toolset's own limit).
         prune_unused: At the end, drop functions that no training trajectory called successfully.
-        max_lm_calls: Budget of LM requests (agent and proposer, DSPy cache hits included); checked between
+        max_lm_calls: Budget of LM requests (agent and proposer; DSPy's cache hits are free); checked between
             phases, so an evaluation that has started finishes. Stops cleanly, keeping the best so far.
         num_threads: Examples evaluated at once.
         cache: Evaluation cache; None uses `EvaluationCache()` (`$TOOLFORGE_CACHE_DIR` or `.toolforge/cache`),
@@ -499,13 +498,10 @@ class _RunState:
         self, toolset: Toolset, trajectories: str, feedback: list[str], need: int, counts: _StepCounts
     ) -> list[ProposedAction]:
         opt = self.opt
-        counter = LMCallCounter()
-        callbacks = [*(dspy.settings.get("callbacks") or []), counter]
-        context: dict[str, Any] = {"callbacks": callbacks}
-        if opt.proposer_lm is not None:
-            context["lm"] = opt.proposer_lm
+        context: dict[str, Any] = {} if opt.proposer_lm is None else {"lm": opt.proposer_lm}
+        usage = None
         try:
-            with dspy.context(**context), track_usage() as usage:
+            with dspy.context(**context), count_lm_usage() as usage:
                 prediction = opt.proposer(
                     task=_describe_task(self.program),
                     fixed_tools=", ".join(sorted(opt._fixed)) or "(none)",
@@ -516,9 +512,10 @@ class _RunState:
                     max_actions=need,
                 )
         finally:
-            self.proposer_lm_calls += counter.calls
-            counts.proposer_calls += counter.calls
-        tokens = token_totals(usage.get_total_tokens())
+            calls = usage.calls if usage is not None else 0
+            self.proposer_lm_calls += calls
+            counts.proposer_calls += calls
+        tokens = usage.tokens
         counts.proposer_tokens = (counts.proposer_tokens[0] + tokens[0], counts.proposer_tokens[1] + tokens[1])
         actions = prediction.actions or []
         return [a if isinstance(a, ProposedAction) else ProposedAction.model_validate(a) for a in actions]

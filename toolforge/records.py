@@ -21,7 +21,7 @@ class ExampleRecord(BaseModel):
         prediction: The prediction's fields, as JSON (the trajectory is kept apart).
         trajectory: The agent's trajectory (thoughts, tool names, arguments, observations), where there is one.
         calls: The forged functions called, in order, with the `code_hash` that ran and whether it succeeded.
-        lm_calls: LM requests the program made (DSPy cache hits included).
+        lm_calls: LM requests that reached the LM (those DSPy's cache answered are free and not counted).
         prompt_tokens, completion_tokens: Tokens of the requests that reached the LM.
         wall_time_s: Wall time of the program and the metric.
         error: What the program (or the metric) raised, if anything.

@@ -118,6 +118,8 @@ class Toolset(Parameter):
         self._functions = functions
         self._by_name = {f.name: f for f in functions}
         self._max_functions = max_functions
+        self._fingerprint = content_hash([f.fingerprint for f in functions])
+        self._interface_fingerprint = content_hash([f.interface_hash for f in functions])
 
     # --------------------------------------------------------------------------------------- container
     @property
@@ -166,12 +168,12 @@ class Toolset(Parameter):
     @property
     def fingerprint(self) -> str:
         """sha256 over every function's interface, code and determinism, in order."""
-        return content_hash([f.fingerprint for f in self._functions])
+        return self._fingerprint
 
     @property
     def interface_fingerprint(self) -> str:
         """sha256 over what the agent's LM sees (names, descriptions, schemas, in order); code changes keep it."""
-        return content_hash([f.interface_hash for f in self._functions])
+        return self._interface_fingerprint
 
     # ---------------------------------------------------------------------------------------- operations
     def apply(self, actions: Action | Sequence[Action]) -> Toolset:
