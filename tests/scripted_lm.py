@@ -85,11 +85,11 @@ def tool_agent_script(choose: Callable[[str], tuple[str, dict[str, Any]] | None]
 
     def respond(system: str, user: str) -> dict[str, Any]:
         question = field(user, "question")
-        if "next_tool_name" in system:
+        if "next_tool_call" in system:
             choice = None if "[[ ## tool_name_0 ## ]]" in user else choose(question)
             if choice is None:
-                return {"next_thought": "I can answer now.", "next_tool_name": "finish", "next_tool_args": {}}
-            return {"next_thought": f"Use {choice[0]}.", "next_tool_name": choice[0], "next_tool_args": choice[1]}
+                return {"next_thought": "I can answer now.", "next_tool_call": {"name": "finish", "args": {}}}
+            return {"next_thought": f"Use {choice[0]}.", "next_tool_call": {"name": choice[0], "args": choice[1]}}
         observation = field(user, "observation_0").split("\n")[0]
         if observation.startswith("Execution error") or field(user, "tool_name_0") == "finish":
             observation = ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dspy
 import pytest
 from dspy.utils import DummyLM
+from pydantic import TypeAdapter, ValidationError
 
 import toolforge as tf
 from tests.conftest import make_function
@@ -27,7 +28,7 @@ def script(*steps, answer="121.0"):
     return DummyLM(
         [
             *[
-                {"next_thought": f"step {i}", "next_tool_name": n, "next_tool_args": a}
+                {"next_thought": f"step {i}", "next_tool_call": {"name": n, "args": a}}
                 for i, (n, a) in enumerate(steps)
             ],
             {"reasoning": "from the trajectory", "answer": answer},
@@ -69,14 +70,15 @@ def test_assigning_a_new_toolset_changes_the_very_next_prompt(sandbox):
     with dspy.context(lm=first):
         agent(question=QUESTION)
     assert "compound" not in system_prompt(first)
-    assert "Literal['python', 'finish']" in system_prompt(first)
+    assert "(1) python: Run a Python code snippet" in system_prompt(first)
+    assert "(2) finish: Marks the task as complete" in system_prompt(first)
 
     agent.toolset = tf.Toolset([COMPOUND])
     second = script(("compound", {"principal": 100, "rate": 0.1, "years": 2}), ("finish", {}))
     with dspy.context(lm=second):
         prediction = agent(question=QUESTION)
     assert "(2) compound: Amount after compounding yearly" in system_prompt(second)
-    assert "Literal['python', 'compound', 'finish']" in system_prompt(second)
+    assert "(3) finish: Marks the task as complete" in system_prompt(second)
     assert prediction.trajectory["observation_0"] == 121.0
 
 
@@ -109,11 +111,51 @@ def test_python_tool_reports_errors_and_final_expressions(sandbox):
 
 
 def test_max_iters_bounds_the_tool_calls(sandbox):
-    lm = script(*[("compound", {"principal": 1, "rate": 0, "years": 1})] * 2)  # then the extract step
+    lm = script(*[("compound", {"principal": 1, "rate": 0, "years": y}) for y in (1, 2)])  # then the extract step
     agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), max_iters=2, sandbox=sandbox)
     with dspy.context(lm=lm):
         prediction = agent(question=QUESTION)
     assert "tool_name_1" in prediction.trajectory and "tool_name_2" not in prediction.trajectory
+
+
+def test_repeating_the_last_call_ends_the_trajectory(sandbox):
+    same = ("compound", {"principal": 100, "rate": 0.1, "years": 2})
+    lm = script(same, same)
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
+    with dspy.context(lm=lm):
+        prediction = agent(question=QUESTION)
+    assert "tool_name_0" in prediction.trajectory and "tool_name_1" not in prediction.trajectory
+    assert prediction.answer == 121.0
+
+
+def test_the_step_schema_ties_each_tool_to_its_own_arguments(sandbox):
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), tools=[tf.python_tool(sandbox)])
+    _, signature = agent._rendered()
+    schema = TypeAdapter(signature.output_fields["next_tool_call"].annotation).json_schema()
+    calls = {d["properties"]["name"]["const"]: d for d in schema["$defs"].values() if "name" in d.get("properties", {})}
+    assert set(calls) == {"python", "compound", "finish"}
+    args = schema["$defs"][calls["compound"]["properties"]["args"]["$ref"].split("/")[-1]]
+    assert {k: v["type"] for k, v in args["properties"].items()} == {
+        "principal": "number",
+        "rate": "number",
+        "years": "integer",
+    }
+    call_type = TypeAdapter(signature.output_fields["next_tool_call"].annotation)
+    with pytest.raises(ValidationError):
+        call_type.validate_python({"name": "compound", "args": {"years": "many"}})
+    with pytest.raises(ValidationError):
+        call_type.validate_python({"name": "nonexistent", "args": {}})
+
+
+def test_structured_output_schema_requires_every_argument_of_the_chosen_tool(sandbox):
+    from dspy.adapters.json_adapter import _get_structured_outputs_response_format
+
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]))
+    _, signature = agent._rendered()
+    schema = _get_structured_outputs_response_format(signature).model_json_schema()
+    compound_args = next(d for name, d in schema["$defs"].items() if name == "CompoundArgs")
+    assert compound_args["required"] == ["principal", "rate", "years"]
+    assert compound_args["additionalProperties"] is False
 
 
 def test_toolset_cannot_shadow_fixed_tools(sandbox):
@@ -153,7 +195,17 @@ def test_deepcopy_shares_the_sandbox_and_copies_the_toolset(sandbox):
 
 def test_as_tools_works_in_dspy_react(sandbox):
     tools = tf.Toolset([COMPOUND]).as_tools(sandbox)
-    lm = script(("compound", {"principal": 100, "rate": 0.1, "years": 2}), ("finish", {}))
+    lm = DummyLM(
+        [
+            {
+                "next_thought": "t",
+                "next_tool_name": "compound",
+                "next_tool_args": {"principal": 100, "rate": 0.1, "years": 2},
+            },
+            {"next_thought": "t", "next_tool_name": "finish", "next_tool_args": {}},
+            {"reasoning": "r", "answer": "121.0"},
+        ]
+    )
     react = dspy.ReAct("question -> answer: float", tools=tools)
     with dspy.context(lm=lm), tf.record_calls() as calls:
         prediction = react(question=QUESTION)

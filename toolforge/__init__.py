@@ -9,9 +9,11 @@ agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([area]), to
 from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction
 from toolforge.agent import ToolAgent, python_tool
 from toolforge.cache import CacheStats, EvaluationCache
+from toolforge.data import load_jsonl
 from toolforge.errors import FunctionCallError, FunctionError, SandboxError, ToolforgeError, ToolsetError
 from toolforge.evaluate import Evaluator
 from toolforge.function import ForgedFunction
+from toolforge.lm import LocalLM, resolve_lm
 from toolforge.optimizer import ActionOutcome, FunctionOptimizer, OptimizationReport, StepReport
 from toolforge.proposer import ProposedAction, Proposer
 from toolforge.records import EvaluationRun, ExampleRecord
@@ -37,6 +39,7 @@ __all__ = [
     "FunctionError",
     "FunctionOptimizer",
     "FunctionRevision",
+    "LocalLM",
     "OptimizationReport",
     "ProposedAction",
     "Proposer",
@@ -51,6 +54,8 @@ __all__ = [
     "ToolsetDiff",
     "ToolsetError",
     "default_sandbox",
+    "load_jsonl",
     "python_tool",
     "record_calls",
+    "resolve_lm",
 ]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import dspy
 from dspy.signatures.signature import Signature, ensure_signature
 from dspy.utils.exceptions import ContextWindowExceededError
+from pydantic import ConfigDict, Field, create_model
 
 from toolforge.errors import FunctionCallError, ToolforgeError
 from toolforge.sandbox import Sandbox, default_sandbox
@@ -74,16 +75,19 @@ class ToolAgent(dspy.Module):
             f"You are an Agent. In each episode, you are given the fields {inputs} as input, and you can see your "
             "past trajectory so far.",
             f"Your goal is to use the supplied tools to collect the information needed to produce {outputs}.",
-            "In each turn, give next_thought, next_tool_name and next_tool_args. After each tool call you receive "
-            "an observation, which is appended to your trajectory.",
-            f"Call `{FINISH}` (with empty next_tool_args) once the outputs can be produced.",
+            "In each turn, give next_thought and next_tool_call: the name of one tool and its arguments. After each "
+            "tool call you receive an observation, which is appended to your trajectory.",
+            f"Call `{FINISH}` (with no arguments) once the outputs can be produced.",
         ]
         react_signature = (
             dspy.Signature({**sig.input_fields}, "\n".join(instructions))
             .append("trajectory", dspy.InputField(), type_=str)
             .append("next_thought", dspy.OutputField(), type_=str)
-            .append("next_tool_name", dspy.OutputField(), type_=str)
-            .append("next_tool_args", dspy.OutputField(), type_=dict[str, Any])
+            .append(
+                "next_tool_call",
+                dspy.OutputField(desc="the tool to call and its arguments"),
+                type_=dict[str, Any],
+            )
         )
         extract_signature = dspy.Signature({**sig.input_fields, **sig.output_fields}, sig.instructions).append(
             "trajectory", dspy.InputField(), type_=str
@@ -133,9 +137,9 @@ class ToolAgent(dspy.Module):
                 f"({i}) {tool.name}: {' '.join((tool.desc or '').split())} "
                 f"Arguments (JSON): {json.dumps(tool.args or {}, sort_keys=True)}; required: {required}."
             )
-        listing.append("next_tool_args must be a JSON object of the chosen tool's arguments.")
+        listing.append('next_tool_call is {"name": <a tool name>, "args": {<that tool\'s arguments>}}.')
         fields = {name: (field.annotation, field) for name, field in base.fields.items()}
-        fields["next_tool_name"] = (Literal[tuple(tools)], base.fields["next_tool_name"])
+        fields["next_tool_call"] = (_call_type(tools), base.fields["next_tool_call"])
         signature: type[Signature] = dspy.Signature(fields, base.instructions + "\n\n" + "\n".join(listing))
         return signature
 
@@ -171,7 +175,11 @@ class ToolAgent(dspy.Module):
             except ValueError as err:
                 logger.warning("ending the trajectory: the agent did not choose a valid tool (%s)", err)
                 break
-            name, args = pred.next_tool_name, pred.next_tool_args
+            call = pred.next_tool_call
+            name, args = call.name, call.args.model_dump(exclude_unset=True)
+            if idx and name == trajectory[f"tool_name_{idx - 1}"] and args == trajectory[f"tool_args_{idx - 1}"]:
+                logger.info("ending the trajectory: the agent repeated its last call to %s", name)
+                break  # the same call would give the same observation: nothing new to learn
             trajectory[f"thought_{idx}"] = pred.next_thought
             trajectory[f"tool_name_{idx}"] = name
             trajectory[f"tool_args_{idx}"] = args
@@ -182,9 +190,7 @@ class ToolAgent(dspy.Module):
         return dspy.Prediction(trajectory=trajectory, **extract)
 
     @staticmethod
-    def _observe(tools: dict[str, dspy.Tool], name: str, args: Any) -> Any:
-        if not isinstance(args, dict):
-            return f"Execution error in {name}: next_tool_args must be a JSON object, got {args!r:.200}"
+    def _observe(tools: dict[str, dspy.Tool], name: str, args: dict[str, Any]) -> Any:
         try:
             return tools[name](**args)
         except FunctionCallError as err:
@@ -203,6 +209,50 @@ class ToolAgent(dspy.Module):
                 for key in list(trajectory)[:4]:
                     trajectory.pop(key)
         raise ContextWindowExceededError(message="the context window is exceeded even after truncating the trajectory")
+
+
+_JSON_TYPES: dict[str, Any] = {"string": str, "number": float, "integer": int, "boolean": bool, "null": type(None)}
+
+
+def _python_type(schema: dict[str, Any]) -> Any:
+    """A Python type for a JSON Schema (the common cases; anything else is `Any`)."""
+    if schema.get("enum"):
+        return Literal[tuple(schema["enum"])]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        members = tuple(_python_type({**schema, "type": k}) for k in kind)
+        return Union[members] if len(members) > 1 else members[0]  # noqa: UP007
+    if kind == "array":
+        return list[_python_type(schema.get("items") or {})]  # type: ignore[misc]
+    if kind == "object":
+        return dict[str, Any]
+    return _JSON_TYPES.get(kind, Any) if isinstance(kind, str) else Any
+
+
+def _call_type(tools: dict[str, dspy.Tool]) -> Any:
+    """One closed model per tool, `{"name": Literal[tool], "args": <its arguments>}`, and their union.
+
+    Tying each tool's name to its own argument model means a schema-constrained LM can only write valid calls.
+    """
+    calls = []
+    for tool in tools.values():
+        fields: dict[str, Any] = {}
+        for arg, schema in (tool.args or {}).items():
+            schema = schema if isinstance(schema, dict) else {}
+            # No argument is required when parsing: a missing one reaches the tool, whose error the agent sees as
+            # an observation. DSPy's structured-output schema still requires every argument of the chosen tool.
+            fields[arg] = (_python_type(schema), Field(default=None, description=schema.get("description")))
+        stem = "".join(part.capitalize() for part in tool.name.split("_")) or "Tool"
+        args_model = create_model(f"{stem}Args", __config__=ConfigDict(extra="allow"), **fields)
+        calls.append(
+            create_model(
+                f"{stem}Call",
+                __config__=ConfigDict(extra="forbid"),
+                name=(Literal[tool.name], ...),  # type: ignore[arg-type]
+                args=(args_model, Field(default_factory=args_model)),
+            )
+        )
+    return Union[tuple(calls)] if len(calls) > 1 else calls[0]  # noqa: UP007
 
 
 def _format_trajectory(trajectory: dict[str, Any]) -> str:

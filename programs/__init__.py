@@ -1,0 +1,1 @@
+"""Ready DSPy programs built on ToolAgent, each with data and a metric."""
