@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[local,report,dev]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -26,11 +26,26 @@ format: $(STAMP)
 	$(BIN)/ruff format toolforge tests benchmarks programs
 	$(BIN)/ruff check --fix toolforge tests benchmarks programs
 
+# The main job, small enough for a laptop: train the table agent's functions with the embedded LM (agent and
+# proposer), then score the untrained and the trained agent on held-out problems. Run it again: it resumes, and
+# everything already computed comes from the caches.
+DEMO_RUN := runs/demo
 demo: $(STAMP)
-	$(BIN)/python programs/foundation_demo.py
+	$(BIN)/toolforge compile programs/table_agent.py --lm local --epochs 2 --limit 4 --trials 1 --max-actions 1 \
+		--trajectory-budget 3000 --threads 2 --out $(DEMO_RUN)
+	@echo "== held-out problems, untrained agent (python tool only):"
+	$(BIN)/toolforge evaluate programs/table_agent.py --lm local --limit 5 --threads 2 --quiet
+	@echo "== held-out problems, trained agent:"
+	$(BIN)/toolforge evaluate programs/table_agent.py --lm local --limit 5 --threads 2 --quiet \
+		--toolset $(DEMO_RUN)/toolset-final.json
+	$(BIN)/toolforge report $(DEMO_RUN)
+	@echo "== report: $(DEMO_RUN)/report.md; learning curve: $(DEMO_RUN)/learning-curve.png"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sandbox_overhead.py
+	$(BIN)/python benchmarks/cache.py
+	$(BIN)/python benchmarks/optimizer_overhead.py
+	$(BIN)/python benchmarks/local_lm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -47,14 +47,8 @@ def examples(n: int = 10, kinds=("double", "double", "double", "double", "square
 def action(kind: str, function: tf.ForgedFunction | None = None, name: str | None = None, **overrides) -> dict:
     if kind == "remove_function":
         return {"action": kind, "name": name}
-    data = {
-        "action": kind,
-        "name": function.name,
-        "description": function.description,
-        "parameters": function.parameters,
-        "code": function.code,
-        "example_arguments": {"x": 3},
-    }
+    arguments = overrides.pop("example_arguments", {"x": 3})
+    data = tf.ProposedAction.of(kind, function, arguments).model_dump()
     data.update(overrides)
     return data
 

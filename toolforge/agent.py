@@ -93,7 +93,9 @@ class ToolAgent(dspy.Module):
             "trajectory", dspy.InputField(), type_=str
         )
         self.react = dspy.Predict(react_signature)
-        self.extract = dspy.ChainOfThought(extract_signature)
+        # The agent's thoughts are already in the trajectory, so extracting the outputs needs no reasoning of its
+        # own (DSPy's ReAct adds a chain of thought here, which costs a long generation per example).
+        self.extract = dspy.Predict(extract_signature)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "toolset":

@@ -130,6 +130,8 @@ class FunctionOptimizer(Teleprompter):
         failure_score: Score of an example whose program raised.
         metric_version: Identifies the metric in cache keys instead of its source.
         trajectory_budget_chars: Size budget of the trajectories shown to the proposer.
+        proposer: The module that proposes actions (default: `Proposer()`); it is called with the inputs of
+            `ProposeActions` and must return a prediction with `actions`.
 
     Examples:
         >>> optimizer = FunctionOptimizer(metric, max_epochs=5, log_dir="runs/math")      # doctest: +SKIP
@@ -159,6 +161,7 @@ class FunctionOptimizer(Teleprompter):
         failure_score: float = 0.0,
         metric_version: str | None = None,
         trajectory_budget_chars: int = 12_000,
+        proposer: dspy.Module | None = None,
     ) -> None:
         super().__init__()
         for name, value, low in (
@@ -198,7 +201,7 @@ class FunctionOptimizer(Teleprompter):
             failure_score=failure_score,
             metric_version=metric_version,
         )
-        self.proposer = Proposer()
+        self.proposer = proposer if proposer is not None else Proposer()
 
     # ------------------------------------------------------------------------------------------- compile
     def compile(
@@ -539,7 +542,7 @@ class _RunState:
             return None, updated
         function = updated[action.name]
         try:
-            arguments = function.validate_arguments(proposal.example_arguments)
+            arguments = function.validate_arguments(proposal.arguments())
         except FunctionCallError as exc:
             return f"example_arguments do not fit: {exc}", candidate
         result = (self.opt.sandbox or default_sandbox()).call(function, arguments)

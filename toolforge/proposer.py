@@ -20,34 +20,104 @@ from toolforge.actions import Action
 from toolforge.records import ExampleRecord
 from toolforge.toolset import Toolset
 
-__all__ = ["ProposeActions", "ProposedAction", "Proposer", "render_functions", "render_trajectories"]
+__all__ = [
+    "ExampleArgument",
+    "ParameterSpec",
+    "ProposeActions",
+    "ProposedAction",
+    "Proposer",
+    "render_functions",
+    "render_trajectories",
+]
 
 _ACTION_ADAPTER: TypeAdapter[Any] = TypeAdapter(Action)
 
 
+class ParameterSpec(BaseModel):
+    """One argument of a proposed function (a closed record, so that constrained decoding can fill it in)."""
+
+    name: str = Field(description="the argument's name, as in the def")
+    type: Literal["string", "number", "integer", "boolean", "array", "object"] = Field(description="its JSON type")
+    description: str = Field(default="", description="what the argument is")
+    required: bool = Field(default=True, description="false only if the def gives it a default")
+
+
+class ExampleArgument(BaseModel):
+    """One argument value for the smoke call of a proposed function."""
+
+    name: str
+    value: str | int | float | bool | list[str] | list[float] | None
+
+
 class ProposedAction(BaseModel):
-    """One action as the optimizer LM writes it: a flat record, easy for any LM to fill in."""
+    """One action as the optimizer LM writes it: a flat, closed record that any LM (even a small one under
+    schema-constrained decoding) can fill in. `to_action()` turns it into a typed `Action`."""
 
     action: Literal["add_function", "revise_function", "remove_function"] = Field(
         description="add_function a new function, revise_function an existing one, or remove_function one"
     )
     name: str = Field(description="the function's name: a Python identifier, also the name of its def")
     description: str = Field(default="", description="what the function does and returns (for add and revise)")
-    parameters: dict[str, Any] = Field(
-        default_factory=dict,
-        description='JSON Schema of the arguments: {"type": "object", "properties": {...}, "required": [...]}',
+    parameters: list[ParameterSpec] = Field(
+        default_factory=list, description="the def's arguments, in order (for add and revise)"
     )
     code: str = Field(default="", description="Python source defining `def <name>(<arguments>):` at top level")
     packages: list[str] = Field(default_factory=list, description="modules beyond the standard library it imports")
-    example_arguments: dict[str, Any] = Field(
-        default_factory=dict, description="arguments for a test call of the function (for add and revise)"
+    example_arguments: list[ExampleArgument] = Field(
+        default_factory=list, description="argument values for a test call (for add and revise)"
     )
+
+    @classmethod
+    def of(
+        cls,
+        action: Literal["add_function", "revise_function", "remove_function"],
+        function: Any,
+        example_arguments: dict[str, Any] | None = None,
+    ) -> ProposedAction:
+        """The proposal that carries `function` (a ForgedFunction), e.g. to script a proposer in tests."""
+        required = set(function.parameters.get("required", []))
+        return cls(
+            action=action,
+            name=function.name,
+            description=function.description,
+            parameters=[
+                ParameterSpec(
+                    name=arg,
+                    type=schema.get("type", "string"),
+                    description=schema.get("description", ""),
+                    required=arg in required,
+                )
+                for arg, schema in function.parameters["properties"].items()
+            ],
+            code=function.code,
+            packages=list(function.packages),
+            example_arguments=[ExampleArgument(name=k, value=v) for k, v in (example_arguments or {}).items()],
+        )
+
+    def arguments(self) -> dict[str, Any]:
+        """The example arguments as a dict."""
+        return {a.name: a.value for a in self.example_arguments}
+
+    def parameters_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the proposed parameters."""
+        properties: dict[str, Any] = {}
+        for p in self.parameters:
+            properties[p.name] = {"type": p.type, **({"description": p.description} if p.description else {})}
+        return {"type": "object", "properties": properties, "required": [p.name for p in self.parameters if p.required]}
 
     def to_action(self) -> Action:
         """The typed action. Raises pydantic's ValidationError when fields are missing."""
-        data = self.model_dump(exclude={"example_arguments"})
         if self.action == "remove_function":
-            data = {"action": self.action, "name": self.name}
+            data: dict[str, Any] = {"action": self.action, "name": self.name}
+        else:
+            data = {
+                "action": self.action,
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters_schema(),
+                "code": self.code,
+                "packages": self.packages,
+            }
         action: Action = _ACTION_ADAPTER.validate_python(data)
         return action
 
@@ -65,8 +135,8 @@ class ProposeActions(dspy.Signature):
     existing one; give its full new version), or `remove_function`. Propose no actions if no change would help.
 
     Each function needs: a name (a Python identifier), a description the agent will read (it never sees the code),
-    `parameters` as a JSON Schema object whose properties are exactly the def's arguments (`required` = the
-    arguments without a default), and `code` that defines a top-level `def` with that name. Use the standard
+    `parameters` listing exactly the def's arguments in order (`required` false only for those with a default),
+    and `code` that defines a top-level `def` with that name. Use the standard
     library only unless a package is listed as available. Functions must return their result (JSON-serialisable),
     not print it. Give `example_arguments` for a test call. Do not repeat function sets from the failure list, and
     do not reuse the names of fixed tools."""
@@ -82,11 +152,16 @@ class ProposeActions(dspy.Signature):
 
 
 class Proposer(dspy.Module):
-    """Proposes actions on a toolset from the training history (a `ChainOfThought` over `ProposeActions`)."""
+    """Proposes actions on a toolset from the training history.
 
-    def __init__(self) -> None:
+    Args:
+        reasoning: Think before answering (`ChainOfThought`); turn it off for small LMs, whose free-text
+            reasoning tends to run on until the token limit.
+    """
+
+    def __init__(self, reasoning: bool = True) -> None:
         super().__init__()
-        self.propose = dspy.ChainOfThought(ProposeActions)
+        self.propose = dspy.ChainOfThought(ProposeActions) if reasoning else dspy.Predict(ProposeActions)
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
         prediction: dspy.Prediction = self.propose(**inputs)

@@ -236,11 +236,18 @@ TABLE_FAMILIES: list[Callable[[random.Random], Problem]] = [
 
 # ------------------------------------------------------------------------------------------------- write
 def problems(families: list[Callable[[random.Random], Problem]], seed: int, n: int) -> list[Problem]:
+    """`n` distinct problems (no two with the same inputs), the families taking turns."""
     rng = random.Random(seed)
-    out = []
+    out: list[Problem] = []
+    seen: set[str] = set()
     for i in range(n):
         family = families[i % len(families)]
-        problem = family(rng)
+        for _ in range(1000):
+            problem = family(rng)
+            key = json.dumps({k: v for k, v in problem.items() if k != "answer"}, sort_keys=True)
+            if key not in seen:
+                break
+        seen.add(key)
         out.append({**problem, "family": family.__name__})
     rng.shuffle(out)
     return out

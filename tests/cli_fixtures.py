@@ -1,0 +1,51 @@
+"""A tiny program and scripted LMs for the command-line tests (loaded by `toolforge` as module:attr)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dspy
+
+import toolforge as tf
+from tests.evaluation_fixtures import exact, unary
+from tests.scripted_lm import field, scripted_lm, tool_agent_script
+
+SQUARE = unary("square", "x * x")
+
+
+def build_program() -> tf.ToolAgent:
+    return tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([unary("double", "x * 2")]))
+
+
+metric = exact
+
+
+def load_dataset(split: str, limit: int | None = None) -> list[dspy.Example]:
+    kinds = ["double", "square"] if split == "train" else ["square", "double"]
+    examples = []
+    for i in range(1, 7):
+        kind = kinds[i % 2]
+        answer = float(i * i if kind == "square" else 2 * i)
+        examples.append(dspy.Example(question=f"{kind} {i}", answer=answer).with_inputs("question"))
+    return examples[:limit]
+
+
+def agent() -> dspy.LM:
+    def respond(system: str, user: str) -> dict[str, Any]:
+        def choose(question: str):
+            kind, number = question.split()
+            return (kind, {"x": float(number)}) if f") {kind}: " in system else None
+
+        return tool_agent_script(choose)(system, user)
+
+    return scripted_lm(respond, name="cli-agent")[0]
+
+
+def proposer() -> dspy.LM:
+    def respond(system: str, user: str) -> dict[str, Any]:
+        if "### square" in field(user, "current_functions"):
+            return {"reasoning": "Nothing to add.", "actions": []}
+        action = tf.ProposedAction.of("add_function", SQUARE, {"x": 3}).model_dump()
+        return {"reasoning": "Squares fail.", "actions": [action]}
+
+    return scripted_lm(respond, name="cli-proposer")[0]

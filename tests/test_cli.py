@@ -1,0 +1,176 @@
+"""The `toolforge` command, run as a user runs it: in a subprocess, on tiny data, with scripted LMs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENT = ["--lm", "tests.cli_fixtures:agent"]
+PROPOSER = ["--proposer-lm", "tests.cli_fixtures:proposer"]
+
+
+def toolforge(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DSPY_CACHEDIR": str(tmp / "dspy-cache"),
+        "TOOLFORGE_CACHE_DIR": str(tmp / "toolforge-cache"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "toolforge.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    result = toolforge(
+        "compile",
+        "tests/cli_fixtures.py",
+        *AGENT,
+        *PROPOSER,
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp / "run"),
+        "--quiet",
+        tmp=tmp,
+    )
+    return tmp, result
+
+
+def test_compile_trains_and_prints_a_summary(run):
+    tmp, result = run
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "   1  accepted           0.500   1.000  1 accepted" in out
+    assert "train score 0.500 -> 1.000" in out
+    assert "square(x: number)" in out
+    assert {"program.json", "toolset-final.json", "report.json", "checkpoint.json"} <= {
+        p.name for p in (tmp / "run").iterdir()
+    }
+
+
+def test_compile_again_in_the_same_run_directory_resumes(run):
+    tmp, _ = run
+    again = toolforge(
+        "compile",
+        "tests/cli_fixtures.py",
+        *AGENT,
+        *PROPOSER,
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp / "run"),
+        "--quiet",
+        tmp=tmp,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "train score 0.500 -> 1.000" in again.stdout
+
+
+def test_evaluate_with_and_without_the_trained_toolset(run):
+    tmp, _ = run
+    trained = toolforge(
+        "evaluate",
+        "tests/cli_fixtures.py",
+        "--toolset",
+        str(tmp / "run" / "toolset-final.json"),
+        *AGENT,
+        "--quiet",
+        tmp=tmp,
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "score 1.000 (6/6 correct, 0 errors)" in trained.stdout
+    untrained = toolforge("evaluate", "tests/cli_fixtures.py", *AGENT, "--quiet", tmp=tmp)
+    assert "no toolset (untrained): score 0.500 (3/6 correct" in untrained.stdout
+
+
+def test_show_and_diff(run):
+    tmp, _ = run
+    shown = toolforge("show", str(tmp / "run" / "toolset-final.json"), tmp=tmp)
+    assert shown.returncode == 0
+    assert "double(x: number)" in shown.stdout and "def square(x):" in shown.stdout
+    diff = toolforge("diff", str(tmp / "run" / "toolset-0.json"), str(tmp / "run" / "toolset-final.json"), tmp=tmp)
+    assert diff.stdout.strip() == "+ square"
+
+
+def test_report_writes_a_png_and_markdown(run):
+    tmp, _ = run
+    result = toolforge("report", str(tmp / "run"), tmp=tmp)
+    assert result.returncode == 0, result.stderr
+    png = tmp / "run" / "learning-curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (tmp / "run" / "report.md").read_text()
+    assert "## Step 1: accepted" in markdown and "+def square(x):" in markdown
+
+
+def test_cache_stats_and_clear(run):
+    tmp, _ = run
+    stats = toolforge("cache", "stats", tmp=tmp)
+    assert stats.returncode == 0 and "evaluations:" in stats.stdout and "hits" in stats.stdout
+    cleared = toolforge("cache", "clear", tmp=tmp)
+    assert cleared.returncode == 0 and "cleared" in cleared.stdout
+
+
+def test_user_jsonl_with_other_field_names(tmp_path):
+    data = tmp_path / "mine.jsonl"
+    data.write_text("\n".join(json.dumps({"problem": f"double {i}", "solution": 2 * i}) for i in range(1, 4)) + "\n")
+    result = toolforge(
+        "evaluate",
+        "tests/cli_fixtures.py",
+        "--data",
+        str(data),
+        "--input-keys",
+        "problem",
+        "--label-key",
+        "solution",
+        *AGENT,
+        "--quiet",
+        tmp=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "score 1.000 (3/3 correct" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["compile", "missing/program.py"], "program file 'missing/program.py' does not exist"),
+        (
+            ["compile", "tests/cli_fixtures.py", "--train", "nope.jsonl", *AGENT],
+            "data file 'nope.jsonl' does not exist",
+        ),
+        (["compile", "tests/cli_fixtures.py", "--lm", "no-such-model"], "--lm 'no-such-model' is not a known LM"),
+        (["evaluate", "tests/cli_fixtures.py", "--toolset", "nope.json", *AGENT], "toolset file 'nope.json' does not"),
+        (["report", "nowhere"], "'nowhere' has no report.json"),
+        (["compile", "tests/cli_fixtures.py", "--epochs", "-1"], "--epochs -1: must be a positive number"),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_nonzero(tmp_path, args, message):
+    result = toolforge(*args, tmp=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_jsonl_line_names_its_line_number(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": "double 1", "answer": 2}\n{"question": "double 2", "answer": 4}\n{oops\n')
+    result = toolforge("evaluate", "tests/cli_fixtures.py", "--data", str(data), *AGENT, tmp=tmp_path)
+    assert result.returncode == 2
+    assert f"{data}:3: not valid JSON" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_field_says_how_to_map_it(tmp_path):
+    data = tmp_path / "other.jsonl"
+    data.write_text('{"problem": "double 1", "answer": 2}\n')
+    result = toolforge("evaluate", "tests/cli_fixtures.py", "--data", str(data), *AGENT, tmp=tmp_path)
+    assert result.returncode == 2
+    assert "no 'question' field (it has: problem, answer); map your field names with --input-keys" in result.stderr

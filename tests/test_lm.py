@@ -1,0 +1,62 @@
+"""The embedded LM, for real: the GGUF model shipped on PyPI, loaded with llama.cpp (short prompts, few tokens)."""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+
+import toolforge as tf
+from toolforge.lm import default_model_path, resolve_lm
+
+
+@pytest.fixture(scope="module")
+def local_lm():
+    return tf.LocalLM(max_tokens=48)
+
+
+def test_the_embedded_model_is_assembled_verified_and_reused():
+    first = default_model_path()
+    assert first.is_file() and first.suffix == ".gguf"
+    assert first.with_name(first.name + ".verified").exists()
+    assert default_model_path() == first
+
+
+def test_a_structured_reply_from_the_real_model_parses(local_lm):
+    predict = dspy.Predict("question -> answer: int")
+    with dspy.context(lm=local_lm, adapter=dspy.JSONAdapter()):
+        prediction = predict(question="What is 2 + 3?")
+    assert isinstance(prediction.answer, int)
+    usage = local_lm.history[-1]["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+
+
+def test_the_real_model_writes_a_valid_tool_call_for_a_tool_agent(local_lm, sandbox):
+    agent = tf.ToolAgent("question -> answer: float", tools=[tf.python_tool(sandbox)], max_iters=1)
+    with dspy.context(lm=local_lm, adapter=dspy.JSONAdapter()):
+        prediction = agent(question="What is 6 times 7?")
+    assert prediction.trajectory["tool_name_0"] in ("python", "finish")
+    assert isinstance(prediction.trajectory["tool_args_0"], dict)
+    assert isinstance(prediction.answer, float)
+
+
+def test_identical_requests_are_answered_from_dspy_cache(tmp_path):
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
+    lm = tf.LocalLM(max_tokens=8)
+    predict = dspy.Predict("question -> answer: int")
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        first = predict(question="What is 1 + 1?")
+        with dspy.utils.usage_tracker.track_usage() as usage:
+            second = predict(question="What is 1 + 1?")
+    assert first.answer == second.answer
+    assert usage.get_total_tokens() == {}  # nothing reached the model
+
+
+def test_resolve_lm_understands_what_users_type(tmp_path):
+    assert isinstance(resolve_lm("local"), tf.LocalLM)
+    assert resolve_lm("openai/gpt-4o-mini").model == "openai/gpt-4o-mini"
+    with pytest.raises(tf.ToolforgeError, match="'gpt4' is not a known LM"):
+        resolve_lm("gpt4")
+    with pytest.raises(tf.ToolforgeError, match="model file .* does not exist; pass the path of a .gguf file"):
+        resolve_lm(str(tmp_path / "missing.gguf"))
+    with pytest.raises(tf.ToolforgeError, match="cannot load 'nope' from 'json'"):
+        resolve_lm("json:nope")

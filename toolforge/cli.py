@@ -1,0 +1,384 @@
+"""The `toolforge` command: compile, evaluate, show, diff, cache and report.
+
+    toolforge compile programs/table_agent.py --epochs 3 --out runs/table
+    toolforge evaluate programs/table_agent.py --toolset runs/table/toolset-final.json
+    toolforge report runs/table
+
+PROGRAM is a Python file (`programs/table_agent.py`) or `package.module:attr`. Its module provides the program
+(`build_program()`, or `attr`: a dspy.Module or a function returning one), `metric(example, prediction,
+trace=None)`, and optionally `load_dataset(split, limit=None)` for when no data file is given. An error a user can
+make prints one line and exits with status 2; an interrupted compile resumes when the same command runs again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from toolforge.cache import EvaluationCache
+from toolforge.data import load_jsonl
+from toolforge.errors import ToolforgeError
+from toolforge.evaluate import Evaluator
+from toolforge.lm import LocalLM, resolve_lm
+from toolforge.optimizer import FunctionOptimizer, OptimizationReport
+from toolforge.proposer import Proposer
+from toolforge.toolset import Toolset
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------------------ programs
+@dataclass
+class LoadedProgram:
+    name: str
+    build: Callable[[], dspy.Module]
+    metric: Callable[..., Any]
+    load_dataset: Callable[..., list[dspy.Example]] | None
+
+    def fields(self, program: dspy.Module) -> tuple[list[str], str]:
+        signature = getattr(program, "signature", None)
+        if signature is None:
+            predictors = program.named_predictors()
+            if not predictors:
+                raise ToolforgeError(f"program {self.name!r} has no signature and no predictors")
+            signature = predictors[0][1].signature
+        return list(signature.input_fields), next(iter(signature.output_fields))
+
+
+def load_program(spec: str) -> LoadedProgram:
+    """The program, metric and dataset loader named by PROGRAM (a .py file or `package.module:attr`)."""
+    attr = None
+    if spec.endswith(".py") or Path(spec).is_file():
+        path = Path(spec)
+        if not path.is_file():
+            raise ToolforgeError(f"program file {spec!r} does not exist; give a .py file or package.module:attr")
+        module = _import_file(path)
+        name = path.stem
+    else:
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ToolforgeError(f"cannot import program module {module_name!r} ({exc}); check PROGRAM") from None
+        name = spec
+    if attr:
+        target = getattr(module, attr, None)
+        if target is None:
+            raise ToolforgeError(f"module {module.__name__!r} has no {attr!r}")
+        build = (lambda: target) if isinstance(target, dspy.Module) else target
+    else:
+        build = getattr(module, "build_program", None)
+        if build is None:
+            raise ToolforgeError(f"{spec!r} defines no build_program(); add one, or name the program as module:attr")
+    metric = getattr(module, "metric", None)
+    if not callable(metric):
+        raise ToolforgeError(f"{spec!r} defines no metric(example, prediction, trace=None); add one")
+    return LoadedProgram(name=name, build=build, metric=metric, load_dataset=getattr(module, "load_dataset", None))
+
+
+def _import_file(path: Path) -> Any:
+    path = path.resolve()
+    root = path.parent
+    parts = [path.stem]
+    while (root / "__init__.py").exists():  # a module inside a package: import it by its dotted name
+        parts.insert(0, root.name)
+        root = root.parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module(".".join(parts))
+    except Exception as exc:
+        raise ToolforgeError(f"cannot load program {str(path)!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _build(loaded: LoadedProgram) -> dspy.Module:
+    program = loaded.build()
+    if not isinstance(program, dspy.Module):
+        raise ToolforgeError(f"{loaded.name!r} built a {type(program).__name__}, not a dspy.Module")
+    return program
+
+
+def _dataset(
+    loaded: LoadedProgram,
+    program: dspy.Module,
+    path: str | None,
+    split: str,
+    args: argparse.Namespace,
+    limit: int | None,
+) -> list[dspy.Example]:
+    fields, label = loaded.fields(program)
+    if path:
+        input_keys = [k.strip() for k in args.input_keys.split(",")] if args.input_keys else None
+        return load_jsonl(
+            path, input_keys=input_keys, label_key=args.label_key, fields=fields, label=label, limit=limit
+        )
+    if loaded.load_dataset is None:
+        raise ToolforgeError(f"{loaded.name!r} has no load_dataset(split); pass a JSONL file (--train / --data)")
+    examples = loaded.load_dataset(split, limit=limit)
+    return list(examples)
+
+
+def _configure_lm(spec: str | None) -> dspy.BaseLM:
+    lm = resolve_lm(spec or dspy.settings.lm or "local")
+    # a small local model needs constrained decoding, which DSPy asks for through its JSON adapter
+    dspy.configure(lm=lm, adapter=dspy.JSONAdapter() if isinstance(lm, LocalLM) else dspy.settings.adapter)
+    return lm
+
+
+def _cache(args: argparse.Namespace) -> EvaluationCache:
+    return EvaluationCache(args.cache_dir) if args.cache_dir else EvaluationCache()
+
+
+def _set_toolset(program: dspy.Module, toolset: Toolset) -> None:
+    from dspy.primitives.module import set_attribute_by_name
+
+    names = [name for name, p in program.named_parameters() if isinstance(p, Toolset)]
+    if not names:
+        raise ToolforgeError("the program holds no Toolset to load the functions into")
+    set_attribute_by_name(program, names[0], toolset)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def cmd_compile(args: argparse.Namespace) -> int:
+    loaded = load_program(args.program)
+    program = _build(loaded)
+    trainset = _dataset(loaded, program, args.train, "train", args, args.limit)
+    valset = _dataset(loaded, program, args.val, "test", args, args.val_limit) if args.val else None
+    lm = _configure_lm(args.lm)
+    proposer = _configure_proposer(args.proposer_lm, lm)
+    small = isinstance(proposer, LocalLM)
+    out = Path(args.out or f"runs/{Path(loaded.name.split(':')[0]).stem.replace('.', '_')}")
+    _out(
+        f"compiling {loaded.name} on {len(trainset)} examples with {lm.model} (proposer: {proposer.model}); "
+        f"run directory {out}"
+    )
+    optimizer = FunctionOptimizer(
+        loaded.metric,
+        proposer_lm=proposer,
+        max_epochs=args.epochs,
+        max_actions_per_step=args.max_actions,
+        max_trials=args.trials,
+        patience=args.patience,
+        max_lm_calls=args.max_lm_calls,
+        num_threads=args.threads,
+        cache=_cache(args),
+        log_dir=out,
+        seed=args.seed,
+        display_progress=not args.quiet,
+        trajectory_budget_chars=args.trajectory_budget,
+        proposer=Proposer(reasoning=not small),
+    )
+    trained = optimizer.compile(program, trainset=trainset, valset=valset)
+    trained.save(str(out / "program.json"))
+    _summary(trained.toolforge_report, trained, out)
+    return 0
+
+
+def _configure_proposer(spec: str | None, lm: dspy.BaseLM) -> dspy.BaseLM:
+    proposer = lm if spec is None else resolve_lm(spec, role="proposer-lm")
+    if isinstance(proposer, LocalLM):
+        proposer = proposer.copy(max_tokens=640)  # room for a short function; shares the loaded model
+    return proposer
+
+
+def _summary(report: OptimizationReport, trained: dspy.Module, out: Path) -> None:
+    _out()
+    _out(f"{'step':>4}  {'outcome':<16} {'before':>7} {'after':>7}  actions")
+    _out(f"{0:>4}  {'baseline':<16} {'':>7} {report.initial_score:>7.3f}")
+    for s in report.steps:
+        after = f"{s.score_after:.3f}" if s.score_after is not None else "-"
+        counts: dict[str, int] = {}
+        for a in s.actions:
+            counts[a.status] = counts.get(a.status, 0) + 1
+        actions = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items()) or "none"
+        _out(f"{s.step:>4}  {s.outcome:<16} {s.score_before:>7.3f} {after:>7}  {actions}")
+    _out()
+    _out(
+        f"stopped: {report.stop_reason}; train score {report.initial_score:.3f} -> {report.best_score:.3f}; "
+        f"LM calls: {report.agent_lm_calls} agent, {report.proposer_lm_calls} proposer; {report.wall_time_s:.1f} s"
+    )
+    if report.pruned:
+        _out(f"pruned (never called successfully): {', '.join(report.pruned)}")
+    toolset = next((p for _, p in trained.named_parameters() if isinstance(p, Toolset)), Toolset())
+    _out(f"final functions ({len(toolset)}):" + ("" if len(toolset) else " none"))
+    for function in toolset:
+        _out(f"  {function.signature()}  {function.description}")
+    _out(f"saved: {out / 'program.json'}, {out / 'toolset-final.json'}, {out / 'report.json'}")
+    _out(f"next: toolforge report {out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    loaded = load_program(args.program)
+    program = _build(loaded)
+    if args.toolset:
+        _set_toolset(program, Toolset.load(args.toolset))
+    examples = _dataset(loaded, program, args.data, args.split, args, args.limit)
+    _configure_lm(args.lm)
+    evaluator = Evaluator(loaded.metric, cache=_cache(args), num_threads=args.threads, display_progress=not args.quiet)
+    run = evaluator.evaluate(program, examples)
+    correct = sum(1 for r in run.records if r.score >= 1.0)
+    label = args.toolset or "no toolset (untrained)"
+    _out(
+        f"{loaded.name} with {label}: score {run.score:.3f} ({correct}/{len(run.records)} correct, "
+        f"{len(run.errors)} errors); {run.lm_calls} LM calls, {run.hits} of {len(run.records)} from cache; "
+        f"{run.wall_time_s:.1f} s"
+    )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    toolset = Toolset.load(args.toolset)
+    _out(f"{args.toolset}: {len(toolset)} function(s), fingerprint {toolset.fingerprint[:16]}")
+    for function in toolset:
+        _out()
+        _out(f"{function.signature()}")
+        _out(f"  {function.description}")
+        if function.packages:
+            _out(f"  packages: {', '.join(function.packages)}")
+        _out("  " + function.code.rstrip().replace("\n", "\n  "))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    diff = Toolset.load(args.a).diff(Toolset.load(args.b))
+    _out(str(diff))
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    with _cache(args) as cache:
+        if args.action == "clear":
+            removed = cache.clear()
+            _out(f"cleared {removed} entries from {cache.directory}")
+            return 0
+        stats = cache.stats()
+    _out(f"cache {stats.directory}: {stats.entries} entries, {stats.size_bytes / 1e6:.1f} MB")
+    _out(f"  evaluations: {stats.hits} hits, {stats.misses} misses (hit rate {stats.hit_rate:.1%})")
+    _out(f"  saved: {stats.lm_calls_saved} LM calls, {stats.seconds_saved:.1f} s")
+    _out(f"  function calls: {stats.call_hits} hits, {stats.call_misses} misses")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from toolforge.report import write_report
+
+    png, md = write_report(args.run_dir)
+    _out(f"learning curve: {png}")
+    _out(f"report: {md}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toolforge", description="Train DSPy agents by forging their functions.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--input-keys", help="comma-separated JSONL keys of the program's inputs, in order")
+        p.add_argument("--label-key", help="JSONL key of the expected answer")
+        p.add_argument("--lm", help="agent LM: 'local' (default), a dspy.LM model string, a .gguf path, module:attr")
+        p.add_argument("--threads", type=int, default=4, help="examples evaluated at once")
+        p.add_argument("--cache-dir", help="evaluation cache directory (default: $TOOLFORGE_CACHE_DIR or .toolforge)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("compile", help="train a program's functions with FunctionOptimizer")
+    p.add_argument("program", help="a .py file or package.module:attr")
+    p.add_argument("--train", help="training JSONL file (default: the program's own train split)")
+    p.add_argument("--val", help="validation JSONL file, to pick among the accepted toolsets")
+    p.add_argument("--limit", type=int, help="use only the first N training examples")
+    p.add_argument("--val-limit", type=int, help="use only the first N validation examples")
+    p.add_argument("--proposer-lm", help="LM that proposes functions (default: the agent LM)")
+    p.add_argument("--epochs", type=int, default=5, help="training steps at most")
+    p.add_argument("--patience", type=int, default=3, help="stop after N steps without improvement")
+    p.add_argument("--max-actions", type=int, default=3, help="actions per step at most")
+    p.add_argument("--trials", type=int, default=3, help="proposer calls per step at most")
+    p.add_argument("--max-lm-calls", type=int, help="budget of LM calls for the whole compile")
+    p.add_argument("--trajectory-budget", type=int, default=12_000, help="characters of trajectories the proposer sees")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="run directory (default: runs/<program>); the same directory resumes")
+    data_options(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("evaluate", help="score a program, with a trained toolset or without")
+    p.add_argument("program", help="a .py file or package.module:attr")
+    p.add_argument("--toolset", help="a toolset JSON file (e.g. RUN_DIR/toolset-final.json)")
+    p.add_argument("--data", help="JSONL file (default: the program's own split)")
+    p.add_argument("--split", default="test", help="split of the program's own data (default: test)")
+    p.add_argument("--limit", type=int, help="use only the first N examples")
+    data_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("show", help="print a toolset's functions with signatures and code")
+    p.add_argument("toolset")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("diff", help="what changed from toolset A to toolset B")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("cache", help="evaluation cache statistics, or clear it")
+    p.add_argument("action", choices=["stats", "clear"])
+    p.add_argument("--cache-dir", help="cache directory (default: $TOOLFORGE_CACHE_DIR or .toolforge/cache)")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("report", help="learning-curve PNG and Markdown report of a compile run")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not args.debug:  # DSPy logs every reply a small LM gets wrong; the compile report records them
+        logging.getLogger("dspy").setLevel(logging.ERROR)
+    for name, value in vars(args).items():
+        if name in ("epochs", "limit", "val_limit", "threads", "trials", "max_actions", "patience") and (
+            value is not None and value < (0 if name == "epochs" else 1)
+        ):
+            _err(f"--{name.replace('_', '-')} {value}: must be a positive number")
+            return 2
+    try:
+        code: int = args.func(args)
+        return code
+    except ToolforgeError as exc:
+        if args.debug:
+            raise
+        _err(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted; run the same command again to resume where it stopped")
+        return 130
+    except Exception as exc:  # a bug, or an LM service failing: one line unless --debug
+        if args.debug:
+            raise
+        _err(f"{type(exc).__name__}: {exc} (run with --debug for details)")
+        return 1
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(f"toolforge: error: {message}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Reports of a compile run: a learning-curve PNG and a Markdown account of every step with its code diffs.
+
+Reads what `FunctionOptimizer(log_dir=RUN_DIR)` wrote: `report.json` and the `toolset-<step>.json` of every
+accepted step.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+from toolforge.errors import ToolforgeError
+from toolforge.optimizer import OptimizationReport
+from toolforge.toolset import Toolset
+
+__all__ = ["learning_curve", "load_report", "markdown_report", "write_report"]
+
+
+def load_report(run_dir: str | Path) -> OptimizationReport:
+    path = Path(run_dir) / "report.json"
+    if not path.exists():
+        raise ToolforgeError(
+            f"{str(run_dir)!r} has no report.json; run `toolforge compile PROGRAM --out {run_dir}` to completion first"
+        )
+    try:
+        return OptimizationReport.model_validate(json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise ToolforgeError(f"{path} is not a toolforge report ({exc.__class__.__name__}); was it edited?") from None
+
+
+def _best_scores(report: OptimizationReport) -> list[float]:
+    scores, best = [report.initial_score], report.initial_score
+    for step in report.steps:
+        if step.outcome == "accepted" and step.score_after is not None:
+            best = step.score_after
+        scores.append(best)
+    return scores
+
+
+def learning_curve(report: OptimizationReport, path: str | Path) -> Path:
+    """Training score of the best toolset after each step, each candidate's score (roll-backs marked), and the
+    validation score of each accepted toolset where there is one."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ToolforgeError("the learning curve needs matplotlib: pip install 'toolforge[report]'") from None
+    path = Path(path)
+    steps = list(range(len(report.steps) + 1))
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.step(steps, _best_scores(report), where="post", color="#1f77b4", linewidth=2, label="train (best toolset)")
+    accepted = [(s.step, s.score_after) for s in report.steps if s.outcome == "accepted"]
+    rolled = [(s.step, s.score_after) for s in report.steps if s.outcome == "rolled_back"]
+    if accepted:
+        xs, ys = zip(*accepted, strict=True)
+        ax.scatter(xs, ys, color="#2ca02c", zorder=3, label="candidate accepted")
+    if rolled:
+        xs, ys = zip(*rolled, strict=True)
+        ax.scatter(xs, ys, color="#d62728", marker="x", s=60, zorder=3, label="rolled back")
+    if report.val_scores:
+        points = sorted(report.val_scores.items())
+        ax.plot(*zip(*points, strict=True), color="#ff7f0e", marker="o", linestyle="--", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("score")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xticks(steps)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"toolforge: {report.initial_score:.3f} -> {report.best_score:.3f} ({report.stop_reason})")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
+    """Every step: scores, LM calls, cache hits, and each action with its outcome, reason and code diff."""
+    run_dir = Path(run_dir)
+    toolsets = {
+        int(p.stem.split("-")[1]): Toolset.load(p) for p in run_dir.glob("toolset-*.json") if p.stem[8:].isdigit()
+    }
+    lines = [
+        "# toolforge compile report",
+        "",
+        f"- training score: {report.initial_score:.3f} -> {report.best_score:.3f}",
+        f"- stopped: {report.stop_reason} after {len(report.steps)} step(s)"
+        + (f" (resumed after step {report.resumed_after_step})" if report.resumed_after_step is not None else ""),
+        f"- final functions: {', '.join(report.final_functions) or '(none)'} (from step {report.selected_step})",
+    ]
+    if report.pruned:
+        lines.append(f"- pruned as unused: {', '.join(report.pruned)}")
+    if report.val_scores:
+        lines.append("- validation: " + ", ".join(f"step {s}: {v:.3f}" for s, v in sorted(report.val_scores.items())))
+    lines += [
+        f"- LM calls: {report.agent_lm_calls} agent, {report.proposer_lm_calls} proposer; {report.wall_time_s:.1f} s",
+        "",
+        "| step | outcome | score before | score after | actions | agent LM calls | proposer LM calls | cache hits |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in report.steps:
+        after = f"{s.score_after:.3f}" if s.score_after is not None else "-"
+        actions = ", ".join(f"{a.summary} ({a.status})" for a in s.actions) or "none"
+        lines.append(
+            f"| {s.step} | {s.outcome} | {s.score_before:.3f} | {after} | {actions} | {s.agent_lm_calls} | "
+            f"{s.proposer_lm_calls} | {s.cache_hits}/{s.cache_hits + s.cache_misses} |"
+        )
+    for s in report.steps:
+        lines += ["", f"## Step {s.step}: {s.outcome}", ""]
+        if s.note:
+            lines += [f"_{s.note}_", ""]
+        before = _toolset_before(toolsets, s.step)
+        if not s.actions:
+            lines.append("No actions proposed.")
+        for action in s.actions:
+            lines.append(f"- **{action.summary}** (trial {action.trial}): {action.status}")
+            if action.reason:
+                lines.append(f"  - reason: {action.reason}")
+            diff = _action_diff(action.proposal, before)
+            if diff:
+                lines += ["", "```diff", diff.rstrip("\n"), "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _toolset_before(toolsets: dict[int, Toolset], step: int) -> Toolset | None:
+    earlier = [s for s in toolsets if s < step]
+    return toolsets[max(earlier)] if earlier else None
+
+
+def _action_diff(proposal: dict[str, object], before: Toolset | None) -> str:
+    name = str(proposal.get("name", ""))
+    new = str(proposal.get("code") or "")
+    old = before[name].code if before is not None and name in before else ""
+    if proposal.get("action") == "remove_function":
+        new = ""
+    if not old and not new:
+        return ""
+    return "".join(
+        difflib.unified_diff(
+            old.splitlines(keepends=True), new.splitlines(keepends=True), fromfile=f"a/{name}", tofile=f"b/{name}"
+        )
+    )
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write `learning-curve.png` and `report.md` into the run directory; return their paths."""
+    run_dir = Path(run_dir)
+    report = load_report(run_dir)
+    png = learning_curve(report, run_dir / "learning-curve.png")
+    md = run_dir / "report.md"
+    md.write_text(markdown_report(report, run_dir), encoding="utf-8")
+    return png, md
