@@ -1,0 +1,166 @@
+"""The embedded LM here, and the demo built on it.
+
+1. Prompt and generation speed of Gemma 3 270M (Q4_K_M) through llama.cpp: tokens per second, medians of
+   `--repeats` fresh prompts; generation both free and under a JSON-schema constraint (what DSPy's JSONAdapter asks
+   for). Beside them, the figures recorded in ../shared/NOTES.md for this kind of machine.
+2. The demo (`make demo` without the install): compile the table agent with the embedded LM, evaluate the untrained
+   and the trained agent on held-out problems, write the report; in fresh caches. Wall time, LM calls per step.
+3. The same compile again, into a new run directory with the same caches: its wall time, LM calls, and the cache
+   hit rate of its evaluations.
+
+Usage: python benchmarks/local_lm.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "benchmarks")]
+
+import _results  # noqa: E402
+
+NOTES_PROMPT_TPS, NOTES_GEN_TPS = 700.0, 85.0
+COMPILE = [
+    "compile",
+    "programs/table_agent.py",
+    "--lm",
+    "local",
+    "--epochs",
+    "2",
+    "--limit",
+    "4",
+    "--trials",
+    "1",
+    "--max-actions",
+    "1",
+    "--trajectory-budget",
+    "3000",
+    "--threads",
+    "2",
+    "--quiet",
+]
+EVALUATE = ["evaluate", "programs/table_agent.py", "--lm", "local", "--limit", "5", "--threads", "2", "--quiet"]
+
+
+def speed(repeats: int) -> dict[str, float]:
+    import llama_cpp
+
+    from toolforge.lm import default_model_path
+
+    llm = llama_cpp.Llama(model_path=str(default_model_path()), n_ctx=4096, n_threads=os.cpu_count(), verbose=False)
+    schema = {
+        "type": "object",
+        "properties": {"thought": {"type": "string"}, "answer": {"type": "number"}},
+        "required": ["thought", "answer"],
+    }
+    prompt_tps, gen_tps, json_tps = [], [], []
+    for i in range(repeats):
+        system = f"Session {i}. " + "You answer questions about small tables of numbers, carefully. " * 70
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": "Write a short story."}]
+        start = time.perf_counter()
+        out = llm.create_chat_completion(messages=messages, max_tokens=1, temperature=0)
+        prompt_tps.append(out["usage"]["prompt_tokens"] / (time.perf_counter() - start))
+        # the prompt is now in the KV cache: what follows is generation
+        start = time.perf_counter()
+        out = llm.create_chat_completion(messages=messages, max_tokens=128, temperature=0)
+        gen_tps.append(out["usage"]["completion_tokens"] / (time.perf_counter() - start))
+        start = time.perf_counter()
+        out = llm.create_chat_completion(
+            messages=messages, max_tokens=128, temperature=0, response_format={"type": "json_object", "schema": schema}
+        )
+        json_tps.append(out["usage"]["completion_tokens"] / (time.perf_counter() - start))
+    llm.close()
+    return {
+        "prompt": statistics.median(prompt_tps),
+        "gen": statistics.median(gen_tps),
+        "json": statistics.median(json_tps),
+        "prompt_tokens": out["usage"]["prompt_tokens"],
+    }
+
+
+def toolforge(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "toolforge.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"toolforge {' '.join(args)} failed:\n{result.stderr}")
+    return time.perf_counter() - start, result.stdout
+
+
+def demo() -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "DSPY_CACHEDIR": f"{tmp}/dspy", "TOOLFORGE_CACHE_DIR": f"{tmp}/toolforge"}
+        first = Path(tmp) / "run1"
+        t_compile, _ = toolforge([*COMPILE, "--out", str(first)], env)
+        t_untrained, out_untrained = toolforge(EVALUATE, env)
+        t_trained, out_trained = toolforge([*EVALUATE, "--toolset", str(first / "toolset-final.json")], env)
+        t_report, _ = toolforge(["report", str(first)], env)
+        report = json.loads((first / "report.json").read_text())
+        second = Path(tmp) / "run2"
+        t_again, _ = toolforge([*COMPILE, "--out", str(second)], env)
+        again = json.loads((second / "report.json").read_text())
+    hits = sum(s["cache_hits"] for s in again["steps"])
+    looked_up = hits + sum(s["cache_misses"] for s in again["steps"])
+    return {
+        "compile": t_compile,
+        "demo": t_compile + t_untrained + t_trained + t_report,
+        "steps": [(s["step"], s["agent_lm_calls"], s["proposer_lm_calls"], s["outcome"]) for s in report["steps"]],
+        "baseline_calls": report["agent_lm_calls"] - sum(s["agent_lm_calls"] for s in report["steps"]),
+        "scores": (report["initial_score"], report["best_score"]),
+        "untrained": out_untrained.strip(),
+        "trained": out_trained.strip(),
+        "again": t_again,
+        "again_calls": again["agent_lm_calls"] + again["proposer_lm_calls"],
+        "hit_rate": hits / looked_up if looked_up else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    s = speed(args.repeats)
+    d = demo()
+    per_step = "; ".join(f"step {n}: {a} agent + {p} proposer ({o})" for n, a, p, o in d["steps"])  # type: ignore[attr-defined]
+    rows = [
+        ("measure", "here", "NOTES.md (same kind of machine)"),
+        (
+            f"prompt processing, tokens/s (~{s['prompt_tokens']} token prompts)",
+            f"{s['prompt']:.0f}",
+            f"{NOTES_PROMPT_TPS:.0f}",
+        ),
+        ("generation, tokens/s (free text)", f"{s['gen']:.1f}", f"{NOTES_GEN_TPS:.0f}"),
+        ("generation, tokens/s (JSON-schema constrained)", f"{s['json']:.1f}", "-"),
+        ("demo wall time (compile + 2 evaluations + report), s", f"{d['demo']:.0f}", "target <= 600 with install"),
+        ("  of which the compile, s", f"{d['compile']:.0f}", "-"),
+        ("same compile again, new run dir, same caches: wall s", f"{d['again']:.1f}", "-"),
+        ("  its LM calls / evaluation cache hit rate", f"{d['again_calls']} / {d['hit_rate']:.0%}", "-"),
+    ]
+    notes = [
+        f"LM calls: baseline {d['baseline_calls']} agent; {per_step}.",
+        f"Train score {d['scores'][0]:.3f} -> {d['scores'][1]:.3f} (4 examples, 2 steps).",  # type: ignore[index]
+        f"Held-out: {d['untrained']}",
+        f"Held-out: {d['trained']}",
+        "Install (building llama-cpp-python) took about 4 minutes on this machine when measured by hand; "
+        "it is not part of these figures.",
+    ]
+    width = max(len(r[0]) for r in rows)
+    for row in rows:
+        print(f"{row[0]:<{width}}  " + "  ".join(f"{c:>30}" for c in row[1:]))
+    for line in notes:
+        print(line)
+    _results.append("Embedded LM and the demo (benchmarks/local_lm.py)", rows, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The proposer's inputs (rendered within a budget) and its closed output schema."""
+
+from __future__ import annotations
+
+import json
+
+import dspy
+from dspy.adapters.json_adapter import _get_structured_outputs_response_format
+
+import toolforge as tf
+from tests.evaluation_fixtures import unary
+from toolforge.proposer import ProposeActions, render_functions, render_trajectories
+
+
+def record(i: int, score: float, observation: str = "ok") -> tf.ExampleRecord:
+    return tf.ExampleRecord(
+        example_id=f"id{i}",
+        score=score,
+        prediction={"answer": i},
+        trajectory={
+            "thought_0": "think",
+            "tool_name_0": "double",
+            "tool_args_0": {"x": i},
+            "observation_0": observation,
+        },
+    )
+
+
+def examples(n: int) -> list[dspy.Example]:
+    return [dspy.Example(question=f"q{i}", answer=i).with_inputs("question") for i in range(n)]
+
+
+def test_failures_come_first_and_the_budget_holds():
+    records = [record(i, 1.0 if i % 2 else 0.0, observation="x" * 2000) for i in range(40)]
+    text = render_trajectories(records, examples(40), budget_chars=6000, seed=1)
+    assert len(text) <= 6000 + 200
+    shown = text.split("--- score ")[1:]
+    assert shown and all(part.startswith("0.00 (failure)") for part in shown)
+    assert "40 runs, 20 not fully successful (mean score 0.500); showing" in text
+    assert "..." in text  # long observations are truncated
+
+
+def test_successes_are_shown_too_when_there_is_room():
+    records = [record(0, 0.0), record(1, 1.0)]
+    text = render_trajectories(records, examples(2), budget_chars=5000, seed=0)
+    assert "(failure)" in text and "(success)" in text
+    assert 'call: double({"x": 1}) -> ok' in text
+
+
+def test_functions_are_shown_with_their_full_code():
+    text = render_functions(tf.Toolset([unary("double", "x * 2")]))
+    assert "### double" in text and "def double(x):\n    return x * 2" in text
+    assert render_functions(tf.Toolset()) == "(none yet)"
+
+
+def test_the_output_schema_is_closed_for_constrained_decoding():
+    schema = _get_structured_outputs_response_format(dspy.Predict(ProposeActions).signature).model_json_schema()
+    text = json.dumps(schema)
+    assert '"additionalProperties": true' not in text
+    action = schema["$defs"]["ProposedAction"]
+    assert action["properties"]["parameters"]["type"] == "array"
+
+
+def test_a_proposal_round_trips_a_function():
+    function = unary("double", "x * 2")
+    proposal = tf.ProposedAction.of("add_function", function, {"x": 3})
+    action = proposal.to_action()
+    assert isinstance(action, tf.AddFunction)
+    assert action.to_function() == function
+    assert proposal.arguments() == {"x": 3}
+    assert tf.ProposedAction(action="remove_function", name="double").to_action() == tf.RemoveFunction("double")
