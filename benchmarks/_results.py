@@ -11,6 +11,16 @@ from pathlib import Path
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
+def report(title: str, table: list[tuple[str, ...]], notes: list[str], width: int = 20) -> None:
+    """Print the table and the notes, then append them to RESULTS.md."""
+    first = max(len(row[0]) for row in table)
+    for row in table:
+        print(f"{row[0]:<{first}}  " + "  ".join(f"{cell:>{width}}" for cell in row[1:]))
+    for line in notes:
+        print(line)
+    append(title, table, notes)
+
+
 def append(title: str, table: list[tuple[str, ...]], notes: list[str]) -> None:
     """Add a section: a Markdown table (first row is the header) and notes, stamped with date and machine."""
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -160,12 +160,7 @@ def main() -> None:
         f"(3)/(4): wall time {m['t3'] / m['t4']:.3f}, LM calls {m['c3'] / m['c4']:.3f}.",
         f"8 threads over 1 on (1): {m['t1_single'] / m['t1']:.2f}x speed-up.",
     ]
-    width = max(len(r[0]) for r in rows)
-    for row in rows:
-        print(f"{row[0]:<{width}}  " + "  ".join(f"{c:>20}" for c in row[1:]))
-    for line in notes:
-        print(line)
-    _results.append("Cached evaluation (benchmarks/cache.py)", rows, notes)
+    _results.report("Cached evaluation (benchmarks/cache.py)", rows, notes, width=20)
 
 
 if __name__ == "__main__":

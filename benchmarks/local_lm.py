@@ -154,12 +154,7 @@ def main() -> None:
         "Install (building llama-cpp-python) took about 4 minutes on this machine when measured by hand; "
         "it is not part of these figures.",
     ]
-    width = max(len(r[0]) for r in rows)
-    for row in rows:
-        print(f"{row[0]:<{width}}  " + "  ".join(f"{c:>30}" for c in row[1:]))
-    for line in notes:
-        print(line)
-    _results.append("Embedded LM and the demo (benchmarks/local_lm.py)", rows, notes)
+    _results.report("Embedded LM and the demo (benchmarks/local_lm.py)", rows, notes, width=30)
 
 
 if __name__ == "__main__":

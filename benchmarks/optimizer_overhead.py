@@ -57,14 +57,7 @@ def agent_respond(system: str, user: str) -> dict[str, Any]:
 
 
 def proposal(kind: str, function: tf.ForgedFunction) -> dict[str, Any]:
-    return {
-        "action": kind,
-        "name": function.name,
-        "description": function.description,
-        "parameters": function.parameters,
-        "code": function.code,
-        "example_arguments": {"x": 3},
-    }
+    return tf.ProposedAction.of(kind, function, {"x": 3}).model_dump()
 
 
 def proposer_respond(system: str, user: str) -> dict[str, Any]:
@@ -196,6 +189,8 @@ def main() -> None:
             serial.append(run["wall"] - clock.seconds)
     first = with_latency[0]
     assert all(r["outcomes"] == first["outcomes"] for r in with_latency + without), "runs differ"
+    expected = ["accepted", "rolled_back", "accepted", "accepted", "no_change"]
+    assert first["outcomes"] == expected, f"the scripted scenario did not run as designed: {first['outcomes']}"
     wall = statistics.median(r["wall"] for r in with_latency)
     own_share = statistics.median(serial) / wall
     uncovered_share = statistics.median(r["uncovered"] / r["wall"] for r in with_latency)
@@ -233,12 +228,7 @@ def main() -> None:
         f"{uncovered_share:.2%} of the time no LM request was in flight; all work but LM latency, DSPy's "
         f"formatting, parsing and LM cache included, is {zero_latency_share:.2%} of the wall time on 2 cores.",
     ]
-    width = max(len(r[0]) for r in rows)
-    for row in rows:
-        print(f"{row[0]:<{width}}  " + "  ".join(f"{c:>24}" for c in row[1:]))
-    for line in notes:
-        print(line)
-    _results.append("Optimizer overhead (benchmarks/optimizer_overhead.py)", rows, notes)
+    _results.report("Optimizer overhead (benchmarks/optimizer_overhead.py)", rows, notes, width=24)
 
 
 if __name__ == "__main__":

@@ -105,12 +105,7 @@ def main() -> None:
         f"{'met' if speedup >= 20 else 'NOT met'}.",
         f"Protections in force during the run: {', '.join(sorted(enforced))}.",
     ]
-    width = max(len(r[0]) for r in rows)
-    for row in rows:
-        print(f"{row[0]:<{width}}  " + "  ".join(f"{c:>14}" for c in row[1:]))
-    for line in verdict:
-        print(line)
-    _results.append("Sandbox overhead per call (benchmarks/sandbox_overhead.py)", rows, verdict)
+    _results.report("Sandbox overhead per call (benchmarks/sandbox_overhead.py)", rows, verdict, width=14)
 
 
 if __name__ == "__main__":

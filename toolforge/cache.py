@@ -50,6 +50,7 @@ CACHE_FORMAT = 1
 DEFAULT_DIRECTORY = ".toolforge/cache"
 MAX_VARIANTS = 8
 _MEMO_SIZE = 100_000
+_PARSED = "_parsed"  # key, in a remembered variant, of its parsed record (never written to disk)
 _MISSING = object()
 
 
@@ -119,11 +120,15 @@ class EvaluationCache:
         variants = self._read_variants(key)
         for variant in variants:
             if all(code_hash_of(name) == code_hash for name, code_hash in variant["dependencies"].items()):
-                try:
-                    return ExampleRecord.model_validate({**variant["record"], "cached": True})
-                except (ValidationError, TypeError) as exc:
-                    self._drop(f"record:{key}", f"a stored record does not parse ({exc.__class__.__name__})")
-                    return None
+                parsed = variant.get(_PARSED)  # remembered variants keep their parsed record (records are frozen)
+                if parsed is None:
+                    try:
+                        parsed = ExampleRecord.model_validate({**variant["record"], "cached": True})
+                    except (ValidationError, TypeError) as exc:
+                        self._drop(f"record:{key}", f"a stored record does not parse ({exc.__class__.__name__})")
+                        return None
+                    variant[_PARSED] = parsed
+                return parsed
         return None
 
     def put_record(self, key: str, record: ExampleRecord) -> None:
@@ -141,7 +146,7 @@ class EvaluationCache:
                 for key, text in calls.items():
                     self._cache.set(key, text)
                 for key, record in items:
-                    entry = {
+                    entry: dict[str, Any] = {
                         "dependencies": record.dependencies,
                         "record": record.model_dump(mode="json", exclude={"cached"}),
                     }
@@ -150,6 +155,7 @@ class EvaluationCache:
                     ]
                     variants = [entry, *others[: MAX_VARIANTS - 1]]
                     self._cache.set(f"record:{key}", json.dumps(variants))
+                    entry[_PARSED] = record.model_copy(update={"cached": True})
                     self._remember(key, variants)
             self._cache.cull()
         except Exception as exc:  # a full disk or a locked database must not end an evaluation

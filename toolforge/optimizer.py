@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from dspy.teleprompt.teleprompt import Teleprompter
 from pydantic import BaseModel, Field, ValidationError
 
 from toolforge._hashing import content_hash
+from toolforge._io import write_json
 from toolforge._usage import count_lm_usage
 from toolforge.actions import RemoveFunction
 from toolforge.cache import EvaluationCache
@@ -368,7 +368,7 @@ class _RunState:
         )
         if self.log_dir is not None:
             final.save(self.log_dir / "toolset-final.json")
-            _write_json(self.log_dir / "report.json", report.model_dump(mode="json"))
+            write_json(self.log_dir / "report.json", report.model_dump(mode="json"))
         logger.info(
             "compile finished (%s): train score %.3f -> %.3f, functions %s",
             report.stop_reason,
@@ -607,7 +607,7 @@ class _RunState:
     def checkpoint(self) -> None:
         if self.log_dir is None:
             return
-        _write_json(
+        write_json(
             self.log_dir / "checkpoint.json",
             {
                 "format": CHECKPOINT_FORMAT,
@@ -720,16 +720,3 @@ def _render_failures(failures: list[dict[str, Any]]) -> str:
 
 def _lm_name(lm: Any) -> str | None:
     return None if lm is None else f"{type(lm).__qualname__}:{getattr(lm, 'model', '')}"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from dspy.predict.parameter import Parameter
 from pydantic import BaseModel, ConfigDict
 
 from toolforge._hashing import content_hash
+from toolforge._io import write_json
 from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction
 from toolforge.cache import active_call_cache
 from toolforge.errors import FunctionCallError, ToolforgeError, ToolsetError
@@ -306,18 +306,7 @@ class Toolset(Parameter):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the toolset as JSON (atomically: a crash never leaves a half-written file). Returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Toolset:
