@@ -406,3 +406,12 @@ def test_bad_settings_are_refused():
         tf.FunctionOptimizer(exact, patience=0, cache=False)
     with pytest.raises(tf.ToolforgeError, match="max_lm_calls must be a non-negative integer"):
         tf.FunctionOptimizer(exact, max_lm_calls=-1, cache=False)
+
+
+def test_proposer_lm_takes_what_the_command_line_takes():
+    assert tf.FunctionOptimizer(exact, proposer_lm="openai/gpt-4o-mini", cache=False).proposer_lm.model == (
+        "openai/gpt-4o-mini"
+    )
+    assert isinstance(tf.FunctionOptimizer(exact, proposer_lm="local", cache=False).proposer_lm, tf.LocalLM)
+    with pytest.raises(tf.ToolforgeError, match="proposer_lm 'banana' is not a known LM"):
+        tf.FunctionOptimizer(exact, proposer_lm="banana", cache=False)

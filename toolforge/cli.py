@@ -135,7 +135,7 @@ def _dataset(
 
 
 def _configure_lm(spec: str | None) -> dspy.BaseLM:
-    lm = resolve_lm(spec or dspy.settings.lm or "local")
+    lm = resolve_lm(spec or dspy.settings.lm or "local", role="--lm")
     # a small local model needs constrained decoding, which DSPy asks for through its JSON adapter
     dspy.configure(lm=lm, adapter=dspy.JSONAdapter() if isinstance(lm, LocalLM) else dspy.settings.adapter)
     return lm
@@ -191,7 +191,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _configure_proposer(spec: str | None, lm: dspy.BaseLM) -> dspy.BaseLM:
-    proposer = lm if spec is None else resolve_lm(spec, role="proposer-lm")
+    proposer = lm if spec is None else resolve_lm(spec, role="--proposer-lm")
     if isinstance(proposer, LocalLM):
         proposer = proposer.copy(max_tokens=640)  # room for a short function; shares the loaded model
     return proposer

@@ -194,25 +194,25 @@ def resolve_lm(spec: str | dspy.BaseLM | None, *, role: str = "lm") -> dspy.Base
     if isinstance(spec, dspy.BaseLM):
         return spec
     if not isinstance(spec, str) or not spec.strip():
-        raise ToolforgeError(f"--{role} {spec!r}: give 'local', a dspy.LM model string, or module:attr")
+        raise ToolforgeError(f"{role} {spec!r}: give 'local', a dspy.LM model string, or module:attr")
     if ":" in spec and "/" not in spec.split(":", 1)[0]:
         module_name, attr = spec.split(":", 1)
         try:
             value = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
-            raise ToolforgeError(f"--{role} {spec!r}: cannot load {attr!r} from {module_name!r} ({exc})") from None
+            raise ToolforgeError(f"{role} {spec!r}: cannot load {attr!r} from {module_name!r} ({exc})") from None
         value = value() if callable(value) and not isinstance(value, dspy.BaseLM) else value
         if not isinstance(value, dspy.BaseLM):
-            raise ToolforgeError(f"--{role} {spec!r} is a {type(value).__name__}, not a dspy LM")
+            raise ToolforgeError(f"{role} {spec!r} is a {type(value).__name__}, not a dspy LM")
         return value
     if spec.endswith(".gguf"):
         return LocalLM(spec)
     if "/" not in spec:
         raise ToolforgeError(
-            f"--{role} {spec!r} is not a known LM: use 'local', a path to a .gguf file, a provider/model string "
+            f"{role} {spec!r} is not a known LM: use 'local', a path to a .gguf file, a provider/model string "
             "such as 'openai/gpt-4o-mini' or 'ollama_chat/llama3.2', or module:attr"
         )
     try:
         return dspy.LM(spec)
     except Exception as exc:
-        raise ToolforgeError(f"--{role} {spec!r}: DSPy cannot use this model ({exc})") from None
+        raise ToolforgeError(f"{role} {spec!r}: DSPy cannot use this model ({exc})") from None

@@ -35,6 +35,7 @@ from toolforge.actions import RemoveFunction
 from toolforge.cache import EvaluationCache
 from toolforge.errors import FunctionCallError, FunctionError, ToolforgeError, ToolsetError
 from toolforge.evaluate import Evaluator, example_id, fixed_tool_names, program_fingerprint
+from toolforge.lm import resolve_lm
 from toolforge.proposer import ProposedAction, Proposer, parse_error, render_functions, render_trajectories
 from toolforge.records import EvaluationRun
 from toolforge.sandbox import Sandbox, default_sandbox
@@ -109,7 +110,8 @@ class FunctionOptimizer(Teleprompter):
 
     Args:
         metric: `metric(example, prediction, trace=None)` -> bool or number in [0, 1].
-        proposer_lm: The LM that proposes actions (a `dspy.BaseLM` or a model string); None uses the configured LM.
+        proposer_lm: The LM that proposes actions: a `dspy.BaseLM`, any `dspy.LM` model string, or "local" (the
+            embedded model). None uses the configured LM, or the embedded model when none is configured.
         max_epochs: Steps to run at most (one evaluation of a candidate each).
         max_actions_per_step: Actions the proposer may take in one step.
         max_trials: Proposer calls per step; rejected actions go back with their reason until this runs out.
@@ -178,7 +180,7 @@ class FunctionOptimizer(Teleprompter):
             if limit is not None and (not isinstance(limit, int) or limit < 0):
                 raise ToolforgeError(f"FunctionOptimizer({name}={limit!r}): {name} must be a non-negative integer")
         self.metric = metric
-        self.proposer_lm = dspy.LM(proposer_lm) if isinstance(proposer_lm, str) else proposer_lm
+        self.proposer_lm = resolve_lm(proposer_lm, role="proposer_lm") if isinstance(proposer_lm, str) else proposer_lm
         self.max_epochs = max_epochs
         self.max_actions_per_step = max_actions_per_step
         self.max_trials = max_trials
@@ -232,6 +234,8 @@ class FunctionOptimizer(Teleprompter):
         initial = Toolset(initial.functions, max_functions=limit)
         set_attribute_by_name(work, param_name, initial)
         self._fixed = fixed_tool_names(work)
+        if self.proposer_lm is None and dspy.settings.lm is None:
+            self.proposer_lm = resolve_lm("local", role="proposer_lm")
         run = _RunState(self, work, param_name, trainset, valset)
         run.restore_or_start(initial)
         try:
