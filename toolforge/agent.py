@@ -8,6 +8,7 @@ description and argument schema, never its code; the code runs in the sandbox.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any, Literal, Union
@@ -236,25 +237,27 @@ def _call_type(tools: dict[str, dspy.Tool]) -> Any:
 
     Tying each tool's name to its own argument model means a schema-constrained LM can only write valid calls.
     """
-    calls = []
-    for tool in tools.values():
-        fields: dict[str, Any] = {}
-        for arg, schema in (tool.args or {}).items():
-            schema = schema if isinstance(schema, dict) else {}
-            # No argument is required when parsing: a missing one reaches the tool, whose error the agent sees as
-            # an observation. DSPy's structured-output schema still requires every argument of the chosen tool.
-            fields[arg] = (_python_type(schema), Field(default=None, description=schema.get("description")))
-        stem = "".join(part.capitalize() for part in tool.name.split("_")) or "Tool"
-        args_model = create_model(f"{stem}Args", __config__=ConfigDict(extra="allow"), **fields)
-        calls.append(
-            create_model(
-                f"{stem}Call",
-                __config__=ConfigDict(extra="forbid"),
-                name=(Literal[tool.name], ...),  # type: ignore[arg-type]
-                args=(args_model, Field(default_factory=args_model)),
-            )
-        )
+    calls = [_tool_call_model(tool.name, json.dumps(tool.args or {}, sort_keys=True)) for tool in tools.values()]
     return Union[tuple(calls)] if len(calls) > 1 else calls[0]  # noqa: UP007
+
+
+@functools.lru_cache(maxsize=512)
+def _tool_call_model(name: str, args_json: str) -> Any:
+    """The call model of one tool (cached by its interface: a revised toolset mostly repeats its tools)."""
+    fields: dict[str, Any] = {}
+    for arg, schema in json.loads(args_json).items():
+        schema = schema if isinstance(schema, dict) else {}
+        # No argument is required when parsing: a missing one reaches the tool, whose error the agent sees as an
+        # observation. DSPy's structured-output schema still requires every argument of the chosen tool.
+        fields[arg] = (_python_type(schema), Field(default=None, description=schema.get("description")))
+    stem = "".join(part.capitalize() for part in name.split("_")) or "Tool"
+    args_model = create_model(f"{stem}Args", __config__=ConfigDict(extra="allow"), **fields)
+    return create_model(
+        f"{stem}Call",
+        __config__=ConfigDict(extra="forbid"),
+        name=(Literal[name], ...),  # type: ignore[arg-type]
+        args=(args_model, Field(default_factory=args_model)),
+    )
 
 
 def _format_trajectory(trajectory: dict[str, Any]) -> str:
