@@ -27,10 +27,8 @@ def toolforge(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cli")
-    result = toolforge(
+def compile_args(tmp: Path) -> list[str]:
+    return [
         "compile",
         "tests/cli_fixtures.py",
         *AGENT,
@@ -40,8 +38,13 @@ def run(tmp_path_factory):
         "--out",
         str(tmp / "run"),
         "--quiet",
-        tmp=tmp,
-    )
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    result = toolforge(*compile_args(tmp), tmp=tmp)
     return tmp, result
 
 
@@ -59,18 +62,7 @@ def test_compile_trains_and_prints_a_summary(run):
 
 def test_compile_again_in_the_same_run_directory_resumes(run):
     tmp, _ = run
-    again = toolforge(
-        "compile",
-        "tests/cli_fixtures.py",
-        *AGENT,
-        *PROPOSER,
-        "--epochs",
-        "2",
-        "--out",
-        str(tmp / "run"),
-        "--quiet",
-        tmp=tmp,
-    )
+    again = toolforge(*compile_args(tmp), tmp=tmp)
     assert again.returncode == 0, again.stderr
     assert "train score 0.500 -> 1.000" in again.stdout
 
