@@ -17,6 +17,7 @@ import contextvars
 import inspect
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -194,9 +195,27 @@ class Evaluator:
 
 # ------------------------------------------------------------------------------------------------ keys
 def example_id(example: dspy.Example) -> str:
-    """Content hash of an example: its fields and which of them are inputs."""
-    inputs = sorted(example.inputs().keys()) if example._input_keys else []
-    return content_hash({"fields": _jsonable(example.toDict()), "inputs": inputs})
+    """Content hash of an example: its fields and which of them are inputs.
+
+    Remembered per example object while its fields and inputs stay equal (comparing them is much cheaper than
+    hashing them, and an optimizer asks for the same training examples every step).
+    """
+    fields = example.toDict()
+    inputs = sorted(example._input_keys) if example._input_keys else []
+    with _ID_LOCK:
+        memo = _IDS.get(id(example))
+    if memo is not None and memo[0] is example and memo[1] == fields and memo[2] == inputs:
+        return memo[3]
+    eid = content_hash({"fields": _jsonable(fields), "inputs": inputs})
+    with _ID_LOCK:
+        if len(_IDS) >= 100_000:
+            _IDS.clear()
+        _IDS[id(example)] = (example, fields, inputs, eid)  # holding the example keeps its id from being reused
+    return eid
+
+
+_IDS: dict[int, tuple[dspy.Example, dict[str, Any], list[str], str]] = {}
+_ID_LOCK = threading.Lock()
 
 
 def program_fingerprint(program: dspy.Module, *, metric_id: str) -> str:
