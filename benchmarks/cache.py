@@ -68,13 +68,18 @@ def timed_run(program, data, lm, cache, threads):
         return run, time.perf_counter() - start
 
 
+def fresh_lm(tmp: str, latency: float):
+    """The scripted agent LM, with DSPy's LM cache on, as usual, in a fresh directory under `tmp`."""
+    dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=f"{tmp}/dspy")
+    return scripted_lm(tool_agent_script(choose), latency_s=latency)
+
+
 def one_repeat(n: int, latency: float, sandbox: tf.Sandbox) -> dict[str, float]:
     data = examples(n)
     revised_square = tf.ReviseFunction.of(unary("square", "x * x", FUNCTIONS[0].description))
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=f"{tmp}/dspy")
-        lm, engine = scripted_lm(tool_agent_script(choose), latency_s=latency)
+        lm, engine = fresh_lm(tmp, latency)
         with tf.EvaluationCache(f"{tmp}/toolforge") as cache:
             program = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset(FUNCTIONS), sandbox=sandbox)
             run1, figures["t1"] = timed_run(program, data, lm, cache, 8)
@@ -95,8 +100,7 @@ def one_repeat(n: int, latency: float, sandbox: tf.Sandbox) -> dict[str, float]:
         _, figures["t4"] = timed_run(program, data, lm4, None, 8)
         figures["c4"] = engine4.calls
     with tempfile.TemporaryDirectory() as tmp:
-        dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=f"{tmp}/dspy")
-        lm1, _ = scripted_lm(tool_agent_script(choose), latency_s=latency)
+        lm1, _ = fresh_lm(tmp, latency)
         with tf.EvaluationCache(f"{tmp}/toolforge") as cache:
             fresh = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset(FUNCTIONS), sandbox=sandbox)
             _, figures["t1_single"] = timed_run(fresh, data, lm1, cache, 1)

@@ -311,8 +311,9 @@ def test_resume_after_an_interruption_gives_the_same_result(cache, tmp_path):
         return original_respond(system, user)
 
     engine.respond = flaky
-    with pytest.raises(KeyboardInterrupt):
-        compile_with(
+
+    def resumable():
+        return compile_with(
             scenario,
             tf.Toolset([DOUBLE]),
             cache=False,
@@ -321,17 +322,12 @@ def test_resume_after_an_interruption_gives_the_same_result(cache, tmp_path):
             log_dir=tmp_path / "resumed",
             proposer=(proposer_model, engine),
         )
+
+    with pytest.raises(KeyboardInterrupt):
+        resumable()
     checkpoint = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
     assert checkpoint["step"] == 1
-    _, resumed, report, _, _ = compile_with(
-        scenario,
-        tf.Toolset([DOUBLE]),
-        cache=False,
-        max_epochs=4,
-        patience=4,
-        log_dir=tmp_path / "resumed",
-        proposer=(proposer_model, engine),
-    )
+    _, resumed, report, _, _ = resumable()
     assert report.resumed_after_step == 1
     assert resumed.toolset == reference.toolset
     assert [s.outcome for s in report.steps] == [s.outcome for s in ref_report.steps]

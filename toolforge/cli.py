@@ -29,7 +29,7 @@ from toolforge.data import load_jsonl
 from toolforge.errors import ToolforgeError
 from toolforge.evaluate import Evaluator
 from toolforge.lm import LocalLM, resolve_lm
-from toolforge.optimizer import FunctionOptimizer, OptimizationReport
+from toolforge.optimizer import FunctionOptimizer, OptimizationReport, find_toolset
 from toolforge.proposer import Proposer
 from toolforge.toolset import Toolset
 
@@ -148,10 +148,7 @@ def _cache(args: argparse.Namespace) -> EvaluationCache:
 def _set_toolset(program: dspy.Module, toolset: Toolset) -> None:
     from dspy.primitives.module import set_attribute_by_name
 
-    names = [name for name, p in program.named_parameters() if isinstance(p, Toolset)]
-    if not names:
-        raise ToolforgeError("the program holds no Toolset to load the functions into")
-    set_attribute_by_name(program, names[0], toolset)
+    set_attribute_by_name(program, find_toolset(program)[0], toolset)
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -215,7 +212,7 @@ def _summary(report: OptimizationReport, trained: dspy.Module, out: Path) -> Non
     )
     if report.pruned:
         _out(f"pruned (never called successfully): {', '.join(report.pruned)}")
-    toolset = next((p for _, p in trained.named_parameters() if isinstance(p, Toolset)), Toolset())
+    toolset = find_toolset(trained)[1]
     _out(f"final functions ({len(toolset)}):" + ("" if len(toolset) else " none"))
     for function in toolset:
         _out(f"  {function.signature()}  {function.description}")

@@ -41,7 +41,7 @@ from toolforge.records import EvaluationRun
 from toolforge.sandbox import Sandbox, default_sandbox
 from toolforge.toolset import Toolset
 
-__all__ = ["ActionOutcome", "FunctionOptimizer", "OptimizationReport", "StepReport"]
+__all__ = ["ActionOutcome", "FunctionOptimizer", "OptimizationReport", "StepReport", "find_toolset"]
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class FunctionOptimizer(Teleprompter):
         start = time.perf_counter()
         if not trainset:
             raise ToolforgeError("trainset is empty; pass the examples to train on")
-        param_name, initial = _find_toolset(student, toolset)
+        param_name, initial = find_toolset(student, toolset)
         work = student.deepcopy()
         limit = self.max_functions if self.max_functions is not None else initial.max_functions
         initial = Toolset(initial.functions, max_functions=limit)
@@ -669,7 +669,8 @@ class _StepCounts:
         self.misses = 0
 
 
-def _find_toolset(student: dspy.Module, name: str | None) -> tuple[str, Toolset]:
+def find_toolset(student: dspy.Module, name: str | None = None) -> tuple[str, Toolset]:
+    """The (name, toolset) the program holds: the only one, or the one called `name`; a clear error otherwise."""
     if not isinstance(student, dspy.Module):
         raise ToolforgeError(f"compile needs a dspy.Module as student, got {type(student).__name__}")
     found = [(n, p) for n, p in student.named_parameters() if isinstance(p, Toolset)]
