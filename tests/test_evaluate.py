@@ -80,6 +80,23 @@ def test_second_run_makes_no_lm_and_no_sandbox_calls_and_returns_the_same(lm, ca
     assert second.records[3].to_prediction().answer == first.records[3].prediction["answer"]
 
 
+def test_example_id_follows_fields_changed_in_place():
+    example = dspy.Example(question="q", table=[[1, 2], [3, 4]], answer=1.0).with_inputs("question", "table")
+    first = tf.evaluate.example_id(example)
+    assert tf.evaluate.example_id(example) == first
+    example.table[1][0] = 30  # deep inside a field: the memo must not hand back the old id
+    changed = tf.evaluate.example_id(example)
+    assert changed != first
+    assert changed == tf.evaluate.example_id(dspy.Example(example.toDict()).with_inputs("question", "table"))
+    example.table[1][0] = 3
+    assert tf.evaluate.example_id(example) == first
+    tagged = dspy.Example(question="q", tags={"a"}, answer=1.0).with_inputs("question", "tags")
+    before = tf.evaluate.example_id(tagged)
+    tagged.tags.add("b")  # toDict() copies lists and dicts, not other containers
+    assert tf.evaluate.example_id(tagged) != before
+    assert tf.evaluate.example_id(example.with_inputs("question")) != first  # which fields are inputs counts too
+
+
 def test_code_only_revision_reruns_only_the_examples_that_called_it(lm, cache):
     program = make_program()
     evaluate(program, lm, cache)

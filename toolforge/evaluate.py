@@ -14,6 +14,7 @@ may be passing, e.g. a network error), so they are tried again next time.
 from __future__ import annotations
 
 import contextvars
+import copy
 import inspect
 import json
 import logging
@@ -197,8 +198,9 @@ class Evaluator:
 def example_id(example: dspy.Example) -> str:
     """Content hash of an example: its fields and which of them are inputs.
 
-    Remembered per example object while its fields and inputs stay equal (comparing them is much cheaper than
-    hashing them, and an optimizer asks for the same training examples every step).
+    Remembered per example object while its fields and inputs stay equal to a deep snapshot taken when it was
+    hashed (comparing them is much cheaper than hashing them, and an optimizer asks for the same training examples
+    every step); a field changed in place, even deep inside a list, gives a new id.
     """
     fields = example.toDict()
     inputs = sorted(example._input_keys) if example._input_keys else []
@@ -207,10 +209,14 @@ def example_id(example: dspy.Example) -> str:
     if memo is not None and memo[0] is example and memo[1] == fields and memo[2] == inputs:
         return memo[3]
     eid = content_hash({"fields": _jsonable(fields), "inputs": inputs})
+    try:
+        snapshot = copy.deepcopy(fields)
+    except Exception:  # a field that cannot be copied: hash this example every time
+        return eid
     with _ID_LOCK:
         if len(_IDS) >= 100_000:
             _IDS.clear()
-        _IDS[id(example)] = (example, fields, inputs, eid)  # holding the example keeps its id from being reused
+        _IDS[id(example)] = (example, snapshot, inputs, eid)  # holding the example keeps its id from being reused
     return eid
 
 
