@@ -17,6 +17,19 @@ def build_program() -> tf.ToolAgent:
     return tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([unary("double", "x * 2")]))
 
 
+class TwoAgents(dspy.Module):
+    """A program holding two toolsets (`main.toolset`, `helper.toolset`); it answers with `main`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.main = build_program()
+        self.helper = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([unary("triple", "x * 3")]))
+        self.signature = self.main.signature
+
+    def forward(self, question: str) -> dspy.Prediction:
+        return self.main(question=question)
+
+
 metric = exact
 
 

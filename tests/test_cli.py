@@ -131,6 +131,31 @@ def test_user_jsonl_with_other_field_names(tmp_path):
     assert "score 1.000 (3/3 correct" in result.stdout
 
 
+def test_a_program_with_several_toolsets_names_the_one_to_train(tmp_path):
+    program = ["tests.cli_fixtures:TwoAgents", *AGENT]
+    unnamed = toolforge("compile", *program, *PROPOSER, "--out", str(tmp_path / "run"), "--quiet", tmp=tmp_path)
+    assert unnamed.returncode == 2 and "Traceback" not in unnamed.stderr
+    assert "several toolsets (main.toolset, helper.toolset); choose one by name" in unnamed.stderr
+    assert "--toolset-name" in unnamed.stderr
+
+    named = ["--toolset-name", "main.toolset"]
+    args = ["--epochs", "1", "--out", str(tmp_path / "run"), "--quiet", *named]
+    trained = toolforge("compile", *program, *PROPOSER, *args, tmp=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "final functions (2):" in trained.stdout and "square(x: number)" in trained.stdout
+    saved = json.loads((tmp_path / "run" / "program.json").read_text())
+    assert [f["name"] for f in saved["main.toolset"]["functions"]] == ["double", "square"]
+    assert [f["name"] for f in saved["helper.toolset"]["functions"]] == ["triple"]
+
+    toolset = str(tmp_path / "run" / "toolset-final.json")
+    evaluated = toolforge("evaluate", *program, "--toolset", toolset, *named, "--quiet", tmp=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "score 1.000 (6/6 correct" in evaluated.stdout
+    wrong = toolforge("evaluate", *program, "--toolset", toolset, "--toolset-name", "other", tmp=tmp_path)
+    assert wrong.returncode == 2
+    assert "no toolset named 'other' in the student; it has: main.toolset, helper.toolset" in wrong.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

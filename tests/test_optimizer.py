@@ -389,7 +389,8 @@ def test_students_without_exactly_one_toolset_are_refused():
     optimizer = tf.FunctionOptimizer(exact, cache=False, display_progress=False)
     with pytest.raises(tf.ToolforgeError, match="holds no Toolset to train; use tf.ToolAgent"):
         optimizer.compile(NoToolset(), trainset=examples(1))
-    with pytest.raises(tf.ToolforgeError, match=r"several toolsets \(a, b\); pass toolset='<name>'"):
+    several = r"several toolsets \(a, b\); choose one by name: compile\(\.\.\., toolset='<name>'\)"
+    with pytest.raises(tf.ToolforgeError, match=several):
         optimizer.compile(TwoToolsets(), trainset=examples(1))
     with pytest.raises(tf.ToolforgeError, match="no toolset named 'c' in the student; it has: a, b"):
         optimizer.compile(TwoToolsets(), trainset=examples(1), toolset="c")

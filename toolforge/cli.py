@@ -145,10 +145,10 @@ def _cache(args: argparse.Namespace) -> EvaluationCache:
     return EvaluationCache(args.cache_dir) if args.cache_dir else EvaluationCache()
 
 
-def _set_toolset(program: dspy.Module, toolset: Toolset) -> None:
+def _set_toolset(program: dspy.Module, toolset: Toolset, name: str | None) -> None:
     from dspy.primitives.module import set_attribute_by_name
 
-    set_attribute_by_name(program, find_toolset(program)[0], toolset)
+    set_attribute_by_name(program, find_toolset(program, name)[0], toolset)
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -181,9 +181,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         trajectory_budget_chars=args.trajectory_budget,
         proposer=Proposer(reasoning=not small),
     )
-    trained = optimizer.compile(program, trainset=trainset, valset=valset)
+    trained = optimizer.compile(program, trainset=trainset, valset=valset, toolset=args.toolset_name)
     trained.save(str(out / "program.json"))
-    _summary(trained.toolforge_report, trained, out)
+    _summary(trained.toolforge_report, find_toolset(trained, args.toolset_name)[1], out)
     return 0
 
 
@@ -194,7 +194,7 @@ def _configure_proposer(spec: str | None, lm: dspy.BaseLM) -> dspy.BaseLM:
     return proposer
 
 
-def _summary(report: OptimizationReport, trained: dspy.Module, out: Path) -> None:
+def _summary(report: OptimizationReport, toolset: Toolset, out: Path) -> None:
     _out()
     _out(f"{'step':>4}  {'outcome':<16} {'before':>7} {'after':>7}  actions")
     _out(f"{0:>4}  {'baseline':<16} {'':>7} {report.initial_score:>7.3f}")
@@ -212,7 +212,6 @@ def _summary(report: OptimizationReport, trained: dspy.Module, out: Path) -> Non
     )
     if report.pruned:
         _out(f"pruned (never called successfully): {', '.join(report.pruned)}")
-    toolset = find_toolset(trained)[1]
     _out(f"final functions ({len(toolset)}):" + ("" if len(toolset) else " none"))
     for function in toolset:
         _out(f"  {function.signature()}  {function.description}")
@@ -224,7 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = load_program(args.program)
     program = _build(loaded)
     if args.toolset:
-        _set_toolset(program, Toolset.load(args.toolset))
+        _set_toolset(program, Toolset.load(args.toolset), args.toolset_name)
     examples = _dataset(loaded, program, args.data, args.split, args, args.limit)
     _configure_lm(args.lm)
     evaluator = Evaluator(loaded.metric, cache=_cache(args), num_threads=args.threads, display_progress=not args.quiet)
@@ -294,6 +293,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=4, help="examples evaluated at once")
         p.add_argument("--cache-dir", help="evaluation cache directory (default: $TOOLFORGE_CACHE_DIR or .toolforge)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument(
+            "--toolset-name", help="which toolset, when the program holds several (its name in named_parameters())"
+        )
 
     p = sub.add_parser("compile", help="train a program's functions with FunctionOptimizer")
     p.add_argument("program", help="a .py file or package.module:attr")

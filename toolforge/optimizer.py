@@ -682,8 +682,8 @@ def find_toolset(student: dspy.Module, name: str | None = None) -> tuple[str, To
     if name is None:
         if len(found) > 1:
             raise ToolforgeError(
-                f"the student holds several toolsets ({', '.join(n for n, _ in found)}); pass toolset='<name>' "
-                "to compile to choose the one to train"
+                f"the student holds several toolsets ({', '.join(n for n, _ in found)}); choose one by name: "
+                "compile(..., toolset='<name>'), or --toolset-name on the command line"
             )
         return found[0]
     for n, p in found:
