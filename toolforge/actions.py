@@ -13,22 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from toolforge.function import ForgedFunction
+from toolforge.function import ForgedFunction, FunctionFields
 
 __all__ = ["Action", "AddFunction", "RemoveFunction", "ReviseFunction"]
 
 
-class _FunctionAction(BaseModel):
+class _FunctionAction(FunctionFields):
     """Fields of a function; `to_function()` validates them into a `ForgedFunction`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    code: str
-    packages: tuple[str, ...] = ()
-    deterministic: bool = True
 
     def to_function(self, parent: str | None = None) -> ForgedFunction:
         """The function this action carries. Raises `FunctionError` with the reason when it is not valid."""

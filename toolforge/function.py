@@ -35,7 +35,20 @@ __all__ = ["ForgedFunction"]
 _ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(?:\(([^)]*)\))?\s*:\s*(.*)$")
 
 
-class ForgedFunction(BaseModel):
+class FunctionFields(BaseModel):
+    """The fields that define a function: a `ForgedFunction` holds them, and so do the actions that carry one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    code: str
+    packages: tuple[str, ...] = ()
+    deterministic: bool = True
+
+
+class ForgedFunction(FunctionFields):
     """A validated, immutable Python function that an agent can call as a tool.
 
     Args:
@@ -62,14 +75,6 @@ class ForgedFunction(BaseModel):
         True
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    code: str
-    packages: tuple[str, ...] = ()
-    deterministic: bool = True
     parent: str | None = None
 
     def __init__(
