@@ -60,3 +60,22 @@ def test_resolve_lm_understands_what_users_type(tmp_path):
         resolve_lm(str(tmp_path / "missing.gguf"))
     with pytest.raises(tf.ToolforgeError, match="cannot load 'nope' from 'json'"):
         resolve_lm("json:nope")
+
+
+def test_the_model_string_names_the_weights_not_the_path(tmp_path):
+    """DSPy's cache keys on the model string: two files called model.gguf must not answer for each other."""
+    first, second, copy = (tmp_path / d / "model.gguf" for d in ("a", "b", "c"))
+    for path, content in ((first, b"weights one" * 100_000), (second, b"weights two" * 100_000)):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    copy.parent.mkdir()
+    copy.write_bytes(first.read_bytes())
+    models = [tf.LocalLM(path).model for path in (first, second, copy)]
+    assert models[0].startswith("local/model@") and len(models[0]) == len("local/model@") + 12
+    assert models[0] != models[1]  # same name, other weights
+    assert models[0] == models[2]  # same weights elsewhere: cached replies are shared
+    assert tf.lm.model_identity(first) != tf.lm.model_identity(second)
+    assert tf.LocalLM().model == f"local/gemma-3-270m-q4_k_m@{tf.lm.model_identity(tf.lm.default_model_path())}"
+    tiny = tmp_path / "tiny.gguf"
+    tiny.write_bytes(b"0123456789")
+    assert len(tf.lm.model_identity(tiny)) == 12 and tf.lm.model_identity(tiny) != tf.lm.model_identity(first)

