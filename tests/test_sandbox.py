@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -307,3 +310,47 @@ def _children_of_gone_worker(pid: str, marker: str) -> bool:
         return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+PROC_SCAN = """
+import os
+needle = "s3cret" + "-api-key"
+found, parent = [], {}
+for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+    for name in ("environ", "cmdline"):
+        try:
+            data = open(f"/proc/{pid}/{name}", "rb").read().decode(errors="replace")
+        except OSError as exc:
+            if pid == str(os.getppid()):
+                parent[name] = type(exc).__name__
+            continue
+        if needle in data:
+            found.append(f"/proc/{pid}/{name}")
+return {"found": found, "parent": parent, "own": len(open("/proc/self/status").read()) > 0}
+"""
+
+
+def test_the_callers_environment_cannot_be_read_through_proc(tmp_path):
+    """The caller's API keys sit in its initial environment, which /proc/<pid>/environ shows to the same user."""
+    script = (
+        "import json, sys\nsys.path.insert(0, sys.argv[1])\nimport toolforge as tf\n"
+        "from tests.conftest import snippet_function\nwith tf.Sandbox(workers=1) as box:\n"
+        "    result = box.call(snippet_function(sys.argv[2]), {})\n"
+        "    print(json.dumps({'ok': result.ok, 'value': result.value, 'error': result.error, "
+        "'missing': box.missing}))\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "TOOLFORGE_TEST_SECRET": "s3cret-api-key"}  # in the caller's environment from its start
+    out = subprocess.run(
+        [sys.executable, "-c", script, root, PROC_SCAN], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    if "filesystem" in report["missing"] and "network" in report["missing"]:
+        pytest.skip(f"neither Landlock nor namespaces here: {report['missing']}")
+    assert report["ok"], report["error"]
+    assert report["value"]["found"] == []
+    assert report["value"]["parent"]["environ"] == "PermissionError"
+    if "filesystem" not in report["missing"]:  # Landlock: no other process's /proc entry, yet its own ones
+        assert report["value"]["parent"]["cmdline"] == "PermissionError"
+        assert report["value"]["own"] is True

@@ -57,31 +57,47 @@ def _isolate_network():
     return "user + network namespace"
 
 
+# /proc files about the machine, not about another process: forged code may read them (CPU counts, memory)
+_PROC_READABLE = ("cpuinfo", "meminfo", "stat", "uptime", "loadavg", "version", "filesystems", "sys")
+
+
 def _landlock(scratch):
-    """Forbid writes outside `scratch` (and /dev/null), TCP bind/connect, and signals to outside processes."""
+    """Forbid writes outside `scratch` (and /dev/null), reading other processes' /proc entries, TCP bind/connect,
+    and signals to outside processes."""
     syscall = _ERRNO_LIBC.syscall
     syscall.restype = ctypes.c_long
     create_ruleset, add_rule, restrict_self = 444, 445, 446
     abi = syscall(create_ruleset, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
     if abi < 1:
         raise OSError(ctypes.get_errno(), "Landlock is not supported by this kernel")
-    write_file, truncate = 1 << 1, 1 << 14
+    write_file, read_file, read_dir, truncate = 1 << 1, 1 << 2, 1 << 3, 1 << 14
     fs = write_file | sum(1 << bit for bit in range(4, 13))  # remove_dir .. make_sym
     if abi >= 2:
         fs |= 1 << 13  # refer
     if abi >= 3:
         fs |= truncate
+    read = read_file | read_dir
     net = (1 << 0 | 1 << 1) if abi >= 4 else 0  # bind_tcp | connect_tcp
     scoped = (1 << 0 | 1 << 1) if abi >= 6 else 0  # abstract unix sockets | signals
-    attr = struct.pack("=QQQ", fs, net, scoped)[: 8 if abi < 4 else 16 if abi < 6 else 24]
+    attr = struct.pack("=QQQ", fs | read, net, scoped)[: 8 if abi < 4 else 16 if abi < 6 else 24]
     buf = ctypes.create_string_buffer(attr, len(attr))
     ruleset = syscall(create_ruleset, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    # Reads stay allowed everywhere but below /proc, where only this process's own entries and the machine-wide
+    # files are readable: another process's environ, cmdline or mem (the caller's API keys) are not.
+    rules = [("/", read_dir), (scratch, fs | read), ("/dev/null", write_file | (truncate if abi >= 3 else 0))]
+    rules += [(os.path.join("/", name), read) for name in sorted(os.listdir("/")) if name != "proc"]
+    rules += [("/proc/self", read)] + [(f"/proc/{name}", read) for name in _PROC_READABLE]
     try:
-        for path, rights in ((scratch, fs), ("/dev/null", write_file | (truncate if abi >= 3 else 0))):
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        for path, rights in rules:
             try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue  # a dangling link or a file that vanished: nothing to allow
+            try:
+                if not os.path.isdir(f"/proc/self/fd/{fd}"):
+                    rights &= write_file | read_file | (truncate if abi >= 3 else 0)  # what a file can be granted
                 rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, fd), 12)
                 if syscall(add_rule, ctypes.c_int(ruleset), ctypes.c_int(1), rule, ctypes.c_uint32(0)) != 0:
                     raise OSError(ctypes.get_errno(), f"landlock_add_rule({path}) failed")
@@ -92,7 +108,7 @@ def _landlock(scratch):
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
     finally:
         os.close(ruleset)
-    parts = ["filesystem writes"]
+    parts = ["filesystem writes", "reading other processes' /proc entries"]
     if net:
         parts.append("TCP bind/connect")
     if scoped:
