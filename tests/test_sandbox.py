@@ -354,3 +354,40 @@ def test_the_callers_environment_cannot_be_read_through_proc(tmp_path):
     if "filesystem" not in report["missing"]:  # Landlock: no other process's /proc entry, yet its own ones
         assert report["value"]["parent"]["cmdline"] == "PermissionError"
         assert report["value"]["own"] is True
+
+
+def test_unix_sockets_on_the_filesystem_cannot_be_reached(sandbox, tmp_path):
+    """A Docker daemon's, an SSH agent's or a database's socket is a way out that no network namespace closes."""
+    import socket
+
+    path = tmp_path / "daemon.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    server.settimeout(1.0)
+    body = (
+        "import ctypes, struct\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.socket(1, 1, 0)\n"
+        "socket_errno = ctypes.get_errno()\n"
+        f"path = {str(path).encode()!r}\n"
+        "address = struct.pack('H', 1) + path + bytes(108 - len(path))\n"
+        "rc = libc.connect(fd, address, len(address))\nif rc == 0:\n    libc.write(fd, b'escaped', 7)\n"
+        "return [fd, socket_errno, rc]"
+    )
+    try:
+        result = sandbox.call(snippet_function(body), {})
+        if "sockets" in sandbox.missing:
+            pytest.skip(f"no seccomp filter here: {sandbox.missing['sockets']}")
+        assert result.ok, result
+        fd, socket_errno, rc = result.value
+        assert (fd, socket_errno, rc) == (-1, 1, -1)  # socket() itself fails with EPERM
+        with pytest.raises(TimeoutError):
+            server.accept()
+        # a connected pair inside the process reaches nothing outside, and stays allowed
+        pair = sandbox.call(
+            snippet_function("import socket\na, b = socket.socketpair()\na.sendall(b'x')\nreturn b.recv(1).decode()"),
+            {},
+        )
+        assert pair.ok and pair.value == "x", pair
+    finally:
+        server.close()
+    assert_sandbox_still_works(sandbox)

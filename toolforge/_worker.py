@@ -116,6 +116,44 @@ def _landlock(scratch):
     return f"Landlock ABI {abi}: " + ", ".join(parts)
 
 
+# (audit arch, socket syscall number) by machine; io_uring_setup is 425 on both
+_SECCOMP_ARCHES = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
+
+
+def _seccomp_no_sockets():
+    """A seccomp filter: socket(2) and io_uring_setup(2) fail with EPERM, for every address family.
+
+    The network namespace stops TCP and UDP, but not Unix sockets on the filesystem (a Docker daemon's, an SSH
+    agent's, a database's), and the audit hook can be bypassed with ctypes. socketpair(2) stays allowed: it makes
+    a connected pair inside the process, reaching nothing outside. Syscalls of another ABI (x32, 32-bit) fail too.
+    """
+    arch, socket_nr = _SECCOMP_ARCHES.get(os.uname().machine, (None, None))
+    if arch is None:
+        raise OSError(f"no seccomp filter for machine {os.uname().machine}")
+    deny, allow = 0x00050000 | 1, 0x7FFF0000  # SECCOMP_RET_ERRNO | EPERM, SECCOMP_RET_ALLOW
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    program = [
+        (load, 0, 0, 4),  # 0: the arch
+        (jeq, 1, 0, arch),  # 1: native: go on at 3
+        (ret, 0, 0, deny),  # 2: another ABI
+        (load, 0, 0, 0),  # 3: the syscall number
+        (jge, 3, 0, 0x40000000),  # 4: x32 syscalls: deny
+        (jeq, 2, 0, socket_nr),  # 5: socket: deny
+        (jeq, 1, 0, 425),  # 6: io_uring_setup (it can open and connect sockets itself): deny
+        (ret, 0, 0, allow),  # 7
+        (ret, 0, 0, deny),  # 8
+    ]
+    filters = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *op) for op in program))
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = Program(len(program), ctypes.cast(filters, ctypes.c_void_p))
+    _libc_call(_ERRNO_LIBC.prctl, 38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS (needed without CAP_SYS_ADMIN)
+    _libc_call(_ERRNO_LIBC.prctl, 22, 2, ctypes.byref(prog), 0, 0)  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    return "seccomp: socket() and io_uring fail, for every address family"
+
+
 def _drop_capabilities():
     """As root, give up every capability, so that namespaces, limits and Landlock cannot be undone."""
     if os.geteuid() != 0:
@@ -214,10 +252,11 @@ def _install_audit_hook(scratch):
             for path in args[:2] if event in ("os.rename", "os.symlink", "os.link") else args[:1]:
                 if isinstance_(path, str_ | bytes_) and not inside(path):
                     raise PermissionError(f"toolforge sandbox: changing files outside the scratch directory: {path}")
-        elif event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"):
-            sock = args[0]
-            if getattr(sock, "family", None) not in (getattr(__import__("socket"), "AF_UNIX", 1),):
+        elif event == "socket.__new__":
+            if args[1] != 1:  # AF_UNIX passes here for socketpair(); the seccomp filter refuses socket() itself
                 raise PermissionError("toolforge sandbox: network access is not allowed")
+        elif event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"):
+            raise PermissionError("toolforge sandbox: network access is not allowed")
 
     sys.addaudithook(hook)
     return "audit hook: processes, signals, network, writes outside scratch"
@@ -230,6 +269,7 @@ def _lock_down(config):
         ("network", _isolate_network),
         ("filesystem", lambda: _landlock(scratch)),
         ("capabilities", _drop_capabilities),
+        ("sockets", _seccomp_no_sockets),
     ]
     for key, step in steps:
         try:

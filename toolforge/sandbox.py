@@ -16,7 +16,11 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
   what ctypes could start, and the whole session is killed when the worker is replaced.
 * **Network**: the worker enters a new, empty network namespace (`unshare(CLONE_NEWNET)`; as non-root inside a
   user namespace), so every connect fails with "Network is unreachable". Landlock (ABI >= 4) also denies TCP
-  bind/connect, and the audit hook refuses internet-socket connect/bind/send.
+  bind/connect, and the audit hook refuses socket creation, connect, bind and send.
+* **Sockets of any kind**: a seccomp filter (x86_64, aarch64) makes socket(2) and io_uring_setup(2) fail with
+  EPERM, so that even through ctypes no Unix socket on the filesystem is reachable: a Docker daemon's, an SSH
+  agent's or a database's socket, which no network namespace closes. socketpair(2), which reaches nothing
+  outside the process, stays allowed.
 * **Filesystem writes**: Landlock forbids creating, writing, truncating, renaming or removing anything outside
   the scratch directory (and /dev/null); the audit hook refuses the same at the Python level. Files are capped at
   `max_file_mb` (RLIMIT_FSIZE) and 256 open descriptors.
@@ -32,9 +36,10 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
 
 What is not enforced: reading files the caller's user may read outside /proc (the code can read your home
 directory, but cannot send it anywhere over the network); CPU time beyond the wall-time limit; UDP or Unix
-sockets where the network namespace could not be made; and on kernels without Landlock or namespaces, only the
-Python audit hook guards writes and the network, which ctypes can bypass (and, as a non-root user, another
-process's /proc entries stay readable). Not Linux: only the audit hook, the rlimits and the wall-time limit apply.
+sockets where neither the network namespace nor the seccomp filter could be applied; and on kernels without
+Landlock, namespaces or seccomp, only the Python audit hook guards writes and the network, which ctypes can
+bypass (and, as a non-root user, another process's /proc entries stay readable). Not Linux: only the audit
+hook, the rlimits and the wall-time limit apply.
 
 Guarantees: `Sandbox` is thread-safe; calls run in parallel up to `workers`; a fault in one call never affects
 the caller's process or a later call. The process-wide default sandbox (`default_sandbox()`) is created on first
