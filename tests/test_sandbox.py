@@ -391,3 +391,21 @@ def test_unix_sockets_on_the_filesystem_cannot_be_reached(sandbox, tmp_path):
     finally:
         server.close()
     assert_sandbox_still_works(sandbox)
+
+
+def test_the_callers_home_directory_is_unreadable_but_python_is_not(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".aws").mkdir(parents=True)
+    (home / ".aws" / "credentials").write_text("aws_secret_access_key = s3cret\n")
+    (tmp_path / "public.txt").write_text("shared data\n")
+    monkeypatch.setenv("HOME", str(home))  # the caller's home, as the sandbox sees it
+    with tf.Sandbox(workers=1) as box:
+        if "filesystem" in box.missing:
+            pytest.skip(f"no Landlock here: {box.missing['filesystem']}")
+        secret = box.call(snippet_function(f"return open({str(home / '.aws' / 'credentials')!r}).read()"), {})
+        assert not secret.ok and "PermissionError" in secret.error, secret
+        beside = box.call(snippet_function(f"return open({str(tmp_path / 'public.txt')!r}).read()"), {})
+        assert beside.ok and beside.value == "shared data\n", beside
+        stdlib = box.call(snippet_function("import fractions, statistics\nreturn str(statistics.mean([1, 2]))"), {})
+        assert stdlib.ok and stdlib.value == "1.5", stdlib
+        assert_sandbox_still_works(box)

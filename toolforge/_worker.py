@@ -61,9 +61,38 @@ def _isolate_network():
 _PROC_READABLE = ("cpuinfo", "meminfo", "stat", "uptime", "loadavg", "version", "filesystems", "sys")
 
 
-def _landlock(scratch):
-    """Forbid writes outside `scratch` (and /dev/null), reading other processes' /proc entries, TCP bind/connect,
-    and signals to outside processes."""
+def _readable_paths(hidden, exceptions):
+    """Paths whose trees, together, cover everything but the `hidden` trees, plus the `exceptions` inside them.
+
+    Landlock only allows: to hide /home while /usr stays readable, every sibling on the way to a hidden directory
+    is allowed by name.
+    """
+    hidden = {os.path.realpath(h) for h in hidden} - {"/"}  # a home of "/" (service accounts) hides nothing
+    paths = []
+
+    def visit(directory):
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(directory, name)
+            real = os.path.realpath(path)  # a rule follows links: judge where it lands
+            if any(real == h or real.startswith(h + "/") for h in hidden):
+                continue
+            if any(h.startswith(real.rstrip("/") + "/") for h in hidden):
+                if not os.path.islink(path) and os.path.isdir(path):
+                    visit(path)  # a link to an ancestor of a hidden tree is covered where it really is
+                continue
+            paths.append(path)
+
+    visit("/")
+    return paths + [e for e in exceptions if any(e == h or e.startswith(h + "/") for h in hidden)]
+
+
+def _landlock(scratch, homes=()):
+    """Forbid writes outside `scratch` (and /dev/null), reading other processes' /proc entries and home
+    directories (but Python's own files there), TCP bind/connect, and signals to outside processes."""
     syscall = _ERRNO_LIBC.syscall
     syscall.restype = ctypes.c_long
     create_ruleset, add_rule, restrict_self = 444, 445, 446
@@ -85,10 +114,15 @@ def _landlock(scratch):
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     # Reads stay allowed everywhere but below /proc, where only this process's own entries and the machine-wide
-    # files are readable: another process's environ, cmdline or mem (the caller's API keys) are not.
+    # files are readable (another process's environ, cmdline or mem hold the caller's API keys), and in home
+    # directories (~/.ssh, ~/.aws, ~/.netrc, tokens), where only Python's own files stay readable.
+    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(__file__)}
+    python |= {entry for entry in sys.path if entry}
+    exceptions = [os.path.realpath(p) for p in sorted(python)] + ["/proc/self"]
+    exceptions += [f"/proc/{name}" for name in _PROC_READABLE]
+    hidden = ["/proc", "/root", "/home", *homes]
     rules = [("/", read_dir), (scratch, fs | read), ("/dev/null", write_file | (truncate if abi >= 3 else 0))]
-    rules += [(os.path.join("/", name), read) for name in sorted(os.listdir("/")) if name != "proc"]
-    rules += [("/proc/self", read)] + [(f"/proc/{name}", read) for name in _PROC_READABLE]
+    rules += [(path, read) for path in _readable_paths(hidden, exceptions)]
     try:
         for path, rights in rules:
             try:
@@ -108,7 +142,7 @@ def _landlock(scratch):
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
     finally:
         os.close(ruleset)
-    parts = ["filesystem writes", "reading other processes' /proc entries"]
+    parts = ["filesystem writes", "reading other processes' /proc entries and home directories"]
     if net:
         parts.append("TCP bind/connect")
     if scoped:
@@ -267,7 +301,7 @@ def _lock_down(config):
     enforced, missing = {}, {}
     steps = [
         ("network", _isolate_network),
-        ("filesystem", lambda: _landlock(scratch)),
+        ("filesystem", lambda: _landlock(scratch, config.get("homes", ()))),
         ("capabilities", _drop_capabilities),
         ("sockets", _seccomp_no_sockets),
     ]

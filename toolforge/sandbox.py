@@ -24,9 +24,11 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
 * **Filesystem writes**: Landlock forbids creating, writing, truncating, renaming or removing anything outside
   the scratch directory (and /dev/null); the audit hook refuses the same at the Python level. Files are capped at
   `max_file_mb` (RLIMIT_FSIZE) and 256 open descriptors.
-* **Other processes' secrets**: Landlock also forbids reading below /proc except the worker's own entries and
-  machine-wide files (cpuinfo, meminfo, ...): another process's environ, cmdline or memory, where the caller's
-  API keys live from its start, cannot be read. (As root, dropping capabilities already hides environ and mem.)
+* **Secrets on disk and in other processes**: Landlock also forbids reading below /proc, except the worker's own
+  entries and machine-wide files (cpuinfo, meminfo, ...): another process's environ, cmdline or memory, where
+  the caller's API keys live from its start, cannot be read (as root, dropping capabilities already hides
+  environ and mem). It forbids reading the caller's home directory, /root and /home (~/.ssh, ~/.aws, ~/.netrc,
+  tokens, DSPy's LM cache) too, except Python's own files there (its prefix and every `sys.path` entry).
 * **Privileges**: as root, the worker drops every capability (bounding set included) and sets no_new_privs, so
   that the namespaces and Landlock cannot be undone from inside.
 * **Environment**: the worker's environment is built from scratch (PATH, HOME and TMPDIR in the scratch
@@ -34,12 +36,13 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
 * **Output**: stdout and stderr, Python-level and file-descriptor-level, are captured and capped at
   `max_output_bytes`; a return value that JSON cannot hold comes back as its repr, and the result says so.
 
-What is not enforced: reading files the caller's user may read outside /proc (the code can read your home
-directory, but cannot send it anywhere over the network); CPU time beyond the wall-time limit; UDP or Unix
-sockets where neither the network namespace nor the seccomp filter could be applied; and on kernels without
-Landlock, namespaces or seccomp, only the Python audit hook guards writes and the network, which ctypes can
-bypass (and, as a non-root user, another process's /proc entries stay readable). Not Linux: only the audit
-hook, the rlimits and the wall-time limit apply.
+What is not enforced: reading files the caller's user may read outside /proc and the home directories (e.g.
+a project's `.env`; what the code reads can only leave through its return value, which the agent's LM sees);
+CPU time beyond the wall-time limit; UDP or Unix sockets where neither the network namespace nor the seccomp
+filter could be applied; and on kernels without Landlock, namespaces or seccomp, only the Python audit hook
+guards writes and the network, which ctypes can bypass (and, as a non-root user, another process's /proc
+entries and the home directory stay readable). Not Linux: only the audit hook, the rlimits and the wall-time
+limit apply.
 
 Guarantees: `Sandbox` is thread-safe; calls run in parallel up to `workers`; a fault in one call never affects
 the caller's process or a later call. The process-wide default sandbox (`default_sandbox()`) is created on first
@@ -118,6 +121,7 @@ class _Worker:
             "max_value_bytes": sandbox.max_value_bytes,
             "max_file_mb": sandbox.max_file_mb,
             "max_processes": sandbox.max_processes,
+            "homes": [str(Path.home())],  # unreadable, but for Python's own files (Landlock)
         }
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
