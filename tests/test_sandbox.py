@@ -181,6 +181,13 @@ HOSTILE = [
     ),
     ("remove_outside", "import os\nos.remove('/etc/hostname')", False, "outside the scratch directory", None),
     ("read_secret_env", "import os\nreturn dict(os.environ)", True, "", "no_secret"),
+    (
+        "fill_the_disk",
+        "for i in range(10**6):\n    with open(f'fill-{i}', 'wb') as f:\n        f.write(bytes(32 * 1024**2))",
+        False,
+        "No space left on device",
+        "disk_untouched",
+    ),
     ("huge_output", "while True:\n    print('x' * 10000)", False, "timed out", "capped_output"),
     ("huge_output_finite", "for _ in range(1000):\n    print('y' * 1000)", True, "output truncated", None),
     ("fd_level_output", "import os\nos.write(1, b'raw bytes')\nreturn 1", True, "", "raw_output"),
@@ -240,6 +247,12 @@ def _check_extra(kind, result, sandbox):
     elif kind == "no_secret":
         assert "TOOLFORGE_TEST_SECRET" not in result.value
         assert "s3cret-api-key" not in str(result.value)
+    elif kind == "disk_untouched":
+        if "scratch" in sandbox.missing:
+            pytest.skip(f"no private scratch here: {sandbox.missing['scratch']}")
+        on_disk = sum(p.stat().st_size for p in sandbox.root.rglob("*") if p.is_file())
+        assert on_disk == 0  # the files went to the worker's own tmpfs
+        assert "its scratch directory held" in " ".join(result.notes) and "the worker was replaced" in str(result.notes)
     elif kind == "capped_output":
         assert len(result.stdout) <= sandbox.max_output_bytes
     elif kind == "raw_output":

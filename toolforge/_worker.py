@@ -57,6 +57,23 @@ def _isolate_network():
     return "user + network namespace"
 
 
+def _private_scratch(scratch, size_mb):
+    """Mount a tmpfs of `size_mb` on the scratch directory, in a mount namespace of this worker's own.
+
+    RLIMIT_FSIZE caps one file; this caps them all, so that forged code cannot fill the caller's disk. The files
+    live in memory while the worker lives, and vanish with it.
+    """
+    clone_newns, ms_nosuid, ms_nodev, ms_rec, ms_private = 0x00020000, 2, 4, 0x4000, 1 << 18
+    _libc_call(_ERRNO_LIBC.unshare, clone_newns)
+    mount = _ERRNO_LIBC.mount
+    mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    _libc_call(mount, None, b"/", None, ms_rec | ms_private, None)  # nothing we mount reaches the caller
+    options = f"size={size_mb}m,mode=0700".encode()
+    _libc_call(mount, b"toolforge", os.fsencode(scratch), b"tmpfs", ms_nosuid | ms_nodev, options)
+    os.chdir(scratch)  # into the new mount (the working directory still pointed below it)
+    return f"a {size_mb} MB tmpfs of its own"
+
+
 # /proc files about the machine, not about another process: forged code may read them (CPU counts, memory)
 _PROC_READABLE = ("cpuinfo", "meminfo", "stat", "uptime", "loadavg", "version", "filesystems", "sys")
 
@@ -301,6 +318,7 @@ def _lock_down(config):
     enforced, missing = {}, {}
     steps = [
         ("network", _isolate_network),
+        ("scratch", lambda: _private_scratch(scratch, config["max_scratch_mb"])),
         ("filesystem", lambda: _landlock(scratch, config.get("homes", ()))),
         ("capabilities", _drop_capabilities),
         ("sockets", _seccomp_no_sockets),
@@ -361,8 +379,9 @@ def _forged_traceback(exc):
 
 
 class Worker:
-    def __init__(self, config, proto_in, proto_out, output_fd):
+    def __init__(self, config, proto_in, proto_out, output_fd, private_scratch=False):
         self.config = config
+        self.private_scratch = private_scratch
         self.scratch = config["scratch"]
         self.proto_in, self.proto_out, self.output_fd = proto_in, proto_out, output_fd
         self.functions = {}
@@ -490,6 +509,12 @@ class Worker:
         for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
             signal.setitimer(timer, 0)
         sys.setrecursionlimit(self.recursion_limit)
+        if self.private_scratch:
+            usage = os.statvfs(self.scratch)
+            used_mb = (usage.f_blocks - usage.f_bfree) * usage.f_frsize / _MB
+            if used_mb > self.config["max_scratch_mb"] / 2:  # the tmpfs holds memory: give it back
+                recycle = True
+                notes.append(f"its scratch directory held {used_mb:.0f} MB; the worker was replaced")
         threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
         if threads > 1:
             recycle = True
@@ -548,13 +573,13 @@ def main():
     os.dup2(output_fd, 1)
     os.dup2(output_fd, 2)
     sys.stdout = sys.stderr = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
-    os.makedirs(os.path.join(config["scratch"], "tmp"), exist_ok=True)
     enforced, missing = _lock_down(config)
+    os.makedirs(os.path.join(config["scratch"], "tmp"), exist_ok=True)  # in the tmpfs, where there is one
     memory = config["memory_mb"] * _MB
     address_space = _vm_size_bytes() + memory
     resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
     enforced["memory"] = f"{config['memory_mb']} MB address space beyond the interpreter's own"
-    worker = Worker(config, proto_in, proto_out, output_fd)
+    worker = Worker(config, proto_in, proto_out, output_fd, private_scratch="scratch" in enforced)
     worker.write({"ready": True, "pid": os.getpid(), "enforced": enforced, "missing": missing})
     while True:
         request = worker.read()

@@ -23,7 +23,9 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
   outside the process, stays allowed.
 * **Filesystem writes**: Landlock forbids creating, writing, truncating, renaming or removing anything outside
   the scratch directory (and /dev/null); the audit hook refuses the same at the Python level. Files are capped at
-  `max_file_mb` (RLIMIT_FSIZE) and 256 open descriptors.
+  `max_file_mb` (RLIMIT_FSIZE) and 256 open descriptors, and all of them together at `max_scratch_mb`: the
+  scratch directory is a tmpfs of that size in the worker's own mount namespace, so the disk cannot be filled
+  (a worker whose scratch holds over half of it after a call is replaced, which gives the memory back).
 * **Secrets on disk and in other processes**: Landlock also forbids reading below /proc, except the worker's own
   entries and machine-wide files (cpuinfo, meminfo, ...): another process's environ, cmdline or memory, where
   the caller's API keys live from its start, cannot be read (as root, dropping capabilities already hides
@@ -120,6 +122,7 @@ class _Worker:
             "max_output_bytes": sandbox.max_output_bytes,
             "max_value_bytes": sandbox.max_value_bytes,
             "max_file_mb": sandbox.max_file_mb,
+            "max_scratch_mb": sandbox.max_scratch_mb,
             "max_processes": sandbox.max_processes,
             "homes": [str(Path.home())],  # unreadable, but for Python's own files (Landlock)
         }
@@ -258,6 +261,8 @@ class Sandbox:
         max_output_bytes: Cap on the captured stdout and stderr of one call.
         max_value_bytes: Cap on the JSON of a return value (larger ones come back as a truncated repr).
         max_file_mb: Cap on the size of a file the code writes in its scratch directory.
+        max_scratch_mb: Cap on all the files in a worker's scratch directory (a tmpfs of that size, held in memory
+            while the worker lives).
         max_processes: Cap on processes and threads of a worker (pids cgroup, or RLIMIT_NPROC as non-root).
 
     Examples:
@@ -275,6 +280,7 @@ class Sandbox:
         max_output_bytes: int = 64 * 1024,
         max_value_bytes: int = 1024 * 1024,
         max_file_mb: int = 64,
+        max_scratch_mb: int = 256,
         max_processes: int = 64,
     ) -> None:
         for name, value, low in (
@@ -283,6 +289,7 @@ class Sandbox:
             ("max_output_bytes", max_output_bytes, 0),
             ("max_value_bytes", max_value_bytes, 64),
             ("max_file_mb", max_file_mb, 1),
+            ("max_scratch_mb", max_scratch_mb, 1),
             ("max_processes", max_processes, 1),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -295,6 +302,7 @@ class Sandbox:
         self.max_output_bytes = max_output_bytes
         self.max_value_bytes = max_value_bytes
         self.max_file_mb = max_file_mb
+        self.max_scratch_mb = max_scratch_mb
         self.max_processes = max_processes
         self.root = Path(tempfile.mkdtemp(prefix="toolforge-sandbox-"))
         self._idle: list[_Worker] = []
