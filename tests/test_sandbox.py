@@ -422,3 +422,58 @@ def test_the_callers_home_directory_is_unreadable_but_python_is_not(tmp_path, mo
         stdlib = box.call(snippet_function("import fractions, statistics\nreturn str(statistics.mean([1, 2]))"), {})
         assert stdlib.ok and stdlib.value == "1.5", stdlib
         assert_sandbox_still_works(box)
+
+
+WRITE_TO_PIPES = """
+import os, struct, json, sys
+frame, nonce = sys._getframe(), None
+while frame is not None:  # the worker's own request, with the nonce its reply must echo
+    request = frame.f_locals.get("request")
+    if isinstance(request, dict) and "nonce" in request:
+        nonce = request["nonce"]
+    frame = frame.f_back
+frames = {
+    "forged": {"ok": True, "value": "FORGED", "value_is_repr": False, "error": None, "stdout": "", "notes": [],
+               "recycle": False, "pid": os.getpid(), "nonce": nonce},
+    "wrong_shape": {"ok": "yes", "nonce": nonce, "pid": os.getpid()},
+}
+KIND
+for fd in range(3, 16):
+    try:
+        os.write(fd, data)
+    except OSError:
+        pass
+return "the true result"
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "make", "first"),
+    [
+        (
+            "forged",
+            "body = json.dumps(frames['forged']).encode()\ndata = struct.pack('>I', len(body)) + body",
+            "FORGED",
+        ),
+        (
+            "wrong_shape",
+            "body = json.dumps(frames['wrong_shape']).encode()\ndata = struct.pack('>I', len(body)) + body",
+            None,
+        ),
+        ("garbage", "data = b'not a frame at all' * 100", None),
+        ("huge_frame", "data = struct.pack('>I', 2**31) + bytes(4096)", None),
+    ],
+    ids=["forged_reply", "wrong_shape", "garbage", "huge_frame"],
+)
+def test_code_writing_to_the_sandbox_pipe_cannot_spoil_other_calls(sandbox, kind, make, first):
+    """Forged code shares the worker's process, so it can write to its pipe; later calls must not notice."""
+    spoiler = snippet_function(WRITE_TO_PIPES.replace("KIND", make), name="spoiler")
+    result = sandbox.call(spoiler, {})
+    if first is not None:
+        assert result.value == first  # a forged reply can only answer its own call, whose result it controls anyway
+    else:
+        assert not result.ok and "wrote to the sandbox's pipe" in result.error, result
+    add = make_function("add")
+    for x in range(6):  # every later call, on either worker, gets its own true reply
+        assert sandbox.call(add, {"a": x, "b": 1}).value == x + 1
+    assert_sandbox_still_works(sandbox)

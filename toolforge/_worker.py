@@ -586,6 +586,7 @@ def main():
         if request is None:
             return
         reply = worker.handle(request)
+        reply["nonce"] = request.get("nonce")  # so that the parent can tell this reply from one forged code wrote
         worker.write(reply)
         if reply["recycle"]:
             os._exit(0)  # without waiting for threads that forged code left behind

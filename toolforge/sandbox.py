@@ -35,6 +35,10 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
   that the namespaces and Landlock cannot be undone from inside.
 * **Environment**: the worker's environment is built from scratch (PATH, HOME and TMPDIR in the scratch
   directory, a fixed PYTHONHASHSEED): none of the caller's variables, API keys included, reach it.
+* **The pipe to the caller**: forged code shares the worker's process and can write to its pipe. A reply must
+  echo the random nonce of its request and have the worker's shape and a bounded size; anything else replaces the
+  worker. A forged reply can thus only answer the call whose code wrote it (whose result it controls anyway): the
+  worker's true reply then arrives late, and the next call notices it and runs again on a fresh worker.
 * **Output**: stdout and stderr, Python-level and file-descriptor-level, are captured and capped at
   `max_output_bytes`; a return value that JSON cannot hold comes back as its repr, and the result says so.
 
@@ -54,10 +58,12 @@ use and closed at interpreter exit.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import json
 import logging
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -111,6 +117,31 @@ class _WorkerLost(Exception):
     """The worker can no longer answer; the message is the reason for the caller."""
 
 
+def _well_formed(reply: dict[str, Any]) -> bool:
+    """A reply has the worker's fields with their types (one that forged code wrote may not)."""
+    return (
+        isinstance(reply.get("ok"), bool)
+        and isinstance(reply.get("value_is_repr"), bool)
+        and isinstance(reply.get("recycle"), bool)
+        and isinstance(reply.get("error"), str | None)
+        and isinstance(reply.get("stdout"), str)
+        and isinstance(reply.get("notes"), list)
+        and all(isinstance(note, str) for note in reply["notes"])
+        and isinstance(reply.get("pid"), int)
+        and "value" in reply
+    )
+
+
+class _StaleReply(_WorkerLost):
+    """The pipe held the reply to an earlier request: that request's code wrote a reply of its own before it.
+
+    Forged code runs in the worker's process and can write to its pipe. Each request carries a fresh random nonce
+    that the reply must echo, so a forged reply can only answer the request whose code wrote it (its own result,
+    which it controls anyway); the worker's true reply then arrives late and is caught here, on the next request,
+    which is then run again on a fresh worker.
+    """
+
+
 class _Worker:
     """One worker process and the parent's end of its pipes."""
 
@@ -150,6 +181,8 @@ class _Worker:
         self.cgroup = sandbox._cgroup_for(self.process.pid, index)
         self.known: set[str] = set()
         self._buffer = b""
+        self._answered: collections.deque[str] = collections.deque(maxlen=64)  # nonces of past requests
+        self._max_reply = 8 * (sandbox.max_value_bytes + sandbox.max_output_bytes) + (1 << 20)
         try:
             ready = self._read(time.monotonic() + _START_TIMEOUT_S, "starting")
         except _WorkerLost as exc:
@@ -160,14 +193,24 @@ class _Worker:
         self.missing: dict[str, str] = ready["missing"]
 
     def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        body = json.dumps(message, allow_nan=False).encode()
+        nonce = secrets.token_hex(8)
+        body = json.dumps({**message, "nonce": nonce}, allow_nan=False).encode()
         assert self.process.stdin is not None
         try:
             self.process.stdin.write(struct.pack(">I", len(body)) + body)
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             raise _WorkerLost(self._death_reason()) from None
-        return self._read(time.monotonic() + timeout_s, f"timed out after {timeout_s} s")
+        reply = self._read(time.monotonic() + timeout_s, f"timed out after {timeout_s} s")
+        answered = reply.get("nonce")
+        if answered != nonce:
+            if answered in self._answered:
+                raise _StaleReply("an earlier call's code wrote to the sandbox's pipe")
+            raise _WorkerLost("the code wrote to the sandbox's pipe; the worker was replaced")
+        self._answered.append(nonce)
+        if not _well_formed(reply):
+            raise _WorkerLost("the code wrote to the sandbox's pipe (a reply of the wrong shape)")
+        return reply
 
     def _read(self, deadline: float, timeout_reason: str) -> dict[str, Any]:
         assert self.process.stdout is not None
@@ -175,9 +218,16 @@ class _Worker:
         while True:
             if len(self._buffer) >= 4:
                 size = struct.unpack(">I", self._buffer[:4])[0]
+                if size > self._max_reply:  # no true reply is this long: the code wrote to the pipe
+                    raise _WorkerLost(f"the code wrote to the sandbox's pipe (a {size}-byte frame)")
                 if len(self._buffer) >= 4 + size:
                     body, self._buffer = self._buffer[4 : 4 + size], self._buffer[4 + size :]
-                    reply: dict[str, Any] = json.loads(body)
+                    try:
+                        reply = json.loads(body)
+                    except ValueError:
+                        reply = None
+                    if not isinstance(reply, dict):
+                        raise _WorkerLost("the code wrote to the sandbox's pipe (a frame that is not a reply)")
                     return reply
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -375,8 +425,23 @@ class Sandbox:
             json.dumps(request, allow_nan=False)
         except (TypeError, ValueError) as exc:
             return CallResult(ok=False, error=f"arguments are not JSON ({exc}); pass numbers, strings, lists, dicts")
-        worker = self._acquire()
         start = time.perf_counter()
+        for attempt in (1, 2):
+            try:
+                return self._submit_once(request, code, start)
+            except _StaleReply as exc:  # an earlier call spoiled that worker; this call deserves a clean one
+                logger.info("sandbox worker replaced: %s; running the call again", exc)
+                if attempt == 2:
+                    return CallResult(
+                        ok=False,
+                        error=str(exc),
+                        duration_s=time.perf_counter() - start,
+                        notes=("the worker was replaced",),
+                    )
+        raise AssertionError("unreachable")
+
+    def _submit_once(self, request: dict[str, Any], code: str | None, start: float) -> CallResult:
+        worker = self._acquire()
         healthy = False
         try:
             if code is not None and request["code_hash"] not in worker.known:
@@ -396,6 +461,8 @@ class Sandbox:
                 value_is_repr=reply["value_is_repr"],
                 notes=tuple(reply["notes"]),
             )
+        except _StaleReply:
+            raise
         except _WorkerLost as exc:
             logger.info("sandbox worker replaced: %s", exc)
             return CallResult(
