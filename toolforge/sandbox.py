@@ -429,19 +429,16 @@ class Sandbox:
         except (TypeError, ValueError) as exc:
             return CallResult(ok=False, error=f"arguments are not JSON ({exc}); pass numbers, strings, lists, dicts")
         start = time.perf_counter()
-        for attempt in (1, 2):
-            try:
-                return self._submit_once(request, code, start)
-            except _StaleReply as exc:  # an earlier call spoiled that worker; this call deserves a clean one
-                logger.info("sandbox worker replaced: %s; running the call again", exc)
-                if attempt == 2:
-                    return CallResult(
-                        ok=False,
-                        error=str(exc),
-                        duration_s=time.perf_counter() - start,
-                        notes=("the worker was replaced",),
-                    )
-        raise AssertionError("unreachable")
+        try:
+            return self._submit_once(request, code, start)
+        except _StaleReply as exc:  # an earlier call spoiled that worker; this call deserves a clean one
+            logger.info("sandbox worker replaced: %s; running the call again", exc)
+        try:
+            return self._submit_once(request, code, start)
+        except _StaleReply as exc:
+            return CallResult(
+                ok=False, error=str(exc), duration_s=time.perf_counter() - start, notes=("the worker was replaced",)
+            )
 
     def _submit_once(self, request: dict[str, Any], code: str | None, start: float) -> CallResult:
         worker = self._acquire()
