@@ -148,22 +148,24 @@ class ToolAgent(dspy.Module):
 
     # -------------------------------------------------------------------------------------------- running
     def _rendered(self) -> tuple[dict[str, dspy.Tool], type[Signature]]:
-        """The current tools and the step signature that lists them, built once per toolset and prompt."""
-        key = (
-            self.toolset.fingerprint,
-            id(self.react.signature),
-            tuple(id(t) for t in self.tools),
-            id(self.sandbox),
-        )
+        """The current tools and the step signature that lists them.
+
+        The tools are built once per toolset (they run its code), the signature once per toolset interface and
+        prompt (what the LM sees): a code-only revision reuses the signature.
+        """
+        fixed = tuple(id(t) for t in self.tools)
         cache: dict[Any, Any] = self.__dict__.setdefault("_render_cache", {})
-        found = cache.get(key)
-        if found is None:
-            tools = self.current_tools()
-            found = (tools, self._step_signature(tools))
-            if len(cache) >= 8:
-                cache.clear()
-            cache[key] = found
-        return found
+        if len(cache) >= 16:
+            cache.clear()
+        tools_key = ("tools", self.toolset.fingerprint, fixed, id(self.sandbox))
+        tools = cache.get(tools_key)
+        if tools is None:
+            tools = cache[tools_key] = self.current_tools()
+        signature_key = ("signature", self.toolset.interface_fingerprint, id(self.react.signature), fixed)
+        signature = cache.get(signature_key)
+        if signature is None:
+            signature = cache[signature_key] = self._step_signature(tools)
+        return tools, signature
 
     def forward(self, **input_args: Any) -> dspy.Prediction:
         max_iters = input_args.pop("max_iters", self.max_iters)

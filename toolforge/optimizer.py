@@ -629,6 +629,7 @@ class _RunState:
                 "proposer_lm_calls": self.proposer_lm_calls,
                 "stop_reason": self.stop_reason,
             },
+            indent=None,  # read by the next run, not by people: report.json is the readable record
         )
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
