@@ -205,10 +205,20 @@ def _seccomp_no_sockets():
     return "seccomp: socket() and io_uring fail, for every address family"
 
 
+def _status_field(name):
+    """A field of /proc/self/status (e.g. `VmSize`, `CapEff`), or None."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return line.split()[1]
+    return None
+
+
 def _drop_capabilities():
-    """As root, give up every capability, so that namespaces, limits and Landlock cannot be undone."""
-    if os.geteuid() != 0:
-        return "not root"
+    """Give up every capability (as root, or inside the user namespace a non-root worker made for itself), so
+    that namespaces, limits and Landlock cannot be undone."""
+    if os.geteuid() != 0 and not int(_status_field("CapEff") or "0", 16):
+        return "none held"
     for cap in range(64):
         if _ERRNO_LIBC.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP until EINVAL past the last capability
             break
@@ -226,11 +236,7 @@ def _drop_capabilities():
 
 
 def _vm_size_bytes():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return int(_status_field("VmSize") or 0) * 1024
 
 
 _FORBIDDEN_EVENTS = {

@@ -31,8 +31,9 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
   the caller's API keys live from its start, cannot be read (as root, dropping capabilities already hides
   environ and mem). It forbids reading the caller's home directory, /root and /home (~/.ssh, ~/.aws, ~/.netrc,
   tokens, DSPy's LM cache) too, except Python's own files there (its prefix and every `sys.path` entry).
-* **Privileges**: as root, the worker drops every capability (bounding set included) and sets no_new_privs, so
-  that the namespaces and Landlock cannot be undone from inside.
+* **Privileges**: the worker drops every capability (bounding set included), as root or inside the user
+  namespace a non-root worker makes for itself, and sets no_new_privs, so that the namespaces, Landlock and
+  seccomp cannot be undone from inside. (Checked as root and as a non-root user on this kind of machine.)
 * **Environment**: the worker's environment is built from scratch (PATH, HOME and TMPDIR in the scratch
   directory, a fixed PYTHONHASHSEED): none of the caller's variables, API keys included, reach it.
 * **The pipe to the caller**: forged code shares the worker's process and can write to its pipe. A reply must
