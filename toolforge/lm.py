@@ -77,6 +77,15 @@ def default_model_path() -> Path:
     return path
 
 
+def _llama_cpp() -> Any:
+    """The `llama_cpp` module, or the error that says how to install it."""
+    try:
+        import llama_cpp
+    except (ImportError, OSError) as exc:  # OSError: its shared library did not load
+        raise ToolforgeError(f"llama-cpp-python is not usable here ({exc}); {_INSTALL_HINT}") from None
+    return llama_cpp
+
+
 def model_identity(path: str | os.PathLike[str]) -> str:
     """A short content id of a model file: sha256 of its size and 17 evenly spaced 64 KiB samples.
 
@@ -110,10 +119,7 @@ class LlamaCppEngine:
 
     def _model(self) -> Any:
         if self._llama is None:
-            try:
-                import llama_cpp
-            except ImportError:
-                raise ToolforgeError(f"llama-cpp-python is not installed; {_INSTALL_HINT}") from None
+            llama_cpp = _llama_cpp()
             start = time.perf_counter()
             self._llama = llama_cpp.Llama(
                 model_path=str(self.model_path),
@@ -200,6 +206,7 @@ class LocalLM(dspy.LM):
         temperature: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        _llama_cpp()  # now, with a clear error, rather than inside the first request of an evaluation
         path = Path(model_path).expanduser() if model_path is not None else default_model_path()
         if not path.is_file():
             raise ToolforgeError(f"model file {str(path)!r} does not exist; pass the path of a .gguf file")
