@@ -30,6 +30,18 @@ class TwoAgents(dspy.Module):
         return self.main(question=question)
 
 
+class Unreachable(dspy.Module):
+    """A program whose every run fails, as one behind an LM that cannot be reached does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.toolset = tf.Toolset()
+        self.signature = dspy.Signature("question -> answer: float")
+
+    def forward(self, question: str) -> dspy.Prediction:
+        raise ConnectionError("the LM at http://localhost:1 refused the connection")
+
+
 metric = exact
 
 

@@ -157,6 +157,16 @@ def test_a_program_with_several_toolsets_names_the_one_to_train(tmp_path):
     assert "no toolset named 'other' in the student; it has: main.toolset, helper.toolset" in wrong.stderr
 
 
+def test_compile_warns_when_every_example_raises(tmp_path):
+    args = ["--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"]
+    result = toolforge("compile", "tests.cli_fixtures:Unreachable", *AGENT, *PROPOSER, *args, tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "warning: 6 training example(s) raised with the initial toolset, e.g.: ConnectionError: the LM at "
+        "http://localhost:1 refused the connection"
+    ) in result.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

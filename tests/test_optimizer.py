@@ -412,3 +412,23 @@ def test_proposer_lm_takes_what_the_command_line_takes():
     assert isinstance(tf.FunctionOptimizer(exact, proposer_lm="local", cache=False).proposer_lm, tf.LocalLM)
     with pytest.raises(tf.ToolforgeError, match="proposer_lm 'banana' is not a known LM"):
         tf.FunctionOptimizer(exact, proposer_lm="banana", cache=False)
+
+
+def test_a_program_that_always_raises_is_reported_not_hidden(caplog):
+    class Broken(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.toolset = tf.Toolset([DOUBLE])
+
+        def forward(self, question):
+            raise ConnectionError("the LM at http://localhost:1 refused the connection")
+
+    proposer_model, _ = proposer_lm(lambda inputs: [])
+    optimizer = tf.FunctionOptimizer(
+        exact, proposer_lm=proposer_model, max_epochs=1, cache=False, display_progress=False
+    )
+    with dspy.context(lm=agent_lm()[0]), caplog.at_level("WARNING", logger="toolforge"):
+        report = optimizer.compile(Broken(), trainset=examples(4)).toolforge_report
+    assert (report.initial_score, report.initial_errors) == (0.0, 4)
+    assert report.initial_error == "ConnectionError: the LM at http://localhost:1 refused the connection"
+    assert "4 of 4 training examples raised with the initial toolset, e.g.: ConnectionError" in caplog.text

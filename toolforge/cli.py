@@ -210,6 +210,11 @@ def _summary(report: OptimizationReport, toolset: Toolset, out: Path) -> None:
         f"stopped: {report.stop_reason}; train score {report.initial_score:.3f} -> {report.best_score:.3f}; "
         f"LM calls: {report.agent_lm_calls} agent, {report.proposer_lm_calls} proposer; {report.wall_time_s:.1f} s"
     )
+    if report.initial_errors:
+        _out(
+            f"warning: {report.initial_errors} training example(s) raised with the initial toolset, e.g.: "
+            f"{report.initial_error}"
+        )
     if report.pruned:
         _out(f"pruned (never called successfully): {', '.join(report.pruned)}")
     _out(f"final functions ({len(toolset)}):" + ("" if len(toolset) else " none"))

@@ -88,6 +88,8 @@ class OptimizationReport(BaseModel):
     initial_score: float
     best_score: float
     stop_reason: Literal["max_epochs", "early_stop", "budget"]
+    initial_errors: int = 0  # training examples on which the program (or the metric) raised at the start
+    initial_error: str | None = None  # the first of those errors, e.g. an LM that cannot be reached
     steps: list[StepReport] = Field(default_factory=list)
     accepted_steps: list[int] = Field(default_factory=list)
     val_scores: dict[int, float] = Field(default_factory=dict)
@@ -279,6 +281,8 @@ class _RunState:
         self.agent_lm_calls = 0
         self.proposer_lm_calls = 0
         self.stop_reason: Literal["max_epochs", "early_stop", "budget"] | None = None
+        self.initial_errors = 0
+        self.initial_error: str | None = None
         self.resumed_after: int | None = None
         self.log_dir = optimizer.log_dir
 
@@ -298,12 +302,23 @@ class _RunState:
             self.agent_lm_calls = checkpoint["agent_lm_calls"]
             self.proposer_lm_calls = checkpoint["proposer_lm_calls"]
             self.stop_reason = checkpoint["stop_reason"]
+            self.initial_errors = checkpoint.get("initial_errors", 0)
+            self.initial_error = checkpoint.get("initial_error")
             self.resumed_after = self.step
             logger.info("resuming the compile in %s after step %d", self.log_dir, self.step)
             return
         self.best = initial
         baseline = self._evaluate(initial, self.trainset)
         self.initial_score = self.best_score = baseline.score
+        self.initial_errors = len(baseline.errors)
+        if baseline.errors:
+            self.initial_error = baseline.errors[0].error
+            logger.warning(
+                "%d of %d training examples raised with the initial toolset, e.g.: %s",
+                self.initial_errors,
+                len(baseline.records),
+                self.initial_error,
+            )
         self.accepted = [{"step": 0, "score": baseline.score, "toolset": initial.to_dict()}]
         self._toolsets[0] = initial
         self._save_toolset(0, initial)
@@ -358,6 +373,8 @@ class _RunState:
             initial_score=self.initial_score,
             best_score=self.best_score,
             stop_reason=self.stop_reason or "max_epochs",
+            initial_errors=self.initial_errors,
+            initial_error=self.initial_error,
             steps=self.steps,
             accepted_steps=[c[0] for c in candidates],
             val_scores=val_scores,
@@ -628,6 +645,8 @@ class _RunState:
                 "agent_lm_calls": self.agent_lm_calls,
                 "proposer_lm_calls": self.proposer_lm_calls,
                 "stop_reason": self.stop_reason,
+                "initial_errors": self.initial_errors,
+                "initial_error": self.initial_error,
             },
             indent=None,  # read by the next run, not by people: report.json is the readable record
         )
