@@ -432,3 +432,5 @@ def test_a_program_that_always_raises_is_reported_not_hidden(caplog):
     assert (report.initial_score, report.initial_errors) == (0.0, 4)
     assert report.initial_error == "ConnectionError: the LM at http://localhost:1 refused the connection"
     assert "4 of 4 training examples raised with the initial toolset, e.g.: ConnectionError" in caplog.text
+    assert (report.pruned, report.final_functions) == ([], ["double"])  # no run shows double unused: it stays
+    assert "not pruning: every training run raised" in caplog.text

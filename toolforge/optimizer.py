@@ -592,7 +592,11 @@ class _RunState:
         return run
 
     def _prune(self, toolset: Toolset, run: EvaluationRun) -> tuple[Toolset, list[str]]:
-        used: set[str] = set().union(*(r.called for r in run.records)) if run.records else set()
+        if len(run.errors) == len(run.records):  # no run got far enough to call anything: no evidence either way
+            if len(toolset):
+                logger.warning("not pruning: every training run raised, so none shows which functions are used")
+            return toolset, []
+        used: set[str] = set().union(*(r.called for r in run.records))
         unused = [name for name in toolset.names if name not in used]
         if not unused:
             return toolset, []
