@@ -109,6 +109,47 @@ def test_code_only_revision_reruns_only_the_examples_that_called_it(lm, cache):
     assert [r.cached for r in run.records] == [i % 5 != 0 for i in range(N)]
 
 
+def test_a_revision_that_keeps_the_outcomes_reruns_nothing(lm, cache, counting_sandbox):
+    program = make_program(sandbox=counting_sandbox)
+    evaluate(program, lm, cache)
+    lm_calls, sandbox_calls = lm[1].calls, counting_sandbox.calls
+    refactor = unary("square", "(lambda y: y * y)(x)", SQUARE.description)  # other code, same results
+    program.toolset = program.toolset.apply(tf.ReviseFunction.of(refactor))
+    run = evaluate(program, lm, cache)
+    assert (run.hits, run.misses, run.revalidated, run.lm_calls) == (N, 0, N_SQUARE, 0)
+    assert lm[1].calls == lm_calls  # not one LM request
+    assert counting_sandbox.calls - sandbox_calls == N_SQUARE  # the new code, on the arguments the records kept
+    assert run.score == 1.0
+    square_calls = [c for r in run.records for c in r.calls if c.name == "square"]
+    assert {c.code_hash for c in square_calls} == {program.toolset["square"].code_hash}
+    sandbox_calls = counting_sandbox.calls
+    again = evaluate(program, lm, cache)  # stored under the new code: plain hits now
+    assert (again.hits, again.revalidated, counting_sandbox.calls) == (N, 0, sandbox_calls)
+
+
+def test_a_revision_reruns_exactly_the_examples_whose_outcomes_changed(lm, cache):
+    program = make_program()
+    evaluate(program, lm, cache)
+    before = lm[1].calls
+    partial = unary("square", "x * x if x < 3 else -1.0", SQUARE.description)  # same for x = 0, not for x = 5
+    program.toolset = program.toolset.apply(tf.ReviseFunction.of(partial))
+    run = evaluate(program, lm, cache)
+    assert (run.hits, run.misses, run.revalidated) == (N - 1, 1, 1)
+    assert lm[1].calls - before == CALLS_PER_EXAMPLE
+    assert [r.cached for r in run.records] == [i != 5 for i in range(N)]
+    assert run.score == (N - 1) / N
+
+
+def test_non_deterministic_functions_are_not_checked_but_rerun(lm, cache):
+    noisy = unary("square", "x * x", SQUARE.description, deterministic=False)
+    program = make_program(tf.Toolset([DOUBLE, noisy]))
+    evaluate(program, lm, cache)
+    refactor = unary("square", "(lambda y: y * y)(x)", SQUARE.description, deterministic=False)
+    program.toolset = program.toolset.apply(tf.ReviseFunction.of(refactor))
+    run = evaluate(program, lm, cache)
+    assert (run.hits, run.misses, run.revalidated) == (N - N_SQUARE, N_SQUARE, 0)
+
+
 def test_rolling_back_a_revision_finds_the_earlier_records_again(lm, cache):
     program = make_program()
     evaluate(program, lm, cache)

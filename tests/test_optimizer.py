@@ -434,3 +434,16 @@ def test_a_program_that_always_raises_is_reported_not_hidden(caplog):
     assert "4 of 4 training examples raised with the initial toolset, e.g.: ConnectionError" in caplog.text
     assert (report.pruned, report.final_functions) == ([], ["double"])  # no run shows double unused: it stays
     assert "not pruning: every training run raised" in caplog.text
+
+
+def test_a_refactor_that_keeps_every_outcome_costs_no_agent_lm_call(cache):
+    refactor = unary("double", "(lambda y: y + y)(x)", DOUBLE.description)
+
+    def policy(inputs):
+        return [] if "y + y" in inputs["current_functions"] else [action("revise_function", refactor)]
+
+    _, _, report, agent, _ = compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), cache=cache, max_epochs=1)
+    step = report.steps[0]
+    assert (step.outcome, step.score_after) == ("accepted", 1.0)
+    assert (step.agent_lm_calls, step.cache_misses, step.cache_revalidated) == (0, 0, 8)  # the 8 doubles
+    assert agent.calls == 10 * 3  # the baseline only

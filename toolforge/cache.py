@@ -117,19 +117,37 @@ class EvaluationCache:
             key: The evaluation key (see the module docstring).
             code_hash_of: The current code_hash of a function name (None when the name is gone).
         """
-        variants = self._read_variants(key)
-        for variant in variants:
+        for variant in self._read_variants(key):
             if all(code_hash_of(name) == code_hash for name, code_hash in variant["dependencies"].items()):
-                parsed = variant.get(_PARSED)  # remembered variants keep their parsed record (records are frozen)
-                if parsed is None:
-                    try:
-                        parsed = ExampleRecord.model_validate({**variant["record"], "cached": True})
-                    except (ValidationError, TypeError) as exc:
-                        self._drop(f"record:{key}", f"a stored record does not parse ({exc.__class__.__name__})")
-                        return None
-                    variant[_PARSED] = parsed
-                return parsed
+                return self._parsed(key, variant)
         return None
+
+    def stale_records(self, key: str, code_hash_of: Callable[[str], str | None]) -> list[ExampleRecord]:
+        """The stored records for `key` that called functions whose code has changed since, newest first.
+
+        Such a record still holds if the new code gives the same outcomes on the calls the record made; the
+        evaluator checks that (see `FunctionCall.outcome_hash`). Records that called a function now gone are left out.
+        """
+        stale = []
+        for variant in self._read_variants(key):
+            current = {name: code_hash_of(name) for name in variant["dependencies"]}
+            if None not in current.values() and current != variant["dependencies"]:
+                parsed = self._parsed(key, variant)
+                if parsed is None:
+                    break
+                stale.append(parsed)
+        return stale
+
+    def _parsed(self, key: str, variant: dict[str, Any]) -> ExampleRecord | None:
+        parsed: ExampleRecord | None = variant.get(_PARSED)  # remembered variants keep their parsed record
+        if parsed is None:
+            try:
+                parsed = ExampleRecord.model_validate({**variant["record"], "cached": True})
+            except (ValidationError, TypeError) as exc:
+                self._drop(f"record:{key}", f"a stored record does not parse ({exc.__class__.__name__})")
+                return None
+            variant[_PARSED] = parsed
+        return parsed
 
     def put_record(self, key: str, record: ExampleRecord) -> None:
         """Store `record` as the newest variant for `key` (replacing one with the same dependencies)."""

@@ -5,7 +5,10 @@ state), the fixed tools' interfaces, the interface fingerprint of every Toolset 
 LM settings (model and sampling parameters, per predictor), the metric (its source, or `metric_version`), and
 the cache format. The record is reused while every forged function its run called still has the same code
 (see `toolforge.cache`). So evaluating an unchanged program again runs nothing at all, and a code-only revision
-of one function re-runs only the examples that called it.
+of one function re-runs only the examples that called it. Fewer still: before re-running such an example, the
+revised function is called again on the arguments the record's run gave it (in the sandbox, no LM involved); if
+every outcome is the same as before, nothing the program saw has changed, and the record holds for the new code
+(counted in `EvaluationRun.revalidated`). A refactor that keeps behaviour re-runs nothing.
 
 A program that raises scores `failure_score` and never ends the run; such records are not cached (the failure
 may be passing, e.g. a network error), so they are tried again next time.
@@ -30,9 +33,11 @@ import tqdm
 from toolforge._hashing import content_hash
 from toolforge._usage import count_lm_usage
 from toolforge.cache import CACHE_FORMAT, EvaluationCache, use_call_cache
-from toolforge.errors import ToolforgeError
+from toolforge.errors import FunctionCallError, ToolforgeError
+from toolforge.function import ForgedFunction
 from toolforge.records import EvaluationRun, ExampleRecord
-from toolforge.toolset import Toolset
+from toolforge.sandbox import Sandbox
+from toolforge.toolset import Toolset, _ForgedToolCall
 from toolforge.trace import record_calls
 
 __all__ = ["Evaluator", "example_id", "fixed_tool_names", "program_fingerprint"]
@@ -104,10 +109,16 @@ class Evaluator:
             for index, key in enumerate(keys):
                 records[index] = self.cache.get_record(key, code_hashes.get)
         todo = [i for i, record in enumerate(records) if record is None]
+        revalidated: list[tuple[str, ExampleRecord]] = []
+        if self.cache is not None and todo:
+            for index, record in self._revalidate(program, [(i, keys[i]) for i in todo], code_hashes):
+                records[index] = record
+                revalidated.append((keys[index], record))
+            todo = [i for i in todo if records[i] is None]
         show = self.display_progress if display_progress is None else display_progress
         with tqdm.tqdm(total=len(examples), disable=not show, desc="toolforge evaluate", leave=False) as bar:
             bar.update(len(examples) - len(todo))
-            pending: list[tuple[str, ExampleRecord]] = []
+            pending = list(revalidated)  # stored under the new code, so that next time they are plain hits
             for index, record in self._run_all(program, examples, ids, todo):
                 records[index] = record
                 if self.cache is not None and record.error is None:
@@ -128,6 +139,7 @@ class Evaluator:
             records=tuple(final),
             hits=len(hits),
             misses=len(todo),
+            revalidated=len(revalidated),
             lm_calls=sum(r.lm_calls for r in final if not r.cached),
             lm_calls_saved=sum(r.lm_calls for r in hits),
             seconds_saved=sum(r.wall_time_s for r in hits),
@@ -138,10 +150,12 @@ class Evaluator:
                 hits=run.hits, misses=run.misses, lm_calls_saved=run.lm_calls_saved, seconds_saved=run.seconds_saved
             )
         logger.info(
-            "evaluated %d examples: score %.3f, %d from cache, %d run, %d LM calls",
+            "evaluated %d examples: score %.3f, %d from cache (%d of them checked against revised code), %d run, "
+            "%d LM calls",
             len(final),
             run.score,
             run.hits,
+            run.revalidated,
             run.misses,
             run.lm_calls,
         )
@@ -160,6 +174,25 @@ class Evaluator:
             futures = {pool.submit(context.copy().run, self._run_one, program, examples[i], ids[i]): i for i in todo}
             for future in as_completed(futures):
                 yield futures[future], future.result()
+
+    def _revalidate(
+        self, program: dspy.Module, todo: list[tuple[int, str]], code_hashes: dict[str, str]
+    ) -> Iterator[tuple[int, ExampleRecord]]:
+        """(index, record) for each example whose stored record holds for the new code of the functions it called."""
+        assert self.cache is not None
+        functions: dict[str, ForgedFunction] = {}
+        for _, parameter in program.named_parameters():
+            if isinstance(parameter, Toolset):
+                for function in parameter:
+                    functions.setdefault(function.name, function)
+        sandbox = _sandbox_of(program)
+        with use_call_cache(self.cache):
+            for index, key in todo:
+                for record in self.cache.stale_records(key, code_hashes.get):
+                    holding = _still_holds(record, functions, sandbox)
+                    if holding is not None:
+                        yield index, holding
+                        break
 
     def _run_one(self, program: dspy.Module, example: dspy.Example, eid: str) -> ExampleRecord:
         start = time.perf_counter()
@@ -192,6 +225,44 @@ class Evaluator:
             wall_time_s=time.perf_counter() - start,
             error=error,
         )
+
+
+def _still_holds(
+    record: ExampleRecord, functions: dict[str, ForgedFunction], sandbox: Sandbox | None
+) -> ExampleRecord | None:
+    """`record` under the current code, if every call it made of a changed function gives the same outcome now.
+
+    Only deterministic functions qualify, and only calls whose arguments and outcome the record kept.
+    """
+    calls = []
+    for call in record.calls:
+        function = functions.get(call.name)
+        if function is None:
+            return None
+        if function.code_hash != call.code_hash:
+            if not function.deterministic or call.arguments is None or call.outcome_hash is None:
+                return None
+            with record_calls() as seen:
+                try:
+                    _ForgedToolCall(function, sandbox)(**call.arguments)
+                except FunctionCallError:
+                    pass  # an error is an outcome too: its message is compared
+            if not seen or seen[-1].outcome_hash != call.outcome_hash:
+                return None
+            call = call.model_copy(update={"code_hash": function.code_hash})
+        calls.append(call)
+    return record.model_copy(update={"calls": tuple(calls)})
+
+
+def _sandbox_of(program: dspy.Module) -> Sandbox | None:
+    """The sandbox the program's forged functions run in (a ToolAgent's own), or None for the default one."""
+    from toolforge.agent import ToolAgent
+
+    for _, module in _modules(program):
+        if isinstance(module, ToolAgent) and module.sandbox is not None:
+            sandbox: Sandbox = module.sandbox
+            return sandbox
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ keys

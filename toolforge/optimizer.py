@@ -78,6 +78,7 @@ class StepReport(BaseModel):
     proposer_completion_tokens: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
+    cache_revalidated: int = 0  # of the hits: records that held for revised code (same outcomes on their calls)
     wall_time_s: float = 0.0
     note: str | None = None
 
@@ -515,6 +516,7 @@ class _RunState:
             proposer_completion_tokens=counts.proposer_tokens[1],
             cache_hits=counts.hits,
             cache_misses=counts.misses,
+            cache_revalidated=counts.revalidated,
             wall_time_s=time.perf_counter() - start,
         )
 
@@ -586,6 +588,7 @@ class _RunState:
             counts.agent_calls += run.lm_calls
             counts.hits += run.hits
             counts.misses += run.misses
+            counts.revalidated += run.revalidated
             prompt = sum(r.prompt_tokens for r in run.records if not r.cached)
             completion = sum(r.completion_tokens for r in run.records if not r.cached)
             counts.agent_tokens = (counts.agent_tokens[0] + prompt, counts.agent_tokens[1] + completion)
@@ -691,6 +694,7 @@ class _StepCounts:
         self.proposer_tokens = (0, 0)
         self.hits = 0
         self.misses = 0
+        self.revalidated = 0
 
 
 def find_toolset(student: dspy.Module, name: str | None = None) -> tuple[str, Toolset]:

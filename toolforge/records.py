@@ -67,6 +67,8 @@ class EvaluationRun(BaseModel):
         score: Mean score in [0, 1] (0.0 for no examples).
         records: One record per example, in the order of the examples.
         hits, misses: Examples answered from the cache, and examples run.
+        revalidated: Of the hits, records that called a function whose code has changed, and hold because the
+            new code gave the same outcomes on the calls they made (checked in the sandbox, without the LM).
         lm_calls: LM requests made in this run (0 for cached records).
         lm_calls_saved, seconds_saved: What the cached records had cost when they were made.
         wall_time_s: Wall time of the whole evaluation.
@@ -78,6 +80,7 @@ class EvaluationRun(BaseModel):
     records: tuple[ExampleRecord, ...]
     hits: int = 0
     misses: int = 0
+    revalidated: int = 0
     lm_calls: int = 0
     lm_calls_saved: int = 0
     seconds_saved: float = 0.0

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from dspy.predict.parameter import Parameter
 from pydantic import BaseModel, ConfigDict
 
-from toolforge._hashing import content_hash
+from toolforge._hashing import canonical_json, content_hash
 from toolforge._io import write_json
 from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction
 from toolforge.cache import active_call_cache
@@ -366,6 +366,27 @@ class Toolset(Parameter):
         ]
 
 
+_MAX_KEPT_ARGUMENTS = 16_384  # characters of JSON: larger arguments are not kept in evaluation records
+
+
+def _kept_arguments(arguments: dict[str, Any]) -> dict[str, Any] | None:
+    """The arguments as plain JSON, to keep in the call's record; None when they are large or not JSON."""
+    try:
+        text = canonical_json(arguments)
+    except (TypeError, ValueError):
+        return None
+    kept: dict[str, Any] | None = json.loads(text) if len(text) <= _MAX_KEPT_ARGUMENTS else None
+    return kept
+
+
+def _outcome_hash(ok: bool, outcome: Any) -> str | None:
+    """A hash of what the caller of a forged function saw: its value, or the message of the error it raised."""
+    try:
+        return content_hash([ok, outcome])
+    except (TypeError, ValueError):
+        return None
+
+
 @functools.cache
 def _forged_tool_class() -> type[dspy.Tool]:
     import dspy
@@ -393,38 +414,40 @@ class _ForgedToolCall:
 
         function = self.function
         start = time.perf_counter()
+        kept = _kept_arguments(arguments)
+
+        def record(ok: bool, outcome: Any, error: str | None = None, cached: bool = False) -> None:
+            _record(
+                FunctionCall(
+                    name=function.name,
+                    code_hash=function.code_hash,
+                    ok=ok,
+                    error=error,
+                    duration_s=time.perf_counter() - start,
+                    cached=cached,
+                    arguments=kept,
+                    outcome_hash=_outcome_hash(ok, outcome),
+                )
+            )
+
         try:
             arguments = function.validate_arguments(arguments)
         except FunctionCallError as exc:
-            _record(FunctionCall(name=function.name, code_hash=function.code_hash, ok=False, error=str(exc)))
+            record(False, str(exc), error=str(exc))
             raise
         cache = active_call_cache() if function.deterministic else None
         if cache is not None:
             value = cache.get_call(function.code_hash, arguments)
             if value is not cache.MISSING:
-                _record(
-                    FunctionCall(
-                        name=function.name,
-                        code_hash=function.code_hash,
-                        ok=True,
-                        duration_s=time.perf_counter() - start,
-                        cached=True,
-                    )
-                )
+                record(True, value, cached=True)
                 return value
         result = (self.sandbox or default_sandbox()).call(function, arguments)
-        _record(
-            FunctionCall(
-                name=function.name,
-                code_hash=function.code_hash,
-                ok=result.ok,
-                error=result.error,
-                duration_s=time.perf_counter() - start,
-            )
-        )
         if not result.ok:
             printed = f"\nIt printed: {result.stdout[-500:]}" if result.stdout else ""
-            raise FunctionCallError(f"{function.name} failed: {result.error}{printed}")
+            message = f"{function.name} failed: {result.error}{printed}"
+            record(False, message, error=result.error)
+            raise FunctionCallError(message)
+        record(True, result.value)
         if cache is not None and not result.value_is_repr:
             cache.put_call(function.code_hash, arguments, result.value)
         return result.value

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -20,7 +21,12 @@ __all__ = ["FunctionCall", "record_calls"]
 
 
 class FunctionCall(BaseModel):
-    """One call of a forged function: which version ran and how it ended."""
+    """One call of a forged function: which version ran, with what, and how it ended.
+
+    `arguments` (None when too large to keep) and `outcome_hash` (a hash of what the caller saw: the value, or the
+    error it raised) let the evaluation cache check a revised function against the calls a record made: if the new
+    code gives the same outcomes on them, the record still holds.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -30,6 +36,8 @@ class FunctionCall(BaseModel):
     error: str | None = None
     duration_s: float = 0.0
     cached: bool = False
+    arguments: dict[str, Any] | None = None
+    outcome_hash: str | None = None
 
 
 _recorders: ContextVar[tuple[list[FunctionCall], ...]] = ContextVar("toolforge_recorders", default=())
