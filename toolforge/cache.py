@@ -6,7 +6,9 @@ Two kinds of entry live in one diskcache directory:
   forged functions (the program's prompts and demos, fixed tools, the toolset's interface, the example, the LM
   settings, the metric, the cache format). Each key holds a few *variants*, each with the `code_hash` of every
   forged function its run called. A variant is reused while all of those are unchanged, so revising one function
-  re-runs only the examples that called it, and rolling back to an earlier toolset finds its records again.
+  re-runs only the examples that called it, and rolling back to an earlier toolset finds its records again. A
+  variant whose functions changed can still hold: `stale_records` hands it to the evaluator, which checks the new
+  code against the outcomes the run recorded.
 * **Function-call results** of deterministic functions: (code_hash, canonical arguments) -> value.
 
 Guarantees (from diskcache, which stores in SQLite with write-ahead logging): any number of threads and
