@@ -7,6 +7,8 @@ call, 3 calls per example); DSPy's own LM cache on, as usual, in a fresh directo
   (1) the first evaluation (8 threads), and the same with 1 thread (for the thread speed-up);
   (2) the same evaluation again;
   (3) after a code-only revision of `square` (fixing a bug), which 20% of the examples call;
+  (3b) then a refactor of `square` that keeps its results: the records are checked against the new code in the
+      sandbox (on the arguments their runs used) and hold, so nothing re-runs;
   (4) the full re-run that a cache keyed on the whole candidate (GEPA's) or no cache (AutoGen's AgentOptimizer)
       does after that revision: every example, no cache.
 
@@ -77,6 +79,7 @@ def fresh_lm(tmp: str, latency: float):
 def one_repeat(n: int, latency: float, sandbox: tf.Sandbox) -> dict[str, float]:
     data = examples(n)
     revised_square = tf.ReviseFunction.of(unary("square", "x * x", FUNCTIONS[0].description))
+    refactored_square = tf.ReviseFunction.of(unary("square", "(lambda y: y * y)(x)", FUNCTIONS[0].description))
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         lm, engine = fresh_lm(tmp, latency)
@@ -95,6 +98,13 @@ def one_repeat(n: int, latency: float, sandbox: tf.Sandbox) -> dict[str, float]:
             figures["callers"] = sum(1 for r in run2.records if "square" in r.called)
             figures["score1"], figures["score3"] = run1.score, run3.score
             assert run1.score == run2.score < run3.score == 1.0, (run1.score, run2.score, run3.score)
+            program.toolset = program.toolset.apply(refactored_square)
+            before = engine.calls
+            run3b, figures["t3b"] = timed_run(program, data, lm, cache, 8)
+            figures["c3b"] = engine.calls - before
+            figures["rerun3b"], figures["checked3b"] = run3b.misses, run3b.revalidated
+            assert run3b.score == 1.0
+            program.toolset = program.toolset.apply(revised_square)  # (4) runs the fixed toolset of (3)
         dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
         lm4, engine4 = scripted_lm(tool_agent_script(choose), latency_s=latency, cache=False)
         _, figures["t4"] = timed_run(program, data, lm4, None, 8)
@@ -144,6 +154,14 @@ def main() -> None:
             f"{m['rerun3']:.0f}",
         ),
         (
+            "(3b) then a refactor of `square` that keeps its results",
+            f"{m['t3b']:.3f}",
+            f"{m['t3b'] / m['t1']:.2%}",
+            f"{m['c3b']:.0f}",
+            f"{3 * m['rerun3b']:.0f}",
+            f"{m['rerun3b']:.0f}",
+        ),
+        (
             "(4) baseline: full re-run, no cache (GEPA / AgentOptimizer)",
             f"{m['t4']:.3f}",
             f"{m['t4'] / m['t1']:.2f}",
@@ -161,6 +179,9 @@ def main() -> None:
         f"calls (the re-run examples' first steps were answered by DSPy's LM cache): "
         f"{'met' if m['rerun3'] == m['callers'] else 'NOT met'}.",
         f"Score {m['score1']:.2f} before the revision, {m['score3']:.2f} after.",
+        f"(3b) checked {m['checked3b']:.0f} records against the refactored code in the sandbox, no LM involved; "
+        f"re-ran {m['rerun3b']:.0f} examples with {m['c3b']:.0f} LM calls (without the check: the "
+        f"{m['callers']:.0f} callers would re-run, {3 * m['callers']:.0f} requests).",
         f"(3)/(4): wall time {m['t3'] / m['t4']:.3f}, LM calls {m['c3'] / m['c4']:.3f}.",
         f"8 threads over 1 on (1): {m['t1_single'] / m['t1']:.2f}x speed-up.",
     ]
