@@ -11,6 +11,7 @@ import pytest
 import toolforge as tf
 from tests.evaluation_fixtures import exact, unary
 from tests.scripted_lm import field, scripted_lm, tool_agent_script
+from toolforge.report import write_report
 
 DOUBLE = unary("double", "x * 2")
 SQUARE = unary("square", "x * x")
@@ -414,7 +415,7 @@ def test_proposer_lm_takes_what_the_command_line_takes():
         tf.FunctionOptimizer(exact, proposer_lm="banana", cache=False)
 
 
-def test_a_program_that_always_raises_is_reported_not_hidden(caplog):
+def test_a_program_that_always_raises_is_reported_not_hidden(caplog, tmp_path):
     class Broken(dspy.Module):
         def __init__(self):
             super().__init__()
@@ -425,7 +426,7 @@ def test_a_program_that_always_raises_is_reported_not_hidden(caplog):
 
     proposer_model, _ = proposer_lm(lambda inputs: [])
     optimizer = tf.FunctionOptimizer(
-        exact, proposer_lm=proposer_model, max_epochs=1, cache=False, display_progress=False
+        exact, proposer_lm=proposer_model, max_epochs=1, cache=False, display_progress=False, log_dir=tmp_path
     )
     with dspy.context(lm=agent_lm()[0]), caplog.at_level("WARNING", logger="toolforge"):
         report = optimizer.compile(Broken(), trainset=examples(4)).toolforge_report
@@ -434,16 +435,21 @@ def test_a_program_that_always_raises_is_reported_not_hidden(caplog):
     assert "4 of 4 training examples raised with the initial toolset, e.g.: ConnectionError" in caplog.text
     assert (report.pruned, report.final_functions) == ([], ["double"])  # no run shows double unused: it stays
     assert "not pruning: every training run raised" in caplog.text
+    markdown = write_report(tmp_path)[1].read_text()
+    assert "**4 training example(s) raised with the initial toolset**, e.g.: `ConnectionError: the LM" in markdown
 
 
-def test_a_refactor_that_keeps_every_outcome_costs_no_agent_lm_call(cache):
+def test_a_refactor_that_keeps_every_outcome_costs_no_agent_lm_call(cache, tmp_path):
     refactor = unary("double", "(lambda y: y + y)(x)", DOUBLE.description)
 
     def policy(inputs):
         return [] if "y + y" in inputs["current_functions"] else [action("revise_function", refactor)]
 
-    _, _, report, agent, _ = compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), cache=cache, max_epochs=1)
+    toolset = tf.Toolset([DOUBLE, SQUARE])
+    _, _, report, agent, _ = compile_with(policy, toolset, cache=cache, max_epochs=1, log_dir=tmp_path / "run")
     step = report.steps[0]
     assert (step.outcome, step.score_after) == ("accepted", 1.0)
     assert (step.agent_lm_calls, step.cache_misses, step.cache_revalidated) == (0, 0, 8)  # the 8 doubles
     assert agent.calls == 10 * 3  # the baseline only
+    markdown = write_report(tmp_path / "run")[1].read_text()
+    assert "| 20/20 (8 held for revised code) |" in markdown

@@ -93,6 +93,11 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
     ]
     if report.pruned:
         lines.append(f"- pruned as unused: {', '.join(report.pruned)}")
+    if report.initial_errors:
+        lines.append(
+            f"- **{report.initial_errors} training example(s) raised with the initial toolset**, e.g.: "
+            f"`{report.initial_error}`"
+        )
     if report.val_scores:
         lines.append("- validation: " + ", ".join(f"step {s}: {v:.3f}" for s, v in sorted(report.val_scores.items())))
     lines += [
@@ -106,7 +111,9 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
         actions = ", ".join(f"{a.summary} ({a.status})" for a in s.actions) or "none"
         lines.append(
             f"| {s.step} | {s.outcome} | {s.score_before:.3f} | {after} | {actions} | {s.agent_lm_calls} | "
-            f"{s.proposer_lm_calls} | {s.cache_hits}/{s.cache_hits + s.cache_misses} |"
+            f"{s.proposer_lm_calls} | {s.cache_hits}/{s.cache_hits + s.cache_misses}"
+            + (f" ({s.cache_revalidated} held for revised code)" if s.cache_revalidated else "")
+            + " |"
         )
     for s in report.steps:
         lines += ["", f"## Step {s.step}: {s.outcome}", ""]
