@@ -263,3 +263,17 @@ def test_from_callable_refuses_closures_and_lambdas():
 def test_from_callable_can_rename():
     f = tf.ForgedFunction.from_callable(uses_math, name="root")
     assert f.name == "root" and "def root(x: float)" in f.code
+
+
+def test_a_module_only_this_process_can_import_is_refused_with_the_fix(tmp_path, monkeypatch):
+    (tmp_path / "my_project_helpers.py").write_text("def parse(text):\n    return float(text)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # as a script's own folder, or PYTHONPATH, would be
+    import my_project_helpers  # noqa: F401  (importable here)
+
+    fix = "not in the sandbox's workers.*pip install -e \\. for your own project"
+    with pytest.raises(tf.FunctionError, match=f"package 'my_project_helpers' is importable in this process but {fix}"):
+        make_function(packages=["my_project_helpers"])
+    code = "import my_project_helpers\n\n\ndef add(a, b):\n    return a + b\n"
+    with pytest.raises(tf.FunctionError, match=f"imports 'my_project_helpers' \\(line 1\\); it is importable .*{fix}"):
+        make_function(code=code)
+    assert make_function(code="import jsonschema\n\n\ndef add(a, b):\n    return a + b\n").name == "add"  # installed

@@ -15,9 +15,12 @@ import importlib.util
 import inspect
 import json
 import keyword
+import os
 import re
+import subprocess
 import symtable
 import sys
+import tempfile
 import textwrap
 import typing
 from collections.abc import Callable
@@ -344,11 +347,45 @@ def _check_def(name: str, tree: ast.Module, parameters: dict[str, Any]) -> None:
         )
 
 
-def _importable(module: str) -> bool:
+def _import_problem(module: str) -> str | None:
+    """Why forged code could not import the top-level `module` in a sandbox worker, or None when it can.
+
+    Workers run this interpreter with `-s -P` and a clean environment: the standard library and the installed
+    packages, but not the current directory, PYTHONPATH, the user site or paths added at run time.
+    """
     try:
-        return importlib.util.find_spec(module) is not None
+        if importlib.util.find_spec(module) is None:
+            return "missing"
     except (ImportError, ValueError):
-        return False
+        return "missing"
+    if module in sys.stdlib_module_names or module in sys.builtin_module_names:
+        return None
+    return None if _workers_can_import(module) else "host only"
+
+
+@functools.lru_cache(maxsize=256)
+def _workers_can_import(module: str) -> bool:
+    """Ask an interpreter started as sandbox workers are whether it finds `module` (once per module)."""
+    code = f"import importlib.util, sys; sys.exit(0 if importlib.util.find_spec({module!r}) else 3)"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-s", "-P", "-B", "-c", code],
+            env=env,
+            cwd=tempfile.gettempdir(),
+            capture_output=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # cannot tell: the call itself will say, if it comes to that
+    return done.returncode == 0
+
+
+_HOST_ONLY = (
+    "is importable in this process but not in the sandbox's workers, which see only installed packages (not the "
+    "current directory, PYTHONPATH, the user site or paths added at run time); install it into the environment "
+    "(pip install -e . for your own project) or put what the function needs in its code"
+)
 
 
 def _check_packages(name: str, packages: tuple[str, ...], tree: ast.Module) -> None:
@@ -359,11 +396,14 @@ def _check_packages(name: str, packages: tuple[str, ...], tree: ast.Module) -> N
                 f"function {name!r}: package {package!r} is not a module name; list what the code imports "
                 "(e.g. 'sklearn', not 'scikit-learn')"
             )
-        if not _importable(top):
+        problem = _import_problem(top)
+        if problem == "missing":
             raise FunctionError(
                 f"function {name!r}: package {package!r} is not importable in this environment and nothing is "
                 f"installed at run time; install it (pip install {top}) or remove it"
             )
+        if problem:
+            raise FunctionError(f"function {name!r}: package {package!r} {_HOST_ONLY}")
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
             raise FunctionError(f"function {name!r}: relative import at line {node.lineno}; import absolutely")
@@ -376,13 +416,15 @@ def _check_packages(name: str, packages: tuple[str, ...], tree: ast.Module) -> N
         )
         line = getattr(node, "lineno", 0)
         for module in modules:
-            top = module.split(".")[0]
-            if not _importable(top):
+            problem = _import_problem(module.split(".")[0])
+            if problem == "missing":
                 raise FunctionError(
                     f"function {name!r}: imports {module!r} (line {line}), which is not importable in this "
                     f"environment and nothing is installed at run time; use the standard library or an installed "
                     f"package"
                 )
+            if problem:
+                raise FunctionError(f"function {name!r}: imports {module!r} (line {line}); it {_HOST_ONLY}")
 
 
 # -------------------------------------------------------------------------------------- from_callable helpers
