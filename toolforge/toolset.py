@@ -370,13 +370,12 @@ _MAX_KEPT_ARGUMENTS = 16_384  # characters of JSON: larger arguments are not kep
 
 
 def _kept_arguments(arguments: dict[str, Any]) -> dict[str, Any] | None:
-    """The arguments as plain JSON, to keep in the call's record; None when they are large or not JSON."""
+    """The arguments, to keep in the call's record; None when they are large or not JSON."""
     try:
-        text = canonical_json(arguments)
+        size = len(canonical_json(arguments))
     except (TypeError, ValueError):
         return None
-    kept: dict[str, Any] | None = json.loads(text) if len(text) <= _MAX_KEPT_ARGUMENTS else None
-    return kept
+    return dict(arguments) if size <= _MAX_KEPT_ARGUMENTS else None
 
 
 def _outcome_hash(ok: bool, outcome: Any) -> str | None:
