@@ -100,7 +100,8 @@ class Evaluator:
         for index, example in enumerate(examples):
             _check_example(index, example)
         base = program_fingerprint(program, metric_id=self.metric_id)
-        code_hashes = _code_hashes(program)
+        functions = _forged_functions(program)
+        code_hashes = {name: function.code_hash for name, function in functions.items()}
         ids = [example_id(example) for example in examples]
         keys = [content_hash([base, eid]) for eid in ids]
 
@@ -111,7 +112,8 @@ class Evaluator:
         todo = [i for i, record in enumerate(records) if record is None]
         revalidated: list[tuple[str, ExampleRecord]] = []
         if self.cache is not None and todo:
-            for index, record in self._revalidate(program, [(i, keys[i]) for i in todo], code_hashes):
+            stale = [(i, keys[i]) for i in todo]
+            for index, record in self._revalidate(program, stale, functions, code_hashes):
                 records[index] = record
                 revalidated.append((keys[index], record))
             todo = [i for i in todo if records[i] is None]
@@ -176,15 +178,14 @@ class Evaluator:
                 yield futures[future], future.result()
 
     def _revalidate(
-        self, program: dspy.Module, todo: list[tuple[int, str]], code_hashes: dict[str, str]
+        self,
+        program: dspy.Module,
+        todo: list[tuple[int, str]],
+        functions: dict[str, ForgedFunction],
+        code_hashes: dict[str, str],
     ) -> Iterator[tuple[int, ExampleRecord]]:
         """(index, record) for each example whose stored record holds for the new code of the functions it called."""
         assert self.cache is not None
-        functions: dict[str, ForgedFunction] = {}
-        for _, parameter in program.named_parameters():
-            if isinstance(parameter, Toolset):
-                for function in parameter:
-                    functions.setdefault(function.name, function)
         sandbox = _sandbox_of(program)
         with use_call_cache(self.cache):
             for index, key in todo:
@@ -327,13 +328,14 @@ def program_fingerprint(program: dspy.Module, *, metric_id: str) -> str:
     )
 
 
-def _code_hashes(program: dspy.Module) -> dict[str, str]:
-    hashes: dict[str, str] = {}
+def _forged_functions(program: dspy.Module) -> dict[str, ForgedFunction]:
+    """The program's forged functions by name (the first toolset holding a name wins, as its tool would)."""
+    functions: dict[str, ForgedFunction] = {}
     for _, parameter in program.named_parameters():
         if isinstance(parameter, Toolset):
             for function in parameter:
-                hashes.setdefault(function.name, function.code_hash)
-    return hashes
+                functions.setdefault(function.name, function)
+    return functions
 
 
 def fixed_tool_names(program: dspy.Module) -> set[str]:
