@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# LiteLLM, when a test imports it, would try to fetch its price list from GitHub: tests make no network requests.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 import dspy
 import pytest
 

@@ -157,14 +157,15 @@ def test_a_program_with_several_toolsets_names_the_one_to_train(tmp_path):
     assert "no toolset named 'other' in the student; it has: main.toolset, helper.toolset" in wrong.stderr
 
 
-def test_compile_warns_when_every_example_raises(tmp_path):
+def test_compile_stops_with_one_line_when_every_example_raises(tmp_path):
     args = ["--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"]
     result = toolforge("compile", "tests.cli_fixtures:Unreachable", *AGENT, *PROPOSER, *args, tmp=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2
     assert (
-        "warning: 6 training example(s) raised with the initial toolset, e.g.: ConnectionError: the LM at "
-        "http://localhost:1 refused the connection"
-    ) in result.stdout
+        "toolforge: error: every one of the 6 training examples raised with the initial toolset, e.g.: "
+        "ConnectionError: the LM at http://localhost:1 refused the connection; nothing can be learned from that"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -176,6 +177,14 @@ def test_compile_warns_when_every_example_raises(tmp_path):
             "data file 'nope.jsonl' does not exist",
         ),
         (["compile", "tests/cli_fixtures.py", "--lm", "no-such-model"], "--lm 'no-such-model' is not a known LM"),
+        (
+            ["compile", "tests/cli_fixtures.py", "--lm", "nonexistent/model", *PROPOSER],
+            "--lm 'nonexistent/model': neither DSPy nor LiteLLM knows a provider called 'nonexistent'",
+        ),
+        (
+            ["compile", "tests/cli_fixtures.py", *AGENT, "--proposer-lm", "nonexistent/model"],
+            "--proposer-lm 'nonexistent/model': neither DSPy nor LiteLLM knows a provider called 'nonexistent'",
+        ),
         (["evaluate", "tests/cli_fixtures.py", "--toolset", "nope.json", *AGENT], "toolset file 'nope.json' does not"),
         (["report", "nowhere"], "'nowhere' has no report.json"),
         (["compile", "tests/cli_fixtures.py", "--epochs", "-1"], "--epochs -1: must be a positive number"),

@@ -56,6 +56,10 @@ def test_resolve_lm_understands_what_users_type(tmp_path):
     assert resolve_lm("openai/gpt-4o-mini").model == "openai/gpt-4o-mini"
     with pytest.raises(tf.ToolforgeError, match="'gpt4' is not a known LM"):
         resolve_lm("gpt4")
+    for known in ("anthropic/claude-sonnet-4-5", "ollama_chat/llama3.2", "hosted_vllm/my-model", "openrouter/a/b"):
+        assert resolve_lm(known).model == known  # found offline: no request is made
+    with pytest.raises(tf.ToolforgeError, match="neither DSPy nor LiteLLM knows a provider called 'nonexistent'"):
+        resolve_lm("nonexistent/model")
     with pytest.raises(tf.ToolforgeError, match="model file .* does not exist; pass the path of a .gguf file"):
         resolve_lm(str(tmp_path / "missing.gguf"))
     with pytest.raises(tf.ToolforgeError, match="cannot load 'nope' from 'json'"):

@@ -415,28 +415,72 @@ def test_proposer_lm_takes_what_the_command_line_takes():
         tf.FunctionOptimizer(exact, proposer_lm="banana", cache=False)
 
 
-def test_a_program_that_always_raises_is_reported_not_hidden(caplog, tmp_path):
-    class Broken(dspy.Module):
+class Flaky(dspy.Module):
+    """Raises on the examples whose number is in `failing`; answers the rest with the toolset's `double`."""
+
+    def __init__(self, failing):
+        super().__init__()
+        self.toolset = tf.Toolset([DOUBLE])
+        self.failing = failing
+
+    def forward(self, question):
+        if int(question.split()[-1]) in self.failing:
+            raise ConnectionError("the LM at http://localhost:1 refused the connection")
+        return dspy.Prediction(answer=float(question.split()[-1]) * 2)
+
+
+def test_a_program_that_raises_on_some_examples_is_reported_not_hidden(caplog, tmp_path):
+    proposer_model, _ = proposer_lm(lambda inputs: [])
+    optimizer = tf.FunctionOptimizer(
+        exact, proposer_lm=proposer_model, max_epochs=1, cache=False, display_progress=False, log_dir=tmp_path
+    )
+    with caplog.at_level("WARNING", logger="toolforge"):
+        report = optimizer.compile(Flaky(failing={1, 2}), trainset=examples(4)).toolforge_report
+    assert report.initial_errors == 2
+    assert report.initial_error == "ConnectionError: the LM at http://localhost:1 refused the connection"
+    assert "2 of 4 training examples raised with the initial toolset, e.g.: ConnectionError" in caplog.text
+    markdown = write_report(tmp_path)[1].read_text()
+    assert "**2 training example(s) raised with the initial toolset**, e.g.: `ConnectionError: the LM" in markdown
+
+
+def test_a_program_that_raises_on_every_example_stops_the_compile_before_any_proposal(tmp_path):
+    proposer_model, proposer = proposer_lm(lambda inputs: [])
+    optimizer = tf.FunctionOptimizer(
+        exact, proposer_lm=proposer_model, max_epochs=3, cache=False, display_progress=False, log_dir=tmp_path
+    )
+    with pytest.raises(
+        tf.ToolforgeError,
+        match=r"every one of the 4 training examples raised with the initial toolset, e\.g\.: ConnectionError: the "
+        r"LM at http://localhost:1 refused the connection; nothing can be learned from that: make the program",
+    ):
+        optimizer.compile(Flaky(failing={1, 2, 3, 4}), trainset=examples(4))
+    assert proposer.calls == 0
+    assert not (tmp_path / "checkpoint.json").exists()
+
+
+def test_pruning_needs_a_run_that_got_far_enough_to_call_something(caplog):
+    class BrokenBySquare(dspy.Module):
+        """Raises on every example once its toolset holds `square`; before that, on two, and answers the rest
+        wrongly (a score of 0 either way, so that adding `square` is a tie, and accepted)."""
+
         def __init__(self):
             super().__init__()
             self.toolset = tf.Toolset([DOUBLE])
 
         def forward(self, question):
-            raise ConnectionError("the LM at http://localhost:1 refused the connection")
+            if "square" in self.toolset or int(question.split()[-1]) <= 2:
+                raise ConnectionError("the LM at http://localhost:1 refused the connection")
+            return dspy.Prediction(answer=-1.0)
 
-    proposer_model, _ = proposer_lm(lambda inputs: [])
+    proposer_model, _ = proposer_lm(add_square_once)
     optimizer = tf.FunctionOptimizer(
-        exact, proposer_lm=proposer_model, max_epochs=1, cache=False, display_progress=False, log_dir=tmp_path
+        exact, proposer_lm=proposer_model, max_epochs=1, cache=False, display_progress=False
     )
-    with dspy.context(lm=agent_lm()[0]), caplog.at_level("WARNING", logger="toolforge"):
-        report = optimizer.compile(Broken(), trainset=examples(4)).toolforge_report
-    assert (report.initial_score, report.initial_errors) == (0.0, 4)
-    assert report.initial_error == "ConnectionError: the LM at http://localhost:1 refused the connection"
-    assert "4 of 4 training examples raised with the initial toolset, e.g.: ConnectionError" in caplog.text
-    assert (report.pruned, report.final_functions) == ([], ["double"])  # no run shows double unused: it stays
+    with caplog.at_level("WARNING", logger="toolforge"):
+        report = optimizer.compile(BrokenBySquare(), trainset=examples(4)).toolforge_report
+    assert (report.steps[0].outcome, report.best_score) == ("accepted", 0.0)
+    assert (report.pruned, report.final_functions) == ([], ["double", "square"])  # no run shows either unused
     assert "not pruning: every training run raised" in caplog.text
-    markdown = write_report(tmp_path)[1].read_text()
-    assert "**4 training example(s) raised with the initial toolset**, e.g.: `ConnectionError: the LM" in markdown
 
 
 def test_a_refactor_that_keeps_every_outcome_costs_no_agent_lm_call(cache, tmp_path):

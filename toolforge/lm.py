@@ -243,6 +243,41 @@ def resolve_lm(spec: str | dspy.BaseLM | None, *, role: str = "lm") -> dspy.Base
             "such as 'openai/gpt-4o-mini' or 'ollama_chat/llama3.2', or module:attr"
         )
     try:
-        return dspy.LM(spec)
+        lm = dspy.LM(spec)
     except Exception as exc:
         raise ToolforgeError(f"{role} {spec!r}: DSPy cannot use this model ({exc})") from None
+    if not _routable(lm):
+        provider = spec.split("/", 1)[0]
+        raise ToolforgeError(
+            f"{role} {spec!r}: neither DSPy nor LiteLLM knows a provider called {provider!r}; start the string with "
+            "one, as in 'openai/gpt-4o-mini', 'anthropic/claude-sonnet-4-5', 'ollama_chat/llama3.2', or "
+            "'hosted_vllm/<model>' for an OpenAI-compatible server"
+        )
+    return lm
+
+
+def _routable(lm: dspy.LM) -> bool:
+    """Whether a backend would serve `lm`, found offline (no request is made).
+
+    DSPy sends a model string to its native engine when that knows the provider, and to LiteLLM otherwise; a
+    string that neither knows would fail only at the first request, in the middle of an evaluation."""
+    try:
+        from dspy.clients.backend_selection import select_backend
+
+        if select_backend(lm).native:
+            return True
+    except Exception:
+        pass
+    try:
+        import litellm
+    except ImportError:
+        return True
+    quiet = litellm.suppress_debug_info
+    litellm.suppress_debug_info = True  # else LiteLLM prints its provider list to stdout
+    try:
+        litellm.get_llm_provider(lm.model)
+    except Exception:
+        return False
+    finally:
+        litellm.suppress_debug_info = quiet
+    return True

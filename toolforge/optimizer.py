@@ -227,6 +227,12 @@ class FunctionOptimizer(Teleprompter):
 
         Returns:
             A copy of `student` with the trained toolset, and the report as `.toolforge_report`.
+
+        Raises:
+            ToolforgeError: For settings that cannot work (no toolset, an empty trainset, ...), and when the student
+                raises on every training example with its initial toolset (an LM that cannot be reached, say):
+                nothing could be learned. Examples that raise among others that run are recorded and score
+                `failure_score`; after the start, no program error, bad proposal or failing function ends a compile.
         """
         start = time.perf_counter()
         if not trainset:
@@ -312,6 +318,12 @@ class _RunState:
         baseline = self._evaluate(initial, self.trainset)
         self.initial_score = self.best_score = baseline.score
         self.initial_errors = len(baseline.errors)
+        if baseline.records and self.initial_errors == len(baseline.records):
+            raise ToolforgeError(
+                f"every one of the {self.initial_errors} training examples raised with the initial toolset, e.g.: "
+                f"{baseline.errors[0].error}; nothing can be learned from that: make the program (and its LM) run on "
+                "one example, then compile again"
+            )
         if baseline.errors:
             self.initial_error = baseline.errors[0].error
             logger.warning(
