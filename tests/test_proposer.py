@@ -69,3 +69,14 @@ def test_a_proposal_round_trips_a_function():
     assert action.to_function() == function
     assert proposal.arguments() == {"x": 3}
     assert tf.ProposedAction(action="remove_function", name="double").to_action() == tf.RemoveFunction("double")
+
+
+def test_a_table_input_keeps_its_rows():
+    table = "town | rainy days\nDent | 24\nBrill | 6"
+    example = dspy.Example(table=table, question="What is the median?", answer=6).with_inputs("table", "question")
+    text = render_trajectories([record(0, 0.0)], [example], budget_chars=5000, seed=0)
+    assert "  table:\n    town | rainy days\n    Dent | 24\n    Brill | 6\n  question: What is the median?" in text
+
+    long = dspy.Example(table="\n".join(f"row {i} | {i}" for i in range(200)), question="q").with_inputs("table")
+    text = render_trajectories([record(0, 0.0)], [long], budget_chars=5000, seed=0)
+    assert "    row 0 | 0\n" in text and "more lines)" in text and "row 199" not in text

@@ -212,8 +212,8 @@ def render_trajectories(
 
 def _render_record(record: ExampleRecord, example: dspy.Example) -> str:
     status = "success" if record.score >= 1.0 else "failure" if record.score <= 0.0 else "partial"
-    inputs = "; ".join(f"{k}: {_short(v, 300)}" for k, v in example.inputs().items())
-    lines = [f"--- score {record.score:.2f} ({status})", f"inputs: {inputs}"]
+    lines = [f"--- score {record.score:.2f} ({status})", "inputs:"]
+    lines += [f"  {key}:{_block(value, 300)}" for key, value in example.inputs().items()]
     trajectory = record.trajectory or {}
     step = 0
     while f"tool_name_{step}" in trajectory:
@@ -227,6 +227,24 @@ def _render_record(record: ExampleRecord, example: dspy.Example) -> str:
     if record.error:
         lines.append(f"error: {_short(record.error, 300)}")
     return "\n".join(lines)
+
+
+def _block(value: Any, limit: int) -> str:
+    """An input value within `limit` characters, after its key: on the same line, or, if it has several lines (a
+    table), indented below, line by line."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    rows = [" ".join(row.split()) for row in text.strip().splitlines()]
+    rows = [row for row in rows if row]
+    if len(rows) <= 1:
+        return " " + _short(text, limit)
+    shown, used = [], 0
+    for row in rows:
+        if used + len(row) > limit:
+            shown.append(f"... ({len(rows) - len(shown)} more lines)")
+            break
+        shown.append(row)
+        used += len(row) + 1
+    return "\n" + "\n".join("    " + row for row in shown)
 
 
 def _short(value: Any, limit: int) -> str:
