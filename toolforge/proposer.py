@@ -237,7 +237,8 @@ def _block(value: Any, limit: int) -> str:
     rows = [row for row in rows if row]
     if len(rows) <= 1:
         return " " + _short(text, limit)
-    shown, used = [], 0
+    shown: list[str] = []
+    used = 0
     for row in rows:
         if used + len(row) > limit:
             shown.append(f"... ({len(rows) - len(shown)} more lines)")
