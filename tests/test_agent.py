@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import dspy
 import pytest
 from dspy.utils import DummyLM
@@ -51,6 +54,47 @@ def test_agent_calls_a_forged_function_and_uses_its_result(sandbox):
     assert prediction.trajectory["observation_0"] == 121.0
     assert "121.0" in lm.history[1]["messages"][-1]["content"]  # the observation reached the next prompt
     assert [(c.name, c.code_hash, c.ok) for c in calls] == [("compound", COMPOUND.code_hash, True)]
+
+
+def test_acall_runs_the_same_loop_without_blocking_the_event_loop(sandbox):
+    async def lookup(key: str) -> str:
+        """Look a key up (an async fixed tool)."""
+        return f"value of {key}"
+
+    threads = []
+
+    def shout(text: str) -> str:
+        """Upper-case a text (a sync fixed tool)."""
+        threads.append(threading.get_ident())
+        return text.upper()
+
+    lm = script(
+        ("compound", {"principal": 100, "rate": 0.1, "years": 2}),
+        ("lookup", {"key": "rate"}),
+        ("shout", {"text": "done"}),
+        ("finish", {}),
+    )
+    agent = tf.ToolAgent(
+        "question -> answer: float", toolset=tf.Toolset([COMPOUND]), tools=[lookup, shout], sandbox=sandbox
+    )
+
+    async def run():
+        threads.append(threading.get_ident())  # the event loop's thread
+        with dspy.context(lm=lm), tf.record_calls() as calls:
+            prediction = await agent.acall(question=QUESTION)
+        return prediction, calls
+
+    prediction, calls = asyncio.run(run())
+    assert prediction.answer == 121.0
+    assert [prediction.trajectory[f"observation_{i}"] for i in range(4)] == [
+        121.0,
+        "value of rate",
+        "DONE",
+        "Completed.",
+    ]
+    assert [(c.name, c.ok) for c in calls] == [("compound", True)]  # recorded from the worker thread too
+    loop_thread, tool_thread = threads
+    assert tool_thread != loop_thread  # a sync tool never blocks the event loop
 
 
 def test_prompt_shows_interface_but_never_code(sandbox):

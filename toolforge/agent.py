@@ -8,7 +8,9 @@ description and argument schema, never its code; the code runs in the sandbox.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import json
 import logging
 from typing import Any, Literal, Union
@@ -174,24 +176,38 @@ class ToolAgent(dspy.Module):
         for idx in range(max_iters):
             try:
                 pred = self._call(self.react, trajectory, input_args, signature=step_signature)
-            except ContextWindowExceededError as err:
-                logger.warning("ending the trajectory: the context window is exceeded (%s)", err)
+            except (ContextWindowExceededError, ValueError) as err:
+                _log_end(err)
                 break
-            except ValueError as err:
-                logger.warning("ending the trajectory: the agent did not choose a valid tool (%s)", err)
+            call = _next_call(pred, trajectory, idx)
+            if call is None:
                 break
-            call = pred.next_tool_call
-            name, args = call.name, call.args.model_dump(exclude_unset=True)
-            if idx and name == trajectory[f"tool_name_{idx - 1}"] and args == trajectory[f"tool_args_{idx - 1}"]:
-                logger.info("ending the trajectory: the agent repeated its last call to %s", name)
-                break  # the same call would give the same observation: nothing new to learn
-            trajectory[f"thought_{idx}"] = pred.next_thought
-            trajectory[f"tool_name_{idx}"] = name
-            trajectory[f"tool_args_{idx}"] = args
-            trajectory[f"observation_{idx}"] = self._observe(tools, name, args)
-            if name == FINISH:
+            trajectory[f"observation_{idx}"] = self._observe(tools, *call)
+            if call[0] == FINISH:
                 break
         extract = self._call(self.extract, trajectory, input_args)
+        return dspy.Prediction(trajectory=trajectory, **extract)
+
+    async def aforward(self, **input_args: Any) -> dspy.Prediction:
+        """`forward` for `await agent.acall(...)`: LM requests go through DSPy's async path, and tool calls
+        (sandbox round trips, or a fixed tool's sync code) run in a worker thread, so the event loop is never
+        blocked; a fixed tool that is a coroutine function is awaited."""
+        max_iters = input_args.pop("max_iters", self.max_iters)
+        tools, step_signature = self._rendered()
+        trajectory: dict[str, Any] = {}
+        for idx in range(max_iters):
+            try:
+                pred = await self._acall(self.react, trajectory, input_args, signature=step_signature)
+            except (ContextWindowExceededError, ValueError) as err:
+                _log_end(err)
+                break
+            call = _next_call(pred, trajectory, idx)
+            if call is None:
+                break
+            trajectory[f"observation_{idx}"] = await self._aobserve(tools, *call)
+            if call[0] == FINISH:
+                break
+        extract = await self._acall(self.extract, trajectory, input_args)
         return dspy.Prediction(trajectory=trajectory, **extract)
 
     @staticmethod
@@ -203,17 +219,65 @@ class ToolAgent(dspy.Module):
         except Exception as err:  # a fixed tool is the user's code; its failure is an observation too
             return f"Execution error in {name}: {type(err).__name__}: {err}"
 
+    @staticmethod
+    async def _aobserve(tools: dict[str, dspy.Tool], name: str, args: dict[str, Any]) -> Any:
+        func = getattr(tools.get(name), "func", None)
+        if not (inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)):
+            return await asyncio.to_thread(ToolAgent._observe, tools, name, args)  # the context (trace) goes along
+        try:
+            return await tools[name].acall(**args)
+        except Exception as err:
+            return f"Execution error in {name}: {type(err).__name__}: {err}"
+
     def _call(self, module: dspy.Module, trajectory: dict[str, Any], input_args: dict[str, Any], **extra: Any) -> Any:
         for _ in range(3):
             try:
                 return module(**input_args, trajectory=_format_trajectory(trajectory), **extra)
             except ContextWindowExceededError:
-                if len(trajectory) <= 4:
+                if not _truncate(trajectory):
                     raise
-                logger.warning("the trajectory exceeds the context window; dropping its oldest tool call")
-                for key in list(trajectory)[:4]:
-                    trajectory.pop(key)
         raise ContextWindowExceededError(message="the context window is exceeded even after truncating the trajectory")
+
+    async def _acall(
+        self, module: dspy.Module, trajectory: dict[str, Any], input_args: dict[str, Any], **extra: Any
+    ) -> Any:
+        for _ in range(3):
+            try:
+                return await module.acall(**input_args, trajectory=_format_trajectory(trajectory), **extra)
+            except ContextWindowExceededError:
+                if not _truncate(trajectory):
+                    raise
+        raise ContextWindowExceededError(message="the context window is exceeded even after truncating the trajectory")
+
+
+def _next_call(pred: dspy.Prediction, trajectory: dict[str, Any], idx: int) -> tuple[str, dict[str, Any]] | None:
+    """The tool call the agent chose at step `idx`, entered into `trajectory`; None if it repeats the last one."""
+    call = pred.next_tool_call
+    name, args = call.name, call.args.model_dump(exclude_unset=True)
+    if idx and name == trajectory[f"tool_name_{idx - 1}"] and args == trajectory[f"tool_args_{idx - 1}"]:
+        logger.info("ending the trajectory: the agent repeated its last call to %s", name)
+        return None  # the same call would give the same observation: nothing new to learn
+    trajectory[f"thought_{idx}"] = pred.next_thought
+    trajectory[f"tool_name_{idx}"] = name
+    trajectory[f"tool_args_{idx}"] = args
+    return name, args
+
+
+def _log_end(err: Exception) -> None:
+    if isinstance(err, ContextWindowExceededError):
+        logger.warning("ending the trajectory: the context window is exceeded (%s)", err)
+    else:
+        logger.warning("ending the trajectory: the agent did not choose a valid tool (%s)", err)
+
+
+def _truncate(trajectory: dict[str, Any]) -> bool:
+    """Drop the oldest tool call (thought, name, arguments, observation), unless it is the only one."""
+    if len(trajectory) <= 4:
+        return False
+    logger.warning("the trajectory exceeds the context window; dropping its oldest tool call")
+    for key in list(trajectory)[:4]:
+        trajectory.pop(key)
+    return True
 
 
 _JSON_TYPES: dict[str, Any] = {"string": str, "number": float, "integer": int, "boolean": bool, "null": type(None)}
