@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -84,6 +86,52 @@ def test_closed_sandbox_says_so():
     box.close()
     with pytest.raises(tf.SandboxError, match="this Sandbox is closed; create a new one"):
         box.run_code("1")
+
+
+def test_a_sandbox_never_closed_still_kills_its_workers_and_removes_its_directory():
+    box = tf.Sandbox(workers=1)
+    assert box.run_code("print(1)").ok
+    (worker,) = box._all
+    pid, root = worker.process.pid, box.root
+    del box, worker
+    gc.collect()
+    assert not root.exists()
+    with pytest.raises(ChildProcessError):  # reaped: no such child any more
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_sandbox_pickles_as_its_settings():
+    box = tf.Sandbox(workers=1, timeout_s=3.0, memory_mb=200, max_output_bytes=1000, max_processes=8)
+    try:
+        copy = pickle.loads(pickle.dumps(box))
+        with copy:
+            assert (copy.workers, copy.timeout_s, copy.memory_mb, copy.max_output_bytes, copy.max_processes) == (
+                1,
+                3.0,
+                200,
+                1000,
+                8,
+            )
+            assert copy.root != box.root
+            assert copy.run_code("print(6 * 7)").stdout == "42\n"
+    finally:
+        box.close()
+
+
+def test_a_program_with_its_own_sandbox_saves_whole_and_loads(tmp_path):
+    import dspy
+
+    with tf.Sandbox(workers=1) as box:
+        agent = tf.ToolAgent(
+            "question -> answer", toolset=tf.Toolset([make_function()]), tools=[tf.python_tool(box)], sandbox=box
+        )
+        agent.save(str(tmp_path / "whole"), save_program=True)
+    loaded = dspy.load(str(tmp_path / "whole"), allow_pickle=True)
+    tools = loaded.current_tools()
+    assert loaded.sandbox is loaded.tools[0].func.sandbox  # still one sandbox, shared
+    assert tools["add"](a=2, b=3) == 5
+    assert tools["python"](code="print(2 + 3)") == "5\n"
+    loaded.sandbox.close()
 
 
 @pytest.mark.parametrize(

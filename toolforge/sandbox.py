@@ -64,6 +64,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -77,6 +78,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +370,9 @@ class Sandbox:
         self._cgroup_base = _pids_cgroup_base()
         self._enforced: dict[str, str] | None = None
         self._missing: dict[str, str] = {}
+        # A sandbox dropped or left open (not closed) still kills its workers and removes its directories: when it
+        # is garbage-collected, or at interpreter exit.
+        self._finalizer = weakref.finalize(self, _release_all, self._all, self.root)
 
     # ------------------------------------------------------------------------------------------- public
     def call(self, function: ForgedFunction, arguments: dict[str, Any]) -> CallResult:
@@ -401,12 +406,9 @@ class Sandbox:
         """Kill every worker and remove the scratch directories. Idempotent."""
         with self._cond:
             self._closed = True
-            workers, self._idle = list(self._all), []
-            self._all.clear()
+            self._idle = []
             self._cond.notify_all()
-        for worker in workers:
-            worker.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
+            self._finalizer()  # _release_all(self._all, self.root), once; under the lock, so no worker joins meanwhile
 
     def __enter__(self) -> Sandbox:
         return self
@@ -416,6 +418,24 @@ class Sandbox:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Sandbox:
         return self  # a shared resource, like an LM client: copies of a program share its workers
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """Pickled as its settings (`program.save(..., save_program=True)` pickles the whole program): it loads as
+        a new sandbox with the same limits, whose workers start on first use."""
+        settings = {
+            name: getattr(self, name)
+            for name in (
+                "workers",
+                "timeout_s",
+                "memory_mb",
+                "max_output_bytes",
+                "max_value_bytes",
+                "max_file_mb",
+                "max_scratch_mb",
+                "max_processes",
+            )
+        }
+        return functools.partial(Sandbox, **settings), ()
 
     def __repr__(self) -> str:
         return (
@@ -535,6 +555,14 @@ class Sandbox:
             self._cgroup_base = None
             return None
         return path
+
+
+def _release_all(workers: set[_Worker], root: Path) -> None:
+    """Kill `workers` and remove `root`: what `Sandbox.close` does, for a sandbox that was never closed."""
+    for worker in list(workers):
+        worker.kill()
+    workers.clear()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 _default: Sandbox | None = None
