@@ -211,6 +211,21 @@ def test_toolset_cannot_shadow_fixed_tools(sandbox):
         agent.toolset = [COMPOUND]
 
 
+def test_a_missing_input_is_refused_with_the_fix(sandbox):
+    agent = tf.ToolAgent("table, question -> answer", sandbox=sandbox)
+    lm = script(("finish", {}))
+    with (
+        dspy.context(lm=lm),
+        pytest.raises(
+            tf.ToolforgeError,
+            match=r"ToolAgent: input 'table' is missing \(given: 'question', 'q'\); call it with table=\.\.\., "
+            r"question=\.\.\., or, for dspy.Examples, mark those fields with .with_inputs",
+        ),
+    ):
+        agent(question="What is the total?", q="x")
+    assert lm.history == []  # refused before any LM request
+
+
 def test_bad_agent_arguments_are_refused():
     with pytest.raises(tf.ToolforgeError, match="max_iters must be an integer >= 1"):
         tf.ToolAgent("question -> answer", max_iters=0)

@@ -406,6 +406,18 @@ def test_bad_settings_are_refused():
         tf.FunctionOptimizer(exact, max_lm_calls=-1, cache=False)
 
 
+def test_training_examples_that_are_not_examples_are_refused_before_anything_runs():
+    proposer_model, proposer = proposer_lm(lambda inputs: [])
+    optimizer = tf.FunctionOptimizer(exact, proposer_lm=proposer_model, cache=False, display_progress=False)
+    agent = tf.ToolAgent("question -> answer: float")
+    with pytest.raises(tf.ToolforgeError, match=r"trainset item 1 is a dict, not a dspy.Example; build it as"):
+        optimizer.compile(agent, trainset=[*examples(1), {"question": "double 2", "answer": 4.0}])
+    unmarked = dspy.Example(question="double 2", answer=4.0)
+    with pytest.raises(tf.ToolforgeError, match=r"valset item 0 has no inputs marked; build it as .*with_inputs"):
+        optimizer.compile(agent, trainset=examples(2), valset=[unmarked])
+    assert proposer.calls == 0
+
+
 def test_proposer_lm_takes_what_the_command_line_takes():
     assert tf.FunctionOptimizer(exact, proposer_lm="openai/gpt-4o-mini", cache=False).proposer_lm.model == (
         "openai/gpt-4o-mini"
@@ -451,7 +463,8 @@ def test_a_program_that_raises_on_every_example_stops_the_compile_before_any_pro
     with pytest.raises(
         tf.ToolforgeError,
         match=r"every one of the 4 training examples raised with the initial toolset, e\.g\.: ConnectionError: the "
-        r"LM at http://localhost:1 refused the connection; nothing can be learned from that: make the program",
+        r"LM at http://localhost:1 refused the connection; nothing can be learned from that: make the "
+        r"program, its LM and the metric work on one example",
     ):
         optimizer.compile(Flaky(failing={1, 2, 3, 4}), trainset=examples(4))
     assert proposer.calls == 0

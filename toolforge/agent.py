@@ -171,6 +171,7 @@ class ToolAgent(dspy.Module):
 
     def forward(self, **input_args: Any) -> dspy.Prediction:
         max_iters = input_args.pop("max_iters", self.max_iters)
+        self._check_inputs(input_args)
         tools, step_signature = self._rendered()
         trajectory: dict[str, Any] = {}
         for idx in range(max_iters):
@@ -193,6 +194,7 @@ class ToolAgent(dspy.Module):
         (sandbox round trips, or a fixed tool's sync code) run in a worker thread, so the event loop is never
         blocked; a fixed tool that is a coroutine function is awaited."""
         max_iters = input_args.pop("max_iters", self.max_iters)
+        self._check_inputs(input_args)
         tools, step_signature = self._rendered()
         trajectory: dict[str, Any] = {}
         for idx in range(max_iters):
@@ -209,6 +211,17 @@ class ToolAgent(dspy.Module):
                 break
         extract = await self._acall(self.extract, trajectory, input_args)
         return dspy.Prediction(trajectory=trajectory, **extract)
+
+    def _check_inputs(self, input_args: dict[str, Any]) -> None:
+        """Refuse a call that misses an input of the signature (DSPy would only warn, and the LM would guess)."""
+        missing = [name for name in self.signature.input_fields if name not in input_args]
+        if missing:
+            raise ToolforgeError(
+                f"ToolAgent: input {', '.join(map(repr, missing))} is missing (given: "
+                f"{', '.join(map(repr, input_args)) or 'nothing'}); call it with "
+                f"{', '.join(f'{name}=...' for name in self.signature.input_fields)}, or, for dspy.Examples, mark "
+                "those fields with .with_inputs(...)"
+            )
 
     @staticmethod
     def _observe(tools: dict[str, dspy.Tool], name: str, args: dict[str, Any]) -> Any:

@@ -40,7 +40,7 @@ from toolforge.sandbox import Sandbox
 from toolforge.toolset import Toolset, _ForgedToolCall
 from toolforge.trace import record_calls
 
-__all__ = ["Evaluator", "example_id", "fixed_tool_names", "program_fingerprint"]
+__all__ = ["Evaluator", "check_examples", "example_id", "fixed_tool_names", "program_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,7 @@ class Evaluator:
         """Run `program` on every example (or reuse its record), score it, and return the records in order."""
         start = time.perf_counter()
         examples = list(examples)
-        for index, example in enumerate(examples):
-            _check_example(index, example)
+        check_examples(examples)
         base = program_fingerprint(program, metric_id=self.metric_id)
         functions = _forged_functions(program)
         code_hashes = {name: function.code_hash for name, function in functions.items()}
@@ -412,13 +411,18 @@ def _metric_source(metric: Metric) -> str:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _check_example(index: int, example: Any) -> None:
-    if not isinstance(example, dspy.Example):
-        raise ToolforgeError(f"example {index} is a {type(example).__name__}, not a dspy.Example; wrap it")
-    if not example._input_keys:
-        raise ToolforgeError(
-            f"example {index} has no inputs marked; build it as dspy.Example(...).with_inputs('question', ...)"
-        )
+def check_examples(examples: Sequence[Any], what: str = "example") -> None:
+    """Refuse, with the fix, anything that is not a `dspy.Example` with its inputs marked."""
+    for index, example in enumerate(examples):
+        if not isinstance(example, dspy.Example):
+            raise ToolforgeError(
+                f"{what} {index} is a {type(example).__name__}, not a dspy.Example; build it as "
+                "dspy.Example(question=..., answer=...).with_inputs('question')"
+            )
+        if not example._input_keys:
+            raise ToolforgeError(
+                f"{what} {index} has no inputs marked; build it as dspy.Example(...).with_inputs('question', ...)"
+            )
 
 
 def _as_score(value: Any) -> float:

@@ -34,7 +34,7 @@ from toolforge._usage import count_lm_usage
 from toolforge.actions import RemoveFunction
 from toolforge.cache import EvaluationCache
 from toolforge.errors import FunctionCallError, FunctionError, ToolforgeError, ToolsetError
-from toolforge.evaluate import Evaluator, example_id, fixed_tool_names, program_fingerprint
+from toolforge.evaluate import Evaluator, check_examples, example_id, fixed_tool_names, program_fingerprint
 from toolforge.lm import resolve_lm
 from toolforge.proposer import ProposedAction, Proposer, parse_error, render_functions, render_trajectories
 from toolforge.records import EvaluationRun
@@ -237,6 +237,8 @@ class FunctionOptimizer(Teleprompter):
         start = time.perf_counter()
         if not trainset:
             raise ToolforgeError("trainset is empty; pass the examples to train on")
+        check_examples(trainset, "trainset item")
+        check_examples(valset or [], "valset item")
         param_name, initial = find_toolset(student, toolset)
         work = student.deepcopy()
         limit = self.max_functions if self.max_functions is not None else initial.max_functions
@@ -319,10 +321,11 @@ class _RunState:
         self.initial_score = self.best_score = baseline.score
         self.initial_errors = len(baseline.errors)
         if baseline.records and self.initial_errors == len(baseline.records):
+            error = " ".join(str(baseline.errors[0].error).split())
             raise ToolforgeError(
                 f"every one of the {self.initial_errors} training examples raised with the initial toolset, e.g.: "
-                f"{baseline.errors[0].error}; nothing can be learned from that: make the program (and its LM) run on "
-                "one example, then compile again"
+                f"{error[:400] + ('...' if len(error) > 400 else '')}; nothing can be learned from that: make the "
+                "program, its LM and the metric work on one example, then compile again"
             )
         if baseline.errors:
             self.initial_error = baseline.errors[0].error
