@@ -241,6 +241,47 @@ def test_a_program_error_scores_failure_score_never_ends_the_run_and_is_not_cach
     assert (again.hits, again.misses) == (3, 1)
 
 
+def test_ctrl_c_drops_the_examples_not_started_and_keeps_the_finished_ones(cache):
+    """A KeyboardInterrupt (Ctrl-C) stops the evaluation at once: queued examples never start, and the records of
+    the examples that finished are in the cache, so the next evaluation runs only the rest."""
+    started, done = [], []
+    interrupt = {"at": "double 6"}
+    released = threading.Event()
+    lock = threading.Lock()
+
+    class Doubler(dspy.Module):
+        def forward(self, question):
+            number = int(question.split()[1])
+            with lock:
+                started.append(number)
+            if question == interrupt["at"]:
+                raise KeyboardInterrupt
+            if interrupt["at"] and number > 6:
+                released.wait(10)  # still running when the interrupt arrives
+            with lock:
+                done.append(number)
+            return dspy.Prediction(answer=2.0 * number)
+
+    examples = [dspy.Example(question=f"double {i}", answer=2.0 * i).with_inputs("question") for i in range(40)]
+    evaluator = tf.Evaluator(exact, cache=cache, num_threads=2)
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.evaluate(Doubler(), examples)
+    assert len(started) <= 9  # 0..6, and at most one more per thread: the 30-odd queued examples were dropped
+    released.set()
+    for _ in range(1000):  # the ones still running finish in the background
+        with lock:
+            if len(done) == len(started) - 1:
+                break
+        threading.Event().wait(0.01)
+
+    interrupt["at"] = None
+    started.clear()
+    again = evaluator.evaluate(Doubler(), examples)
+    assert again.score == 1.0
+    assert again.hits >= 5  # 0..4 had finished before 6 started: their records were kept
+    assert again.hits + again.misses == 40 and len(started) == again.misses
+
+
 def test_a_metric_out_of_range_is_an_error_in_the_record(lm, cache):
     run = evaluate(make_program(), lm, cache, examples=make_examples(1), metric=lambda e, p, t=None: 5)
     assert run.records[0].score == 0.0

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any
 
 import dspy
@@ -120,7 +120,9 @@ class Evaluator:
         with tqdm.tqdm(total=len(examples), disable=not show, desc="toolforge evaluate", leave=False) as bar:
             bar.update(len(examples) - len(todo))
             pending = list(revalidated)  # stored under the new code, so that next time they are plain hits
-            for index, record in self._run_all(program, examples, ids, todo):
+
+            def finished(index: int, record: ExampleRecord) -> None:
+                nonlocal pending
                 records[index] = record
                 if self.cache is not None and record.error is None:
                     pending.append((keys[index], record))
@@ -131,8 +133,12 @@ class Evaluator:
                 if show:
                     done = [r.score for r in records if r is not None]
                     bar.set_postfix(score=f"{sum(done) / len(done):.3f}")
-            if self.cache is not None:
-                self.cache.put_records(pending)
+
+            try:
+                self._run_all(program, examples, ids, todo, finished)
+            finally:  # also on Ctrl-C: what finished is kept
+                if self.cache is not None:
+                    self.cache.put_records(pending)
         final = [r for r in records if r is not None]
         hits = [r for r in final if r.cached]
         run = EvaluationRun(
@@ -163,18 +169,39 @@ class Evaluator:
         return run
 
     def _run_all(
-        self, program: dspy.Module, examples: list[dspy.Example], ids: list[str], todo: list[int]
-    ) -> Iterator[tuple[int, ExampleRecord]]:
-        """Run the examples at `todo`, yielding (index, record) as they finish."""
+        self,
+        program: dspy.Module,
+        examples: list[dspy.Example],
+        ids: list[str],
+        todo: list[int],
+        finished: Callable[[int, ExampleRecord], None],
+    ) -> None:
+        """Run the examples at `todo`, handing each (index, record) to `finished` as it finishes.
+
+        On Ctrl-C (or any exception) the examples not yet started are dropped rather than run to the end, the
+        records of those that finished meanwhile are still handed over, and the exception goes on; examples still
+        running finish their current LM request in the background, unrecorded.
+        """
         if self.num_threads == 1 or len(todo) <= 1:
             for index in todo:
-                yield index, self._run_one(program, examples[index], ids[index])
+                finished(index, self._run_one(program, examples[index], ids[index]))
             return
         context = contextvars.copy_context()  # so that dspy.context(lm=...) of the caller reaches the threads
-        with ThreadPoolExecutor(max_workers=min(self.num_threads, len(todo))) as pool:
-            futures = {pool.submit(context.copy().run, self._run_one, program, examples[i], ids[i]): i for i in todo}
+        pool = ThreadPoolExecutor(max_workers=min(self.num_threads, len(todo)))
+        futures = {pool.submit(context.copy().run, self._run_one, program, examples[i], ids[i]): i for i in todo}
+        handed: set[Future[ExampleRecord]] = set()
+        try:
             for future in as_completed(futures):
-                yield futures[future], future.result()
+                handed.add(future)
+                finished(futures[future], future.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for future, index in futures.items():
+                if future not in handed and future.done() and not future.cancelled() and future.exception() is None:
+                    finished(index, future.result())
+            raise
+        finally:
+            pool.shutdown(wait=False)
 
     def _revalidate(
         self,
