@@ -406,6 +406,41 @@ def test_bad_settings_are_refused():
         tf.FunctionOptimizer(exact, max_lm_calls=-1, cache=False)
 
 
+def test_a_proposer_lm_that_is_not_set_up_stops_the_compile_and_resume_keeps_the_work(cache, tmp_path):
+    from dspy.utils.exceptions import LMNotConfiguredError
+
+    setup = {"key": None}
+
+    def policy(inputs):
+        if setup["key"] is None:
+            raise LMNotConfiguredError(
+                "no API key found for provider 'openai'.\n  Set OPENAI_API_KEY", model="openai/x"
+            )
+        return add_square_once(inputs)
+
+    proposer = proposer_lm(policy)
+    agent = agent_lm()
+    run = tmp_path / "run"
+    with pytest.raises(
+        tf.ToolforgeError,
+        match=r"the proposer LM cannot be used: LMNotConfiguredError: \[openai/x\] no API key found for provider "
+        r"'openai'\. Set OPENAI_API_KEY; fix its set-up and compile again \(it resumes after step 0, and its "
+        r"evaluations come from the cache\)",
+    ):
+        compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, agent=agent, proposer=proposer, log_dir=run)
+    assert proposer[1].calls == 0  # not tried three times: no retry would fare better
+    baseline_calls = agent[1].calls
+
+    setup["key"] = "set"
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset([DOUBLE]), cache=cache, agent=agent, proposer=proposer, log_dir=run
+    )
+    assert trained.toolset.names == ["double", "square"]
+    assert report.resumed_after_step == 0
+    assert report.steps[0].cache_hits == 10  # the baseline's records, not run again
+    assert agent[1].calls - baseline_calls == 10 * 3  # only the candidate's evaluation (a new interface) ran
+
+
 def test_training_examples_that_are_not_examples_are_refused_before_anything_runs():
     proposer_model, proposer = proposer_lm(lambda inputs: [])
     optimizer = tf.FunctionOptimizer(exact, proposer_lm=proposer_model, cache=False, display_progress=False)

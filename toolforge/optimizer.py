@@ -26,6 +26,7 @@ import dspy
 import tqdm
 from dspy.primitives.module import set_attribute_by_name
 from dspy.teleprompt.teleprompt import Teleprompter
+from dspy.utils.exceptions import LMAuthError, LMBillingError, LMConfigurationError, LMUnsupportedModelError
 from pydantic import BaseModel, Field, ValidationError
 
 from toolforge._hashing import content_hash
@@ -106,6 +107,11 @@ class OptimizationReport(BaseModel):
 
 class _BudgetExhausted(Exception):
     pass
+
+
+# LM errors of set-up, not of the moment (no key, a model the provider does not have, an unpaid account): every
+# later request would fail alike.
+_LM_SETUP_ERRORS = (LMConfigurationError, LMAuthError, LMBillingError, LMUnsupportedModelError)
 
 
 class FunctionOptimizer(Teleprompter):
@@ -231,8 +237,10 @@ class FunctionOptimizer(Teleprompter):
         Raises:
             ToolforgeError: For settings that cannot work (no toolset, an empty trainset, ...), and when the student
                 raises on every training example with its initial toolset (an LM that cannot be reached, say):
-                nothing could be learned. Examples that raise among others that run are recorded and score
-                `failure_score`; after the start, no program error, bad proposal or failing function ends a compile.
+                nothing could be learned; and when the proposer LM is not set up (no API key, a model its provider
+                does not have), which no retry mends. Examples that raise among others that run are recorded and
+                score `failure_score`; after the start, no program error, bad proposal, failing function or passing
+                LM failure ends a compile.
         """
         start = time.perf_counter()
         if not trainset:
@@ -437,6 +445,14 @@ class _RunState:
             self._budget_check()
             try:
                 proposals = self._propose(candidate, trajectories, feedback, need, counts)
+            except _LM_SETUP_ERRORS as exc:  # no retry or later step would fare better: stop, and say what to fix
+                kept_work = [f"it resumes after step {step - 1}"] if self.log_dir else []
+                kept_work += ["its evaluations come from the cache"] if opt.evaluator.cache is not None else []
+                message = " ".join(str(exc).split())
+                raise ToolforgeError(
+                    f"the proposer LM cannot be used: {type(exc).__name__}: {message[:400]}; fix its set-up and "
+                    f"compile again{' (' + ', and '.join(kept_work) + ')' if kept_work else ''}"
+                ) from exc
             except Exception as exc:
                 note = f"the proposer failed: {type(exc).__name__}: {exc}"
                 logger.warning("step %d: %s", step, note)
