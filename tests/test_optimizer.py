@@ -240,8 +240,33 @@ def test_pruning_drops_functions_no_trajectory_called(cache):
     unused = unary("cube", "x ** 3")
     _, trained, report, _, _ = compile_with(lambda inputs: [], tf.Toolset([DOUBLE, unused]), cache=cache)
     assert report.pruned == ["cube"] and trained.toolset.names == ["double"]
+    assert (report.pruned_score, report.best_score, report.unused_kept) == (0.8, 0.8, [])
     _, kept, _, _, _ = compile_with(lambda inputs: [], tf.Toolset([DOUBLE, unused]), cache=cache, prune_unused=False)
     assert kept.toolset.names == ["double", "cube"]
+
+
+def test_pruning_that_lowers_the_score_is_not_kept(cache, tmp_path):
+    """A function the agent never calls can still help (its description alone steers the LM): dropping it is a
+    change like any other, evaluated, and undone when the score falls."""
+    hint = unary("hint", "x", "Squares: multiply the number by itself; doubles: add it to itself.")
+
+    def respond(system: str, user: str) -> dict[str, Any]:
+        if "next_tool_call" in system:
+            thought = "The hint says how." if offered(system, "hint") else "No idea."
+            return {"next_thought": thought, "next_tool_call": {"name": "finish", "args": {}}}
+        kind, number = field(user, "question").split()
+        hinted = "The hint says how." in user
+        answer = (float(number) ** 2 if kind == "square" else 2 * float(number)) if hinted else 0.0
+        return {"reasoning": "From the trajectory.", "answer": str(answer)}
+
+    _, trained, report, _, _ = compile_with(
+        lambda inputs: [], tf.Toolset([hint]), cache=cache, agent=scripted_lm(respond), log_dir=tmp_path / "run"
+    )
+    assert report.best_score == 1.0
+    assert (report.pruned, report.unused_kept, report.pruned_score) == ([], ["hint"], 0.0)
+    assert trained.toolset.names == ["hint"]
+    markdown = write_report(tmp_path / "run")[1].read_text()
+    assert "- unused but kept: hint (without them the training score fell to 0.000)" in markdown
 
 
 def test_the_budget_stops_cleanly_keeping_the_best_so_far(cache):

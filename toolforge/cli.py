@@ -218,6 +218,8 @@ def _summary(report: OptimizationReport, toolset: Toolset, out: Path) -> None:
         )
     if report.pruned:
         _out(f"pruned (never called successfully): {', '.join(report.pruned)}")
+    if report.unused_kept:
+        _out(f"kept although never called successfully (the score fell without them): {', '.join(report.unused_kept)}")
     _out(f"final functions ({len(toolset)}):" + ("" if len(toolset) else " none"))
     for function in toolset:
         _out(f"  {function.signature()}  {function.description}")

@@ -5,8 +5,9 @@ the proposer LM for typed actions given the current functions, the failure list 
 check each action (its own validation, the toolset's rules, a smoke call in the sandbox), sending rejected ones
 back with their reason up to `max_trials` times; apply the rest and evaluate the candidate. **Roll-back**: a
 candidate that scores lower (or not higher, with `accept_ties=False`) goes to the failure list and the best
-toolset stays. **Early-stop**: after `patience` steps without an improvement. At the end, functions no training
-trajectory called successfully are pruned, and with a valset the accepted toolset that scores best on it wins.
+toolset stays. **Early-stop**: after `patience` steps without an improvement. At the end, with a valset the
+accepted toolset that scores best on it wins; then the functions no training trajectory called successfully are
+pruned, if the smaller toolset, evaluated like any other change, scores no lower.
 
 Unlike the reference implementation, removals really remove, every function runs its own code, proposals are
 checked before they cost an evaluation, nothing runs in the caller's process, unchanged work is never paid for
@@ -96,7 +97,9 @@ class OptimizationReport(BaseModel):
     accepted_steps: list[int] = Field(default_factory=list)
     val_scores: dict[int, float] = Field(default_factory=dict)
     selected_step: int = 0
-    pruned: list[str] = Field(default_factory=list)
+    pruned: list[str] = Field(default_factory=list)  # functions dropped as unused
+    pruned_score: float | None = None  # training score without the unused functions, where that was tried
+    unused_kept: list[str] = Field(default_factory=list)  # unused, but the score fell without them: kept
     final_functions: list[str] = Field(default_factory=list)
     final_fingerprint: str = ""
     agent_lm_calls: int = 0
@@ -372,7 +375,6 @@ class _RunState:
                 self.checkpoint()
 
     def finish(self, start: float) -> tuple[Toolset, OptimizationReport]:
-        best_run = self._evaluate(self.best, self.trainset)
         candidates = [
             (
                 entry["step"],
@@ -381,18 +383,18 @@ class _RunState:
             )
             for entry in self.accepted
         ]
-        pruned_of: dict[int, tuple[Toolset, list[str]]] = {}
-        for step, toolset, _ in candidates:
-            run = best_run if toolset.fingerprint == self.best.fingerprint else self._evaluate(toolset, self.trainset)
-            pruned_of[step] = self._prune(toolset, run) if self.opt.prune_unused else (toolset, [])
         val_scores: dict[int, float] = {}
         if self.valset:
-            for step, _, _ in candidates:
-                val_scores[step] = self._evaluate(pruned_of[step][0], self.valset).score
+            for step, toolset, _ in candidates:
+                val_scores[step] = self._evaluate(toolset, self.valset).score
             selected = max(candidates, key=lambda c: (val_scores[c[0]], c[2], c[0]))[0]
         else:
             selected = next(step for step, toolset, _ in reversed(candidates) if toolset == self.best)
-        final, pruned = pruned_of[selected]
+        chosen = next(toolset for step, toolset, _ in candidates if step == selected)
+        final, pruned, kept_unused, pruned_score = chosen, list[str](), list[str](), None
+        if self.opt.prune_unused:
+            chosen_run = self._evaluate(chosen, self.trainset)  # from the cache: it was evaluated when accepted
+            final, pruned, kept_unused, pruned_score = self._checked_prune(chosen, chosen_run, val_scores.get(selected))
         report = OptimizationReport(
             initial_score=self.initial_score,
             best_score=self.best_score,
@@ -404,6 +406,8 @@ class _RunState:
             val_scores=val_scores,
             selected_step=selected,
             pruned=pruned,
+            pruned_score=pruned_score,
+            unused_kept=kept_unused,
             final_functions=final.names,
             final_fingerprint=final.fingerprint,
             agent_lm_calls=self.agent_lm_calls,
@@ -625,6 +629,32 @@ class _RunState:
             counts.agent_tokens = (counts.agent_tokens[0] + prompt, counts.agent_tokens[1] + completion)
         return run
 
+    def _checked_prune(
+        self, toolset: Toolset, run: EvaluationRun, val_score: float | None
+    ) -> tuple[Toolset, list[str], list[str], float | None]:
+        """(final toolset, pruned, unused but kept, training score without them).
+
+        Dropping a function changes what the agent's LM sees, so, like any other change, the smaller toolset is
+        evaluated and kept only if it scores no lower on the training set (and on the valset, if there is one).
+        """
+        smaller, unused = self._prune(toolset, run)
+        if not unused:
+            return toolset, [], [], None
+        if self._budget_spent():
+            logger.warning(
+                "not pruning %s: the LM-call budget is spent, so the smaller toolset cannot be checked", unused
+            )
+            return toolset, [], unused, None
+        score = self._evaluate(smaller, self.trainset).score
+        holds = score >= run.score
+        if holds and val_score is not None:
+            holds = self._evaluate(smaller, self.valset or []).score >= val_score
+        if holds:
+            logger.info("pruned %s: no training run called them successfully", unused)
+            return smaller, unused, [], score
+        logger.info("keeping %s although unused: without them the training score falls to %.3f", unused, score)
+        return toolset, [], unused, score
+
     def _prune(self, toolset: Toolset, run: EvaluationRun) -> tuple[Toolset, list[str]]:
         if len(run.errors) == len(run.records):  # no run got far enough to call anything: no evidence either way
             if len(toolset):
@@ -636,9 +666,12 @@ class _RunState:
             return toolset, []
         return toolset.apply([RemoveFunction(name) for name in unused]), unused
 
-    def _budget_check(self) -> None:
+    def _budget_spent(self) -> bool:
         limit = self.opt.max_lm_calls
-        if limit is not None and self.agent_lm_calls + self.proposer_lm_calls >= limit:
+        return limit is not None and self.agent_lm_calls + self.proposer_lm_calls >= limit
+
+    def _budget_check(self) -> None:
+        if self._budget_spent():
             raise _BudgetExhausted()
 
     def _signature(self, initial: Toolset) -> str:

@@ -92,7 +92,18 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
         f"- final functions: {', '.join(report.final_functions) or '(none)'} (from step {report.selected_step})",
     ]
     if report.pruned:
-        lines.append(f"- pruned as unused: {', '.join(report.pruned)}")
+        lines.append(
+            f"- pruned as unused: {', '.join(report.pruned)} (training score without them: {report.pruned_score:.3f})"
+        )
+    if report.unused_kept:
+        lines.append(
+            f"- unused but kept: {', '.join(report.unused_kept)}"
+            + (
+                f" (without them the training score fell to {report.pruned_score:.3f})"
+                if report.pruned_score is not None
+                else " (the LM-call budget was spent before the smaller toolset could be checked)"
+            )
+        )
     if report.initial_errors:
         lines.append(
             f"- **{report.initial_errors} training example(s) raised with the initial toolset**, e.g.: "
