@@ -168,6 +168,39 @@ def test_compile_stops_with_one_line_when_every_example_raises(tmp_path):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_the_console_script_imports_module_attr_from_the_current_directory(tmp_path):
+    """`toolforge evaluate mypkg.agent:program` from a project directory, with nothing installed or on PYTHONPATH."""
+    package = tmp_path / "project" / "mypkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "agent.py").write_text(
+        "import dspy\n"
+        "from dspy.utils import DummyLM\n"
+        "import toolforge as tf\n\n"
+        'program = tf.ToolAgent("question -> answer: float")\n\n\n'
+        "def metric(example, prediction, trace=None):\n"
+        "    return float(prediction.answer) == float(example.answer)\n\n\n"
+        "def load_dataset(split, limit=None):\n"
+        '    return [dspy.Example(question="1 + 1", answer=2.0).with_inputs("question")]\n\n\n'
+        "def lm():\n"
+        '    finish = {"next_thought": "Done.", "next_tool_call": {"name": "finish", "args": {}}}\n'
+        '    return DummyLM([finish, {"answer": "2.0"}])\n'
+    )
+    script = Path(sys.executable).parent / "toolforge"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(DSPY_CACHEDIR=str(tmp_path / "dspy-cache"), TOOLFORGE_CACHE_DIR=str(tmp_path / "toolforge-cache"))
+    result = subprocess.run(
+        [str(script), "evaluate", "mypkg.agent:program", "--lm", "mypkg.agent:lm", "--quiet"],
+        cwd=package.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "score 1.000 (1/1 correct" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -76,7 +76,12 @@ def load_program(spec: str) -> LoadedProgram:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ToolforgeError(f"cannot import program module {module_name!r} ({exc}); check PROGRAM") from None
+            raise ToolforgeError(
+                f"cannot import program module {module_name!r} ({exc}); check PROGRAM, and run the command from the "
+                "directory that holds the package (or install it)"
+            ) from None
+        except Exception as exc:
+            raise ToolforgeError(f"cannot load program module {module_name!r}: {type(exc).__name__}: {exc}") from None
         name = spec
     if attr:
         target = getattr(module, attr, None)
@@ -354,6 +359,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # `package.module:attr` (a program or an LM) is imported from the current directory, as `python -m` does
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     # LiteLLM (DSPy's route to some providers) otherwise fetches a price list from GitHub when first used, and
     # warns twice when offline; its bundled copy serves as well.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
