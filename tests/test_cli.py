@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import toolforge as tf
+from tests.evaluation_fixtures import unary
+
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ["--lm", "tests.cli_fixtures:agent"]
 PROPOSER = ["--proposer-lm", "tests.cli_fixtures:proposer"]
@@ -92,6 +95,35 @@ def test_show_and_diff(run):
     assert "double(x: number)" in shown.stdout and "def square(x):" in shown.stdout
     diff = toolforge("diff", str(tmp / "run" / "toolset-0.json"), str(tmp / "run" / "toolset-final.json"), tmp=tmp)
     assert diff.stdout.strip() == "+ square"
+
+
+def test_merge_composes_toolsets_and_names_conflicts(tmp_path):
+    paths = {}
+    for name, functions in {
+        "math": [unary("double", "x * 2"), unary("square", "x * x")],
+        "more": [unary("cube", "x ** 3"), unary("double", "x * 2")],  # the same double: no conflict
+        "other": [unary("square", "x ** 2")],  # a different square
+    }.items():
+        paths[name] = tmp_path / f"{name}.json"
+        tf.Toolset(functions).save(paths[name])
+    out = tmp_path / "merged.json"
+    merged = toolforge("merge", str(paths["math"]), str(paths["more"]), "--out", str(out), tmp=tmp_path)
+    assert merged.returncode == 0, merged.stderr
+    assert tf.Toolset.load(out).names == ["double", "square", "cube"]
+    assert "3 function(s) from 2 toolsets: double, square, cube" in merged.stdout
+
+    args = ["merge", str(paths["math"]), str(paths["other"]), "--out", str(tmp_path / "m2.json")]
+    conflict = toolforge(*args, tmp=tmp_path)
+    assert conflict.returncode == 2
+    assert f"{paths['other']} and {paths['math']} define square differently; pass --on-conflict ours" in (
+        conflict.stderr
+    )
+    theirs = toolforge(*args, "--on-conflict", "theirs", tmp=tmp_path)
+    assert theirs.returncode == 0, theirs.stderr
+    assert tf.Toolset.load(tmp_path / "m2.json")["square"].code == unary("square", "x ** 2").code
+
+    again = toolforge("merge", str(paths["math"]), "--out", str(out), tmp=tmp_path)
+    assert again.returncode == 2 and "merged.json' exists; choose another --out, or pass --force" in again.stderr
 
 
 def test_report_writes_a_png_and_markdown(run):

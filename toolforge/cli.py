@@ -27,7 +27,7 @@ import dspy
 
 from toolforge.cache import EvaluationCache
 from toolforge.data import load_jsonl
-from toolforge.errors import ToolforgeError
+from toolforge.errors import ToolforgeError, ToolsetError
 from toolforge.evaluate import Evaluator
 from toolforge.lm import LocalLM, resolve_lm
 from toolforge.optimizer import FunctionOptimizer, OptimizationReport, find_toolset
@@ -270,6 +270,27 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    merged = Toolset.load(args.toolsets[0])
+    for index, path in enumerate(args.toolsets[1:], 1):
+        try:
+            merged = merged.merge(Toolset.load(path), on_conflict=args.on_conflict)
+        except ToolsetError as exc:
+            if not exc.conflicts:
+                raise
+            earlier = args.toolsets[0] if index == 1 else f"the {index} toolsets before it"
+            raise ToolforgeError(
+                f"{path} and {earlier} define {', '.join(exc.conflicts)} differently; pass --on-conflict ours (keep "
+                "the earlier) or theirs (take the later), or see the difference with toolforge diff"
+            ) from None
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ToolforgeError(f"{args.out!r} exists; choose another --out, or pass --force to replace it")
+    merged.save(out)
+    _out(f"{args.out}: {len(merged)} function(s) from {len(args.toolsets)} toolsets: {', '.join(merged.names)}")
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     with _cache(args) as cache:
         if args.action == "clear":
@@ -345,6 +366,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("merge", help="compose toolsets into one (e.g. trained on different tasks)")
+    p.add_argument("toolsets", nargs="+", metavar="T.json", help="toolsets, in order; their functions keep it")
+    p.add_argument("--out", required=True, help="where to write the merged toolset")
+    p.add_argument(
+        "--on-conflict",
+        choices=["error", "ours", "theirs"],
+        default="error",
+        help="a name in several toolsets with different functions: refuse (default), keep the earlier one (ours), "
+        "or take the later one (theirs)",
+    )
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("cache", help="evaluation cache statistics, or clear it")
     p.add_argument("action", choices=["stats", "clear"])

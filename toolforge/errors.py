@@ -14,7 +14,14 @@ class FunctionError(ToolforgeError):
 
 
 class ToolsetError(ToolforgeError):
-    """A toolset operation cannot be done: duplicate or missing name, over `max_functions`, unreadable file."""
+    """A toolset operation cannot be done: duplicate or missing name, over `max_functions`, unreadable file.
+
+    `conflicts` names the functions a `merge` found defined differently on both sides (empty otherwise).
+    """
+
+    def __init__(self, message: str, conflicts: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts
 
 
 class SandboxError(ToolforgeError):

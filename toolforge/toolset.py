@@ -261,7 +261,8 @@ class Toolset(Parameter):
         conflicts = [f.name for f in other if f.name in self and self[f.name].fingerprint != f.fingerprint]
         if conflicts and on_conflict == "error":
             raise ToolsetError(
-                f"both toolsets define {conflicts} differently; pass on_conflict='ours' or 'theirs' to choose"
+                f"both toolsets define {conflicts} differently; pass on_conflict='ours' or 'theirs' to choose",
+                conflicts=tuple(conflicts),
             )
         functions = [other[f.name] if f.name in conflicts and on_conflict == "theirs" else f for f in self]
         functions += [f for f in other if f.name not in self]
