@@ -332,11 +332,10 @@ class _RunState:
         self.initial_score = self.best_score = baseline.score
         self.initial_errors = len(baseline.errors)
         if baseline.records and self.initial_errors == len(baseline.records):
-            error = " ".join(str(baseline.errors[0].error).split())
             raise ToolforgeError(
                 f"every one of the {self.initial_errors} training examples raised with the initial toolset, e.g.: "
-                f"{error[:400] + ('...' if len(error) > 400 else '')}; nothing can be learned from that: make the "
-                "program, its LM and the metric work on one example, then compile again"
+                f"{_one_line(baseline.errors[0].error)}; nothing can be learned from that: make the program, its LM "
+                "and the metric work on one example, then compile again"
             )
         if baseline.errors:
             self.initial_error = baseline.errors[0].error
@@ -391,10 +390,9 @@ class _RunState:
         else:
             selected = next(step for step, toolset, _ in reversed(candidates) if toolset == self.best)
         chosen = next(toolset for step, toolset, _ in candidates if step == selected)
-        final, pruned, kept_unused, pruned_score = chosen, list[str](), list[str](), None
-        if self.opt.prune_unused:
-            chosen_run = self._evaluate(chosen, self.trainset)  # from the cache: it was evaluated when accepted
-            final, pruned, kept_unused, pruned_score = self._checked_prune(chosen, chosen_run, val_scores.get(selected))
+        final, pruned, kept_unused, pruned_score = (
+            self._checked_prune(chosen, val_scores.get(selected)) if self.opt.prune_unused else (chosen, [], [], None)
+        )
         report = OptimizationReport(
             initial_score=self.initial_score,
             best_score=self.best_score,
@@ -452,9 +450,8 @@ class _RunState:
             except _LM_SETUP_ERRORS as exc:  # no retry or later step would fare better: stop, and say what to fix
                 kept_work = [f"it resumes after step {step - 1}"] if self.log_dir else []
                 kept_work += ["its evaluations come from the cache"] if opt.evaluator.cache is not None else []
-                message = " ".join(str(exc).split())
                 raise ToolforgeError(
-                    f"the proposer LM cannot be used: {type(exc).__name__}: {message[:400]}; fix its set-up and "
+                    f"the proposer LM cannot be used: {type(exc).__name__}: {_one_line(exc)}; fix its set-up and "
                     f"compile again{' (' + ', and '.join(kept_work) + ')' if kept_work else ''}"
                 ) from exc
             except Exception as exc:
@@ -630,13 +627,14 @@ class _RunState:
         return run
 
     def _checked_prune(
-        self, toolset: Toolset, run: EvaluationRun, val_score: float | None
+        self, toolset: Toolset, val_score: float | None
     ) -> tuple[Toolset, list[str], list[str], float | None]:
         """(final toolset, pruned, unused but kept, training score without them).
 
         Dropping a function changes what the agent's LM sees, so, like any other change, the smaller toolset is
         evaluated and kept only if it scores no lower on the training set (and on the valset, if there is one).
         """
+        run = self._evaluate(toolset, self.trainset)  # from the cache: it was evaluated when it was accepted
         smaller, unused = self._prune(toolset, run)
         if not unused:
             return toolset, [], [], None
@@ -813,6 +811,12 @@ def _render_failures(failures: list[dict[str, Any]]) -> str:
                 )
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def _one_line(text: object, limit: int = 400) -> str:
+    """`text` on one line, at most `limit` characters: an error message inside another."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _lm_name(lm: Any) -> str | None:
