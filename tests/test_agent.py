@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import threading
 
 import dspy
@@ -270,6 +271,39 @@ def test_as_tools_works_in_dspy_react(sandbox):
         prediction = react(question=QUESTION)
     assert prediction.trajectory["observation_0"] == 121.0
     assert [c.name for c in calls] == ["compound"]
+
+
+def test_dspy_optimizers_bootstrap_demos_for_a_tool_agent(sandbox, tmp_path):
+    """Composition the other way: a DSPy optimizer (BootstrapFewShot hashes and copies demos with pickle) compiles
+    a ToolAgent, whose tool-call values are instances of models made at run time."""
+    from tests.scripted_lm import scripted_lm, tool_agent_script
+
+    lm, engine = scripted_lm(tool_agent_script(lambda q: ("compound", {"principal": 100, "rate": 0.1, "years": 2})))
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
+    train = [dspy.Example(question=f"{QUESTION} ({i})", answer=121.0).with_inputs("question") for i in range(3)]
+    optimizer = dspy.BootstrapFewShot(
+        metric=lambda example, prediction, trace=None: float(prediction.answer) == example.answer,
+        max_bootstrapped_demos=2,
+        max_labeled_demos=0,
+    )
+    with dspy.context(lm=lm):
+        compiled = optimizer.compile(agent, trainset=train)
+        assert [len(predictor.demos) for _, predictor in compiled.named_predictors()] == [2, 2]
+        with dspy.context(trace=[]):
+            assert compiled(question=QUESTION).answer == 121.0
+            call = dspy.settings.trace[0][2].next_tool_call  # the first step's call: a model made at run time
+        assert (call.name, call.args.principal) == ("compound", 100)
+        assert pickle.loads(pickle.dumps(call)) == call
+    demo_turns = "\n".join(m["content"] for m in lm.history[-2]["messages"][1:-1])
+    assert "Use compound." in demo_turns and '{"name": "finish", "args": {}}' in demo_turns
+
+    compiled.save(str(tmp_path / "agent.json"))
+    loaded = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
+    loaded.load(str(tmp_path / "agent.json"))
+    assert loaded.react.demos[1]["next_tool_call"] == {"name": "finish", "args": {}}
+    with dspy.context(lm=lm):
+        assert loaded(question=QUESTION).answer == 121.0
+    assert engine.calls > 0
 
 
 def test_record_calls_blocks_nest():

@@ -13,12 +13,12 @@ import functools
 import inspect
 import json
 import logging
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import dspy
 from dspy.signatures.signature import Signature, ensure_signature
 from dspy.utils.exceptions import ContextWindowExceededError
-from pydantic import ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from toolforge.errors import FunctionCallError, ToolforgeError
 from toolforge.sandbox import Sandbox, default_sandbox
@@ -320,6 +320,22 @@ def _call_type(tools: dict[str, dspy.Tool]) -> Any:
     return Union[tuple(calls)] if len(calls) > 1 else calls[0]  # noqa: UP007
 
 
+class _ToolCall(BaseModel):
+    """Base of the per-tool call models. They are made at run time, so pickle cannot find them by name; an instance
+    pickles as the tool's interface and its data instead (DSPy's optimizers hash and copy demos with pickle)."""
+
+    model_config = ConfigDict(extra="forbid")
+    _interface: ClassVar[tuple[str, str]] = ("", "{}")
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str, dict[str, Any]]]:
+        name, args_json = self._interface
+        return _rebuild_call, (name, args_json, self.model_dump(exclude_unset=True))
+
+
+def _rebuild_call(name: str, args_json: str, data: dict[str, Any]) -> Any:
+    return _tool_call_model(name, args_json).model_validate(data)
+
+
 @functools.lru_cache(maxsize=512)
 def _tool_call_model(name: str, args_json: str) -> Any:
     """The call model of one tool (cached by its interface: a revised toolset mostly repeats its tools)."""
@@ -331,12 +347,14 @@ def _tool_call_model(name: str, args_json: str) -> Any:
         fields[arg] = (_python_type(schema), Field(default=None, description=schema.get("description")))
     stem = "".join(part.capitalize() for part in name.split("_")) or "Tool"
     args_model = create_model(f"{stem}Args", __config__=ConfigDict(extra="allow"), **fields)
-    return create_model(
+    model = create_model(
         f"{stem}Call",
-        __config__=ConfigDict(extra="forbid"),
+        __base__=_ToolCall,
         name=(Literal[name], ...),  # type: ignore[arg-type]
         args=(args_model, Field(default_factory=args_model)),
     )
+    model._interface = (name, args_json)
+    return model
 
 
 def _format_trajectory(trajectory: dict[str, Any]) -> str:
