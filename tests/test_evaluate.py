@@ -267,6 +267,7 @@ def test_ctrl_c_drops_the_examples_not_started_and_keeps_the_finished_ones(cache
     with pytest.raises(KeyboardInterrupt):
         evaluator.evaluate(Doubler(), examples)
     assert len(started) <= 9  # 0..6, and at most one more per thread: the 30-odd queued examples were dropped
+    counted = cache.stats().misses  # the interrupted evaluation's finished examples are counted too
     released.set()
     for _ in range(1000):  # the ones still running finish in the background
         with lock:
@@ -279,6 +280,7 @@ def test_ctrl_c_drops_the_examples_not_started_and_keeps_the_finished_ones(cache
     again = evaluator.evaluate(Doubler(), examples)
     assert again.score == 1.0
     assert again.hits >= 5  # 0..4 had finished before 6 started: their records were kept
+    assert counted == again.hits
     assert again.hits + again.misses == 40 and len(started) == again.misses
 
 

@@ -136,30 +136,20 @@ class Evaluator:
 
             try:
                 self._run_all(program, examples, ids, todo, finished)
-            finally:  # also on Ctrl-C: what finished is kept
+            finally:  # also on Ctrl-C: what finished is kept, and counted
+                run = _summary(records, len(revalidated), start)
                 if self.cache is not None:
                     self.cache.put_records(pending)
-        final = [r for r in records if r is not None]
-        hits = [r for r in final if r.cached]
-        run = EvaluationRun(
-            score=sum(r.score for r in final) / len(final) if final else 0.0,
-            records=tuple(final),
-            hits=len(hits),
-            misses=len(todo),
-            revalidated=len(revalidated),
-            lm_calls=sum(r.lm_calls for r in final if not r.cached),
-            lm_calls_saved=sum(r.lm_calls for r in hits),
-            seconds_saved=sum(r.wall_time_s for r in hits),
-            wall_time_s=time.perf_counter() - start,
-        )
-        if self.cache is not None:
-            self.cache.record_run(
-                hits=run.hits, misses=run.misses, lm_calls_saved=run.lm_calls_saved, seconds_saved=run.seconds_saved
-            )
+                    self.cache.record_run(
+                        hits=run.hits,
+                        misses=run.misses,
+                        lm_calls_saved=run.lm_calls_saved,
+                        seconds_saved=run.seconds_saved,
+                    )
         logger.info(
             "evaluated %d examples: score %.3f, %d from cache (%d of them checked against revised code), %d run, "
             "%d LM calls",
-            len(final),
+            len(run.records),
             run.score,
             run.hits,
             run.revalidated,
@@ -252,6 +242,23 @@ class Evaluator:
             wall_time_s=time.perf_counter() - start,
             error=error,
         )
+
+
+def _summary(records: list[ExampleRecord | None], revalidated: int, start: float) -> EvaluationRun:
+    """The run of the records there are (all of them, unless the evaluation was interrupted)."""
+    final = [r for r in records if r is not None]
+    hits = [r for r in final if r.cached]
+    return EvaluationRun(
+        score=sum(r.score for r in final) / len(final) if final else 0.0,
+        records=tuple(final),
+        hits=len(hits),
+        misses=len(final) - len(hits),
+        revalidated=revalidated,
+        lm_calls=sum(r.lm_calls for r in final if not r.cached),
+        lm_calls_saved=sum(r.lm_calls for r in hits),
+        seconds_saved=sum(r.wall_time_s for r in hits),
+        wall_time_s=time.perf_counter() - start,
+    )
 
 
 def _still_holds(
