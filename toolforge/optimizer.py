@@ -737,7 +737,8 @@ class _RunState:
         if data.get("signature") != self.signature:
             raise ToolforgeError(
                 f"log_dir {str(self.log_dir)!r} holds a checkpoint of a different compile (another program, data, "
-                "metric, LM or settings); use another log_dir, or delete it to start afresh"
+                "metric, LM or settings); use another log_dir (--out on the command line), or delete it to start "
+                "afresh"
             )
         if data["stop_reason"] == "max_epochs" and data["step"] < self.opt.max_epochs:
             data["stop_reason"] = None  # asked for more epochs this time: continue
