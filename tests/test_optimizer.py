@@ -245,6 +245,21 @@ def test_pruning_drops_functions_no_trajectory_called(cache):
     assert kept.toolset.names == ["double", "cube"]
 
 
+def test_no_pruning_once_the_budget_is_spent(cache, caplog):
+    unused = unary("cube", "x ** 3")
+    with caplog.at_level("WARNING", logger="toolforge"):
+        _, trained, report, _, _ = compile_with(
+            lambda inputs: [],
+            tf.Toolset([DOUBLE, unused]),
+            cache=cache,
+            max_lm_calls=28,  # the baseline's cost
+        )
+    assert report.stop_reason == "budget"
+    assert (report.pruned, report.unused_kept, report.pruned_score) == ([], ["cube"], None)
+    assert trained.toolset.names == ["double", "cube"]
+    assert "not pruning ['cube']: the LM-call budget is spent" in caplog.text
+
+
 def test_pruning_that_lowers_the_score_is_not_kept(cache, tmp_path):
     """A function the agent never calls can still help (its description alone steers the LM): dropping it is a
     change like any other, evaluated, and undone when the score falls."""
