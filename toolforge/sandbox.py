@@ -56,7 +56,9 @@ limit apply.
 
 Guarantees: `Sandbox` is thread-safe; calls run in parallel up to `workers`; a fault in one call never affects
 the caller's process or a later call. The process-wide default sandbox (`default_sandbox()`) is created on first
-use and closed at interpreter exit.
+use and closed at interpreter exit; any other sandbox that is never closed kills its workers and removes its
+directories when it is garbage-collected, or at exit. A sandbox pickles as its settings (a whole program saved
+with `save_program=True` loads with a new sandbox of the same limits).
 """
 
 from __future__ import annotations
