@@ -227,10 +227,8 @@ class ToolAgent(dspy.Module):
     def _observe(tools: dict[str, dspy.Tool], name: str, args: dict[str, Any]) -> Any:
         try:
             return tools[name](**args)
-        except FunctionCallError as err:
-            return f"Execution error in {name}: {err}"
         except Exception as err:  # a fixed tool is the user's code; its failure is an observation too
-            return f"Execution error in {name}: {type(err).__name__}: {err}"
+            return _failure(name, err)
 
     @staticmethod
     async def _aobserve(tools: dict[str, dspy.Tool], name: str, args: dict[str, Any]) -> Any:
@@ -240,7 +238,7 @@ class ToolAgent(dspy.Module):
         try:
             return await tools[name].acall(**args)
         except Exception as err:
-            return f"Execution error in {name}: {type(err).__name__}: {err}"
+            return _failure(name, err)
 
     def _call(self, module: dspy.Module, trajectory: dict[str, Any], input_args: dict[str, Any], **extra: Any) -> Any:
         for _ in range(3):
@@ -274,6 +272,12 @@ def _next_call(pred: dspy.Prediction, trajectory: dict[str, Any], idx: int) -> t
     trajectory[f"tool_name_{idx}"] = name
     trajectory[f"tool_args_{idx}"] = args
     return name, args
+
+
+def _failure(name: str, err: Exception) -> str:
+    """The observation of a tool call that failed: a forged function's reason as it is, anything else typed."""
+    reason = str(err) if isinstance(err, FunctionCallError) else f"{type(err).__name__}: {err}"
+    return f"Execution error in {name}: {reason}"
 
 
 def _log_end(err: Exception) -> None:
