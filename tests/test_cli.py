@@ -84,8 +84,12 @@ def test_evaluate_with_and_without_the_trained_toolset(run):
     )
     assert trained.returncode == 0, trained.stderr
     assert "score 1.000 (6/6 correct, 0 errors)" in trained.stdout
-    untrained = toolforge("evaluate", "tests/cli_fixtures.py", *AGENT, "--quiet", tmp=tmp)
+    untrained = toolforge("evaluate", "tests/cli_fixtures.py", *AGENT, "--quiet", "--failures", "2", tmp=tmp)
     assert "no toolset (untrained): score 0.500 (3/6 correct" in untrained.stdout
+    shown = untrained.stdout.split("--- score ")[1:]  # the first two of the three squares it got wrong
+    assert len(shown) == 2 and all(part.startswith("0.00 (failure)") for part in shown)
+    assert "inputs:\n  question: square 2\n" in shown[0] and "expected: answer: 4.0" in shown[0]
+    assert "(1 more not fully correct; --failures N shows more)" in untrained.stdout
 
 
 def test_show_and_diff(run):

@@ -31,7 +31,7 @@ from toolforge.errors import ToolforgeError, ToolsetError
 from toolforge.evaluate import Evaluator
 from toolforge.lm import LocalLM, resolve_lm
 from toolforge.optimizer import FunctionOptimizer, OptimizationReport, find_toolset
-from toolforge.proposer import Proposer
+from toolforge.proposer import Proposer, render_record
 from toolforge.toolset import Toolset
 
 __all__ = ["main"]
@@ -248,6 +248,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{len(run.errors)} errors); {run.lm_calls} LM calls, {run.hits} of {len(run.records)} from cache; "
         f"{run.wall_time_s:.1f} s"
     )
+    failed = [(record, example) for record, example in zip(run.records, examples, strict=True) if record.score < 1.0]
+    for record, example in failed[: args.failures]:
+        _out()
+        _out(render_record(record, example))
+        _out("expected: " + "; ".join(f"{k}: {v}" for k, v in example.labels().items()))
+    if 0 < args.failures < len(failed):
+        _out(f"\n({len(failed) - args.failures} more not fully correct; --failures N shows more)")
     return 0
 
 
@@ -355,6 +362,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="JSONL file (default: the program's own split)")
     p.add_argument("--split", default="test", help="split of the program's own data (default: test)")
     p.add_argument("--limit", type=int, help="use only the first N examples")
+    p.add_argument(
+        "--failures",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print up to N examples that were not fully correct: inputs, tool calls, output, expected",
+    )
     data_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -405,8 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:  # DSPy logs every reply a small LM gets wrong; the compile report records them
         logging.getLogger("dspy").setLevel(logging.ERROR)
     for name, value in vars(args).items():
-        if name in ("epochs", "limit", "val_limit", "threads", "trials", "max_actions", "patience") and (
-            value is not None and value < (0 if name == "epochs" else 1)
+        if name in ("epochs", "limit", "val_limit", "threads", "trials", "max_actions", "patience", "failures") and (
+            value is not None and value < (0 if name in ("epochs", "failures") else 1)
         ):
             _err(f"--{name.replace('_', '-')} {value}: must be a positive number")
             return 2

@@ -27,6 +27,7 @@ __all__ = [
     "ProposedAction",
     "Proposer",
     "render_functions",
+    "render_record",
     "render_trajectories",
 ]
 
@@ -194,7 +195,7 @@ def render_trajectories(
     used = 0
     shown = 0
     for i in order:
-        text = _render_record(records[i], examples[i])
+        text = render_record(records[i], examples[i])
         if len(text) > per_item:
             text = text[: per_item - 30] + "\n... (truncated)"
         if used + len(text) > budget_chars and shown:
@@ -210,7 +211,8 @@ def render_trajectories(
     return "\n\n".join([header, *parts])
 
 
-def _render_record(record: ExampleRecord, example: dspy.Example) -> str:
+def render_record(record: ExampleRecord, example: dspy.Example) -> str:
+    """One scored run as text: status, inputs (a table keeps its rows), tool calls and observations, output, error."""
     status = "success" if record.score >= 1.0 else "failure" if record.score <= 0.0 else "partial"
     lines = [f"--- score {record.score:.2f} ({status})", "inputs:"]
     lines += [f"  {key}:{_block(value, 300)}" for key, value in example.inputs().items()]
