@@ -97,6 +97,18 @@ def test_an_add_that_raises_the_score_is_accepted(cache):
     assert report.accepted_steps == [0, 1]
 
 
+def test_the_proposer_is_told_how_the_training_runs_used_each_function(cache):
+    seen = []
+
+    def policy(inputs):
+        seen.append(inputs["current_functions"])
+        return add_square_once(inputs)
+
+    compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=2, patience=2)
+    assert "### double\n" in seen[0] and "usage: called in 8 of 10 training runs\n" in seen[0]
+    assert "usage: called in 2 of 10 training runs\n" in seen[1]  # square, accepted in step 1
+
+
 def test_the_student_is_never_changed(cache):
     original = tf.Toolset([DOUBLE])
     student, trained, _, _, _ = compile_with(add_square_once, original, cache=cache)

@@ -9,7 +9,7 @@ from dspy.adapters.json_adapter import _get_structured_outputs_response_format
 
 import toolforge as tf
 from tests.evaluation_fixtures import unary
-from toolforge.proposer import ProposeActions, render_functions, render_trajectories
+from toolforge.proposer import ProposeActions, render_functions, render_trajectories, usage_notes
 
 
 def record(i: int, score: float, observation: str = "ok") -> tf.ExampleRecord:
@@ -45,6 +45,22 @@ def test_successes_are_shown_too_when_there_is_room():
     text = render_trajectories(records, examples(2), budget_chars=5000, seed=0)
     assert "(failure)" in text and "(success)" in text
     assert 'call: double({"x": 1}) -> ok' in text
+
+
+def test_the_proposer_sees_how_the_runs_used_each_function():
+    call = lambda name, ok: tf.FunctionCall(name=name, code_hash="h", ok=ok)  # noqa: E731
+    records = [
+        tf.ExampleRecord(example_id="a", score=1.0, calls=(call("double", True), call("double", False))),
+        tf.ExampleRecord(example_id="b", score=0.0, calls=(call("double", True),)),
+        tf.ExampleRecord(example_id="c", score=0.0),
+    ]
+    notes = usage_notes(records, ["double", "square"])
+    assert notes == {
+        "double": "usage: called in 2 of 3 training runs; 1 of its 3 calls failed",
+        "square": "usage: called in 0 of 3 training runs",
+    }
+    text = render_functions(tf.Toolset([unary("double", "x * 2")]), notes)
+    assert "### double\nReturn x * 2 for a number x.\nusage: called in 2 of 3 training runs;" in text
 
 
 def test_functions_are_shown_with_their_full_code():

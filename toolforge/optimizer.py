@@ -38,7 +38,14 @@ from toolforge.cache import EvaluationCache
 from toolforge.errors import FunctionCallError, FunctionError, ToolforgeError, ToolsetError
 from toolforge.evaluate import Evaluator, check_examples, example_id, fixed_tool_names, program_fingerprint
 from toolforge.lm import resolve_lm
-from toolforge.proposer import ProposedAction, Proposer, parse_error, render_functions, render_trajectories
+from toolforge.proposer import (
+    ProposedAction,
+    Proposer,
+    parse_error,
+    render_functions,
+    render_trajectories,
+    usage_notes,
+)
 from toolforge.records import EvaluationRun
 from toolforge.sandbox import Sandbox, default_sandbox
 from toolforge.toolset import Toolset
@@ -440,13 +447,14 @@ class _RunState:
         trajectories = render_trajectories(
             best_run.records, self.trainset, budget_chars=opt.trajectory_budget_chars, seed=opt.seed * 100_003 + step
         )
+        notes = usage_notes(best_run.records, self.best.names)
         for trial in range(1, opt.max_trials + 1):
             need = opt.max_actions_per_step - len(kept)
             if need <= 0:
                 break
             self._budget_check()
             try:
-                proposals = self._propose(candidate, trajectories, feedback, need, counts)
+                proposals = self._propose(candidate, notes, trajectories, feedback, need, counts)
             except _LM_SETUP_ERRORS as exc:  # no retry or later step would fare better: stop, and say what to fix
                 kept_work = [f"it resumes after step {step - 1}"] if self.log_dir else []
                 kept_work += ["its evaluations come from the cache"] if opt.evaluator.cache is not None else []
@@ -553,7 +561,13 @@ class _RunState:
         )
 
     def _propose(
-        self, toolset: Toolset, trajectories: str, feedback: list[str], need: int, counts: _StepCounts
+        self,
+        toolset: Toolset,
+        notes: dict[str, str],
+        trajectories: str,
+        feedback: list[str],
+        need: int,
+        counts: _StepCounts,
     ) -> list[ProposedAction]:
         opt = self.opt
         context: dict[str, Any] = {} if opt.proposer_lm is None else {"lm": opt.proposer_lm}
@@ -563,7 +577,7 @@ class _RunState:
                 prediction = opt.proposer(
                     task=_describe_task(self.program),
                     fixed_tools=", ".join(sorted(opt._fixed)) or "(none)",
-                    current_functions=render_functions(toolset),
+                    current_functions=render_functions(toolset, notes),
                     failure_list=_render_failures(self.failure_list),
                     trajectories=trajectories,
                     rejected="\n".join(feedback) or "(none)",

@@ -29,6 +29,7 @@ __all__ = [
     "render_functions",
     "render_record",
     "render_trajectories",
+    "usage_notes",
 ]
 
 _ACTION_ADAPTER: TypeAdapter[Any] = TypeAdapter(Action)
@@ -144,7 +145,9 @@ class ProposeActions(dspy.Signature):
 
     task: str = dspy.InputField(desc="what the agent does: its inputs and outputs")
     fixed_tools: str = dspy.InputField(desc="tools the agent always has; functions must not reuse their names")
-    current_functions: str = dspy.InputField(desc="the agent's current functions, with their full code")
+    current_functions: str = dspy.InputField(
+        desc="the agent's current functions, with their full code and how the training runs used them"
+    )
     failure_list: str = dspy.InputField(desc="function sets tried earlier that scored worse than the current one")
     trajectories: str = dspy.InputField(desc="the agent's recent runs with the current functions, failures first")
     rejected: str = dspy.InputField(desc="actions proposed earlier in this step that were rejected, and why")
@@ -170,13 +173,31 @@ class Proposer(dspy.Module):
 
 
 # --------------------------------------------------------------------------------------------- rendering
-def render_functions(toolset: Toolset) -> str:
+def usage_notes(records: Sequence[ExampleRecord], names: Sequence[str]) -> dict[str, str]:
+    """For each function in `names`, how the training runs used it: in how many runs, and how many calls failed.
+    A function that helps nobody is a candidate for removal; one whose calls fail, for revision."""
+    notes = {}
+    for name in names:
+        calls = [call for record in records for call in record.calls if call.name == name]
+        runs = sum(1 for record in records if any(call.name == name for call in record.calls))
+        failed = sum(1 for call in calls if not call.ok)
+        notes[name] = f"usage: called in {runs} of {len(records)} training runs" + (
+            f"; {failed} of its {len(calls)} calls failed" if failed else ""
+        )
+    return notes
+
+
+def render_functions(toolset: Toolset, notes: dict[str, str] | None = None) -> str:
+    """The functions with their full code, each with its note (e.g. its usage) where there is one."""
     if not len(toolset):
         return "(none yet)"
     parts = []
     for function in toolset:
+        note = (notes or {}).get(function.name)
         parts.append(
-            f"### {function.name}\n{function.description}\nparameters: {json.dumps(function.parameters)}\n"
+            f"### {function.name}\n{function.description}\n"
+            + (f"{note}\n" if note else "")
+            + f"parameters: {json.dumps(function.parameters)}\n"
             + (f"packages: {', '.join(function.packages)}\n" if function.packages else "")
             + f"```python\n{function.code.rstrip()}\n```"
         )
