@@ -98,6 +98,25 @@ def test_acall_runs_the_same_loop_without_blocking_the_event_loop(sandbox):
     assert tool_thread != loop_thread  # a sync tool never blocks the event loop
 
 
+def test_a_huge_result_is_cut_before_the_lm_sees_it(sandbox):
+    huge = make_function("huge", code="def huge(a, b):\n    return 'x' * 100_000\n")
+    lm = script(("huge", {"a": 1, "b": 2}), ("finish", {}))
+    agent = tf.ToolAgent(
+        "question -> answer: float", toolset=tf.Toolset([huge]), sandbox=sandbox, max_observation_chars=500
+    )
+    with dspy.context(lm=lm):
+        prediction = agent(question=QUESTION)
+    observation = prediction.trajectory["observation_0"]
+    assert observation.startswith("x" * 420) and len(observation) < 600
+    assert observation.endswith("(cut: the result has 100000 characters; the first 420 are shown)")
+    assert "x" * 1000 not in lm.history[1]["messages"][-1]["content"]
+    small = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
+    with dspy.context(lm=script(("compound", {"principal": 100, "rate": 0.1, "years": 2}), ("finish", {}))):
+        assert small(question=QUESTION).trajectory["observation_0"] == 121.0  # a short result stays a value
+    with pytest.raises(tf.ToolforgeError, match="max_observation_chars=10\\): give an integer >= 100"):
+        tf.ToolAgent("question -> answer", max_observation_chars=10)
+
+
 def test_prompt_shows_interface_but_never_code(sandbox):
     lm = script(("finish", {}))
     agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)

@@ -164,7 +164,18 @@ def test_rolling_back_a_revision_finds_the_earlier_records_again(lm, cache):
 
 @pytest.mark.parametrize(
     "change",
-    ["description", "add_function", "remove_function", "reorder", "lm_model", "temperature", "metric", "instructions"],
+    [
+        "description",
+        "add_function",
+        "remove_function",
+        "reorder",
+        "lm_model",
+        "temperature",
+        "metric",
+        "instructions",
+        "max_iters",
+        "max_observation_chars",
+    ],
 )
 def test_changes_outside_function_code_rerun_everything(lm, cache, change):
     triple = unary("triple", "x * 3")
@@ -189,6 +200,10 @@ def test_changes_outside_function_code_rerun_everything(lm, cache, change):
         metric_version = "v2"
     elif change == "instructions":
         program.react.signature = program.react.signature.with_instructions("Be brief.")
+    elif change == "max_iters":
+        program.max_iters = 5
+    elif change == "max_observation_chars":
+        program.max_observation_chars = 1000
     before = engine.calls
     run = evaluate(program, lm, cache, metric_version=metric_version)
     assert (run.hits, run.misses) == (0, N)

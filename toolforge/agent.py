@@ -39,6 +39,9 @@ class ToolAgent(dspy.Module):
         toolset: The forged functions (default: an empty toolset, ready to be trained).
         tools: Fixed tools: callables or `dspy.Tool`s, such as `python_tool()`. Forged functions cannot shadow them.
         max_iters: The most tool calls in one run before the agent must answer.
+        max_observation_chars: The most characters of a tool's result the LM sees (as JSON, for a value that is not
+            text); a longer one is cut, and the observation says by how much. A function that returns a megabyte
+            would otherwise fill the context window and end the run.
         sandbox: Where forged functions run (default: the process-wide sandbox).
 
     Examples:
@@ -55,13 +58,17 @@ class ToolAgent(dspy.Module):
         tools: tuple[Any, ...] | list[Any] = (),
         max_iters: int = 10,
         sandbox: Sandbox | None = None,
+        max_observation_chars: int = 8000,
     ) -> None:
         super().__init__()
         if not isinstance(max_iters, int) or max_iters < 1:
             raise ToolforgeError(f"ToolAgent(max_iters={max_iters!r}): max_iters must be an integer >= 1")
         sig: type[Signature] = ensure_signature(signature)
         self.signature = signature = sig
+        if not isinstance(max_observation_chars, int) or max_observation_chars < 100:
+            raise ToolforgeError(f"ToolAgent(max_observation_chars={max_observation_chars!r}): give an integer >= 100")
         self.max_iters = max_iters
+        self.max_observation_chars = max_observation_chars
         self.sandbox = sandbox
         fixed = [t if isinstance(t, dspy.Tool) else dspy.Tool(t) for t in tools]
         names = [t.name for t in fixed]
@@ -113,6 +120,10 @@ class ToolAgent(dspy.Module):
                     f"toolset functions {shadowed} shadow fixed tools of this agent; rename the functions"
                 )
         super().__setattr__(name, value)
+
+    def cache_settings(self) -> dict[str, Any]:
+        """The settings besides prompts and tools that shape a run; evaluation records are keyed on them too."""
+        return {"max_iters": self.max_iters, "max_observation_chars": self.max_observation_chars}
 
     # ---------------------------------------------------------------------------------------------- tools
     def current_tools(self) -> dict[str, dspy.Tool]:
@@ -183,7 +194,7 @@ class ToolAgent(dspy.Module):
             call = _next_call(pred, trajectory, idx)
             if call is None:
                 break
-            trajectory[f"observation_{idx}"] = self._observe(tools, *call)
+            trajectory[f"observation_{idx}"] = _clip(self._observe(tools, *call), self.max_observation_chars)
             if call[0] == FINISH:
                 break
         extract = self._call(self.extract, trajectory, input_args)
@@ -206,7 +217,7 @@ class ToolAgent(dspy.Module):
             call = _next_call(pred, trajectory, idx)
             if call is None:
                 break
-            trajectory[f"observation_{idx}"] = await self._aobserve(tools, *call)
+            trajectory[f"observation_{idx}"] = _clip(await self._aobserve(tools, *call), self.max_observation_chars)
             if call[0] == FINISH:
                 break
         extract = await self._acall(self.extract, trajectory, input_args)
@@ -272,6 +283,14 @@ def _next_call(pred: dspy.Prediction, trajectory: dict[str, Any], idx: int) -> t
     trajectory[f"tool_name_{idx}"] = name
     trajectory[f"tool_args_{idx}"] = args
     return name, args
+
+
+def _clip(observation: Any, limit: int) -> Any:
+    """`observation` as it is, or, if its text (JSON for a value) is over `limit` characters, its start and a note."""
+    text = observation if isinstance(observation, str) else json.dumps(observation, ensure_ascii=False, default=str)
+    if len(text) <= limit:
+        return observation
+    return text[: limit - 80] + f"\n... (cut: the result has {len(text)} characters; the first {limit - 80} are shown)"
 
 
 def _failure(name: str, err: Exception) -> str:

@@ -348,11 +348,17 @@ def program_fingerprint(program: dspy.Module, *, metric_id: str) -> str:
         if isinstance(p, Toolset)
     ]
     adapter = dspy.settings.adapter
+    settings = [  # what else shapes a run: e.g. a ToolAgent's max_iters
+        {"module": name, "settings": module.cache_settings()}
+        for name, module in _modules(program)
+        if callable(getattr(module, "cache_settings", None))
+    ]
     return content_hash(
         {
             "format": CACHE_FORMAT,
             "program": type(program).__qualname__,
             "predictors": predictors,
+            "settings": settings,
             "fixed_tools": _fixed_tool_interfaces(program),
             "toolsets": toolsets,
             "adapter": type(adapter).__qualname__ if adapter is not None else None,
