@@ -101,6 +101,17 @@ def test_show_and_diff(run):
     assert diff.stdout.strip() == "+ square"
 
 
+def test_compile_with_a_validation_file_says_which_toolset_it_kept(tmp_path):
+    val = tmp_path / "val.jsonl"
+    val.write_text('{"question": "square 3", "answer": 9.0}\n{"question": "double 4", "answer": 8.0}\n')
+    args = ["--epochs", "2", "--val", str(val), "--out", str(tmp_path / "run"), "--quiet"]
+    result = toolforge("compile", "tests/cli_fixtures.py", *AGENT, *PROPOSER, *args, tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "validation scores of the accepted toolsets: step 0 0.500, step 1 1.000; kept step 1's" in result.stdout
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert (report["val_scores"], report["selected_step"]) == ({"0": 0.5, "1": 1.0}, 1)
+
+
 def test_merge_composes_toolsets_and_names_conflicts(tmp_path):
     paths = {}
     for name, functions in {

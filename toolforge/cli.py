@@ -221,6 +221,9 @@ def _summary(report: OptimizationReport, toolset: Toolset, out: Path) -> None:
             f"warning: {report.initial_errors} training example(s) raised with the initial toolset, e.g.: "
             f"{report.initial_error}"
         )
+    if report.val_scores:
+        scores = ", ".join(f"step {step} {score:.3f}" for step, score in sorted(report.val_scores.items()))
+        _out(f"validation scores of the accepted toolsets: {scores}; kept step {report.selected_step}'s")
     if report.pruned:
         _out(f"pruned (never called successfully): {', '.join(report.pruned)}")
     if report.unused_kept:
