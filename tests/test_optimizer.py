@@ -135,6 +135,43 @@ def test_a_revision_that_lowers_the_score_is_rolled_back_and_shown_in_the_failur
     assert "return x * x + 1" in seen[1]["failure_list"]
 
 
+def test_proposing_a_failed_function_set_again_is_sent_back_without_an_evaluation(cache):
+    buggy = unary("square", "x * x + 1", SQUARE_DESCRIPTION)
+    seen: list[dict] = []
+
+    def policy(inputs):
+        seen.append(inputs)
+        return [] if "together, the actions give" in inputs["rejected"] else [action("revise_function", buggy)]
+
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), cache=cache, max_epochs=2)
+    first, second = report.steps
+    assert first.outcome == "rolled_back"
+    assert second.outcome == "no_change" and second.candidate_fingerprint is None
+    assert (second.agent_lm_calls, second.cache_misses) == (0, 0)  # no evaluation of the repeated set
+    assert [(a.status, a.trial) for a in second.actions] == [("rejected", 1)]
+    assert second.actions[0].reason == (
+        "together, the actions give the function set that scored 0.800 at step 1 (see the failure list); propose "
+        "something different"
+    )
+    assert (
+        "- revise square (trial 1): together, the actions give the function set that scored 0.800"
+        in (seen[-1]["rejected"])
+    )
+    assert trained.toolset["square"].code == SQUARE.code
+
+
+def test_actions_that_change_nothing_are_sent_back(cache):
+    same = unary("square", "x * x", SQUARE_DESCRIPTION)
+
+    def policy(inputs):
+        return [] if inputs["rejected"] != "(none)" else [action("revise_function", same)]
+
+    _, _, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), cache=cache, max_epochs=1)
+    step = report.steps[0]
+    assert step.outcome == "no_change"
+    assert step.actions[0].reason == "together, the actions leave the functions exactly as they are; change something"
+
+
 def test_accepting_a_candidate_clears_the_failure_list(cache):
     triple = unary("triple", "x * 3")
     seen: list[dict] = []

@@ -473,6 +473,7 @@ class _RunState:
             if not proposals:
                 break
             rejected_now = 0
+            before_trial, kept_before = candidate, len(kept)
             for index, proposal in enumerate(proposals):
                 reason = None
                 if index >= need:
@@ -492,6 +493,14 @@ class _RunState:
                     feedback.append(f"- {proposal.summary()} (trial {trial}): {reason}")
                 else:
                     kept.append(len(outcomes) - 1)
+            repeat = self._repeat(candidate) if len(kept) > kept_before else None
+            if repeat is not None:  # nothing new to evaluate: send the actions back, as any rejected ones
+                for i in kept[kept_before:]:
+                    outcomes[i] = outcomes[i].model_copy(update={"status": "rejected", "reason": repeat})
+                    feedback.append(f"- {outcomes[i].summary} (trial {trial}): {repeat}")
+                rejected_now += len(kept) - kept_before
+                del kept[kept_before:]
+                candidate = before_trial
             if not rejected_now:
                 break
         else:
@@ -528,6 +537,7 @@ class _RunState:
                     "score": score,
                     "best_score": self.best_score,
                     "actions": [outcomes[i].proposal for i in kept],
+                    "fingerprint": candidate.fingerprint,
                 }
             )
         self.stale = 0 if improved else self.stale + 1
@@ -591,6 +601,18 @@ class _RunState:
         counts.proposer_tokens = (counts.proposer_tokens[0] + tokens[0], counts.proposer_tokens[1] + tokens[1])
         actions = prediction.actions or []
         return [a if isinstance(a, ProposedAction) else ProposedAction.model_validate(a) for a in actions]
+
+    def _repeat(self, candidate: Toolset) -> str | None:
+        """Why `candidate` is not worth an evaluation, if it is the current toolset or one that already failed."""
+        if candidate.fingerprint == self.best.fingerprint:
+            return "together, the actions leave the functions exactly as they are; change something"
+        for failure in self.failure_list:
+            if failure.get("fingerprint") == candidate.fingerprint:
+                return (
+                    f"together, the actions give the function set that scored {failure['score']:.3f} at step "
+                    f"{failure['step']} (see the failure list); propose something different"
+                )
+        return None
 
     def _check(self, proposal: ProposedAction, candidate: Toolset) -> tuple[str | None, Toolset]:
         """None and the new candidate, or the reason the proposal is rejected and the unchanged candidate."""
