@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import dspy
@@ -355,6 +357,7 @@ def test_log_dir_holds_the_report_every_accepted_toolset_and_a_checkpoint(cache,
     log_dir = tmp_path / "run"
     _, trained, report, _, _ = compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache, log_dir=log_dir)
     assert {p.name for p in log_dir.iterdir()} == {
+        ".lock",  # held while a compile runs here
         "report.json",
         "checkpoint.json",
         "toolset-0.json",
@@ -430,6 +433,34 @@ def test_a_finished_compile_in_the_same_log_dir_returns_its_result_without_work(
         add_square_once, tf.Toolset([DOUBLE]), cache=cache, log_dir=tmp_path / "run"
     )
     assert again.toolset == first.toolset and proposer.calls == 0 and report.resumed_after_step == 3
+
+
+def test_two_compiles_cannot_share_a_log_dir_at_once(cache, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(  # another process holding the run directory, as a compile in progress does
+        [sys.executable, "-c", LOCK_HOLDER, str(run / ".lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(tf.ToolforgeError, match=r"another compile \(pid \d+\) is running in .*run'; wait for it"):
+            compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache, log_dir=run)
+        assert not (run / "checkpoint.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    _, trained, _, _, _ = compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache, log_dir=run)
+    assert trained.toolset.names == ["double", "square"]  # the lock went with the process that held it
+
+
+LOCK_HOLDER = """
+import fcntl, os, sys, time
+lock = open(sys.argv[1], "a+")
+fcntl.flock(lock, fcntl.LOCK_EX)
+lock.write(f"pid {os.getpid()}"); lock.flush()
+print("locked", flush=True)
+time.sleep(60)
+"""
 
 
 def test_a_different_compile_in_the_same_log_dir_is_refused(cache, tmp_path):

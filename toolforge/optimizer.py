@@ -16,10 +16,12 @@ twice, the prompt has a size budget, and with `log_dir` a compile resumes after 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -144,7 +146,8 @@ class FunctionOptimizer(Teleprompter):
         cache: Evaluation cache; None uses `EvaluationCache()` (`$TOOLFORGE_CACHE_DIR` or `.toolforge/cache`),
             False uses none.
         log_dir: Where to write `report.json`, `toolset-<step>.json` for every accepted toolset, and a checkpoint
-            after every step; a compile with the same `log_dir` resumes after the last finished step.
+            after every step; a compile with the same `log_dir` resumes after the last finished step. One compile
+            at a time holds it (a second one is refused while the first runs).
         seed: Seeds which trajectories the proposer sees.
         display_progress: Show a tqdm bar over steps.
         sandbox: Where smoke calls run (default: the process-wide sandbox).
@@ -266,13 +269,14 @@ class FunctionOptimizer(Teleprompter):
         if self.proposer_lm is None and dspy.settings.lm is None:
             self.proposer_lm = resolve_lm("local", role="proposer_lm")
         run = _RunState(self, work, param_name, trainset, valset)
-        run.restore_or_start(initial)
-        try:
-            run.train()
-        except _BudgetExhausted:
-            run.stop_reason = "budget"
-            run.checkpoint()
-        final, report = run.finish(start)
+        with _exclusive(self.log_dir):
+            run.restore_or_start(initial)
+            try:
+                run.train()
+            except _BudgetExhausted:
+                run.stop_reason = "budget"
+                run.checkpoint()
+            final, report = run.finish(start)
         trained = student.deepcopy()
         set_attribute_by_name(trained, param_name, final)
         trained.toolforge_report = report
@@ -848,6 +852,38 @@ def _render_failures(failures: list[dict[str, Any]]) -> str:
                 )
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+@contextlib.contextmanager
+def _exclusive(log_dir: Path | None) -> Iterator[None]:
+    """Hold `log_dir` for one compile at a time: two writing one checkpoint would each undo the other's steps.
+    The lock (flock on `log_dir/.lock`) goes with the process, so a crashed compile never leaves it held."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        fcntl = None  # type: ignore[assignment]
+    if log_dir is None or fcntl is None:
+        yield
+        return
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / ".lock", "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ToolforgeError(
+                f"another compile ({holder}) is running in {str(log_dir)!r}; wait for it to finish, or give this one "
+                "another log_dir (--out on the command line)"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _one_line(text: object, limit: int = 400) -> str:
