@@ -111,7 +111,7 @@ def main() -> None:
     print(f"\n6. Saved the toolset (code included) to {path}; fingerprint {revised.fingerprint[:16]}…")
     agent = tf.ToolAgent("table, question -> answer: float", toolset=revised, tools=[tf.python_tool()])
     print("   A ToolAgent holding it offers its LM these tools:", ", ".join(agent.current_tools()))
-    print("\nNext: the cached evaluator, the FunctionOptimizer, and the embedded local LM (see the open issues).")
+    print("\nNext: `make demo` trains these functions with the embedded LM; `toolforge --help` for the rest.")
 
 
 if __name__ == "__main__":
