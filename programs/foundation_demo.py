@@ -1,10 +1,9 @@
-"""The smallest real thing toolforge does today: forge functions, train a toolset by actions, run it sandboxed.
+"""A tour of the parts under the optimizer, with no LM: forge functions, change a toolset by actions, run it sandboxed.
 
-No LM is involved yet (the optimizer and the embedded LM arrive in later issues). Everything shown runs for real:
-functions are validated, actions applied, code executed in locked-down worker processes, and hostile code
-contained.
+Everything shown runs for real: functions are validated, actions applied, code executed in locked-down worker
+processes, and hostile code contained. (`make demo` is the main job: the optimizer with the embedded LM.)
 
-Run: make demo   (or: .venv/bin/python programs/foundation_demo.py)
+Run: .venv/bin/python programs/foundation_demo.py
 """
 
 from __future__ import annotations
