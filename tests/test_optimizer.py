@@ -296,6 +296,43 @@ def test_pruning_drops_functions_no_trajectory_called(cache):
     assert kept.toolset.names == ["double", "cube"]
 
 
+def test_pruning_must_hold_on_the_valset_too(cache, tmp_path):
+    """The hint is never called, and training (doubles) does as well without it; validation (squares) does not."""
+    hint = unary("hint", "x", "Squares: multiply the number by itself.")
+
+    def respond(system: str, user: str) -> dict[str, Any]:
+        kind, number = field(user, "question").split()
+        if "next_tool_call" in system:
+            if kind == "double" and "[[ ## tool_name_0 ## ]]" not in user:
+                return {"next_thought": "Use double.", "next_tool_call": {"name": "double", "args": {"x": number}}}
+            thought = "The hint says how." if offered(system, "hint") else "No idea."
+            return {"next_thought": thought, "next_tool_call": {"name": "finish", "args": {}}}
+        observation = field(user, "observation_0")
+        if kind == "double":
+            answer = observation or "0"
+        else:
+            answer = str(float(number) ** 2) if "The hint says how." in user else "0"
+        return {"reasoning": "From the trajectory.", "answer": answer}
+
+    agent_model, _ = scripted_lm(respond)
+    proposer_model, _ = proposer_lm(lambda inputs: [])
+    optimizer = tf.FunctionOptimizer(
+        exact, proposer_lm=proposer_model, max_epochs=1, cache=cache, display_progress=False, log_dir=tmp_path
+    )
+    student = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([DOUBLE, hint]))
+    with dspy.context(lm=agent_model):
+        trained = optimizer.compile(
+            student, trainset=examples(4, kinds=("double",)), valset=examples(3, kinds=("square",))
+        )
+    report = trained.toolforge_report
+    assert (report.best_score, report.val_scores) == (1.0, {0: 1.0})
+    assert (report.pruned, report.unused_kept) == ([], ["hint"])
+    assert (report.pruned_score, report.pruned_val_score) == (1.0, 0.0)
+    assert trained.toolset.names == ["double", "hint"]
+    markdown = write_report(tmp_path)[1].read_text()
+    assert "- unused but kept: hint (without them the validation score fell to 0.000)" in markdown
+
+
 def test_no_pruning_once_the_budget_is_spent(cache, caplog):
     unused = unary("cube", "x ** 3")
     with caplog.at_level("WARNING", logger="toolforge"):

@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import dspy
 import tqdm
@@ -108,6 +108,7 @@ class OptimizationReport(BaseModel):
     selected_step: int = 0
     pruned: list[str] = Field(default_factory=list)  # functions dropped as unused
     pruned_score: float | None = None  # training score without the unused functions, where that was tried
+    pruned_val_score: float | None = None  # and validation score, where there is a valset and training held
     unused_kept: list[str] = Field(default_factory=list)  # unused, but the score fell without them: kept
     final_functions: list[str] = Field(default_factory=list)
     final_fingerprint: str = ""
@@ -119,6 +120,14 @@ class OptimizationReport(BaseModel):
 
 class _BudgetExhausted(Exception):
     pass
+
+
+class _Pruning(NamedTuple):
+    toolset: Toolset  # the final toolset
+    pruned: list[str] = []  # noqa: RUF012 - a NamedTuple default, never mutated
+    kept_unused: list[str] = []  # noqa: RUF012
+    score: float | None = None  # training score without the unused functions, where that was tried
+    val_score: float | None = None  # and validation score
 
 
 # LM errors of set-up, not of the moment (no key, a model the provider does not have, an unpaid account): every
@@ -401,9 +410,8 @@ class _RunState:
         else:
             selected = next(step for step, toolset, _ in reversed(candidates) if toolset == self.best)
         chosen = next(toolset for step, toolset, _ in candidates if step == selected)
-        final, pruned, kept_unused, pruned_score = (
-            self._checked_prune(chosen, val_scores.get(selected)) if self.opt.prune_unused else (chosen, [], [], None)
-        )
+        pruning = self._checked_prune(chosen, val_scores.get(selected)) if self.opt.prune_unused else _Pruning(chosen)
+        final = pruning.toolset
         report = OptimizationReport(
             initial_score=self.initial_score,
             best_score=self.best_score,
@@ -414,9 +422,10 @@ class _RunState:
             accepted_steps=[c[0] for c in candidates],
             val_scores=val_scores,
             selected_step=selected,
-            pruned=pruned,
-            pruned_score=pruned_score,
-            unused_kept=kept_unused,
+            pruned=pruning.pruned,
+            pruned_score=pruning.score,
+            pruned_val_score=pruning.val_score,
+            unused_kept=pruning.kept_unused,
             final_functions=final.names,
             final_fingerprint=final.fingerprint,
             agent_lm_calls=self.agent_lm_calls,
@@ -666,10 +675,8 @@ class _RunState:
             counts.agent_tokens = (counts.agent_tokens[0] + prompt, counts.agent_tokens[1] + completion)
         return run
 
-    def _checked_prune(
-        self, toolset: Toolset, val_score: float | None
-    ) -> tuple[Toolset, list[str], list[str], float | None]:
-        """(final toolset, pruned, unused but kept, training score without them).
+    def _checked_prune(self, toolset: Toolset, val_score: float | None) -> _Pruning:
+        """Drop the functions no training run called successfully, if the toolset without them scores no lower.
 
         Dropping a function changes what the agent's LM sees, so, like any other change, the smaller toolset is
         evaluated and kept only if it scores no lower on the training set (and on the valset, if there is one).
@@ -677,21 +684,22 @@ class _RunState:
         run = self._evaluate(toolset, self.trainset)  # from the cache: it was evaluated when it was accepted
         smaller, unused = self._prune(toolset, run)
         if not unused:
-            return toolset, [], [], None
+            return _Pruning(toolset)
         if self._budget_spent():
             logger.warning(
                 "not pruning %s: the LM-call budget is spent, so the smaller toolset cannot be checked", unused
             )
-            return toolset, [], unused, None
+            return _Pruning(toolset, kept_unused=unused)
         score = self._evaluate(smaller, self.trainset).score
-        holds = score >= run.score
+        holds, smaller_val = score >= run.score, None
         if holds and val_score is not None:
-            holds = self._evaluate(smaller, self.valset or []).score >= val_score
+            smaller_val = self._evaluate(smaller, self.valset or []).score
+            holds = smaller_val >= val_score
         if holds:
             logger.info("pruned %s: no training run called them successfully", unused)
-            return smaller, unused, [], score
-        logger.info("keeping %s although unused: without them the training score falls to %.3f", unused, score)
-        return toolset, [], unused, score
+            return _Pruning(smaller, pruned=unused, score=score, val_score=smaller_val)
+        logger.info("keeping %s although unused: the score falls without them", unused)
+        return _Pruning(toolset, kept_unused=unused, score=score, val_score=smaller_val)
 
     def _prune(self, toolset: Toolset, run: EvaluationRun) -> tuple[Toolset, list[str]]:
         if len(run.errors) == len(run.records):  # no run got far enough to call anything: no evidence either way

@@ -93,17 +93,18 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
     ]
     if report.pruned:
         lines.append(
-            f"- pruned as unused: {', '.join(report.pruned)} (training score without them: {report.pruned_score:.3f})"
+            f"- pruned as unused: {', '.join(report.pruned)} (training score without them: {report.pruned_score:.3f}"
+            + (f", validation {report.pruned_val_score:.3f}" if report.pruned_val_score is not None else "")
+            + ")"
         )
     if report.unused_kept:
-        lines.append(
-            f"- unused but kept: {', '.join(report.unused_kept)}"
-            + (
-                f" (without them the training score fell to {report.pruned_score:.3f})"
-                if report.pruned_score is not None
-                else " (the LM-call budget was spent before the smaller toolset could be checked)"
-            )
-        )
+        if report.pruned_score is None:
+            why = "the LM-call budget was spent before the smaller toolset could be checked"
+        elif report.pruned_val_score is not None:
+            why = f"without them the validation score fell to {report.pruned_val_score:.3f}"
+        else:
+            why = f"without them the training score fell to {report.pruned_score:.3f}"
+        lines.append(f"- unused but kept: {', '.join(report.unused_kept)} ({why})")
     if report.initial_errors:
         lines.append(
             f"- **{report.initial_errors} training example(s) raised with the initial toolset**, e.g.: "
