@@ -111,6 +111,48 @@ def test_the_proposer_is_told_how_the_training_runs_used_each_function(cache):
     assert "usage: called in 2 of 10 training runs\n" in seen[1]  # square, accepted in step 1
 
 
+class ReActWithToolset(dspy.Module):
+    """Any program may train a toolset: this one builds DSPy's own ReAct over `toolset.as_tools()` on each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.toolset = tf.Toolset([DOUBLE])
+
+    def forward(self, question):
+        return dspy.ReAct("question -> answer: float", tools=self.toolset.as_tools(), max_iters=3)(question=question)
+
+
+def react_lm(name="react"):
+    """DSPy ReAct's format: calls the tool named by the question's first word if it is offered, then finishes."""
+
+    def respond(system: str, user: str) -> dict[str, Any]:
+        kind, number = field(user, "question").split()
+        if "next_tool_name" in system:
+            if "[[ ## tool_name_0 ## ]]" not in user and f") {kind}, whose description" in system:
+                return {"next_thought": "Call it.", "next_tool_name": kind, "next_tool_args": {"x": float(number)}}
+            return {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}}
+        observation = field(user, "observation_0")
+        return {"reasoning": "From the trajectory.", "answer": observation if observation[:1].isdigit() else "0"}
+
+    return scripted_lm(respond, name=name)
+
+
+def test_a_program_that_is_not_a_tool_agent_trains_its_toolset_too(cache):
+    agent_model, _ = react_lm()
+    proposer_model, _ = proposer_lm(add_square_once)
+    optimizer = tf.FunctionOptimizer(
+        exact, proposer_lm=proposer_model, max_epochs=2, cache=cache, display_progress=False
+    )
+    with dspy.context(lm=agent_model):
+        trained = optimizer.compile(ReActWithToolset(), trainset=examples())
+    report = trained.toolforge_report
+    assert (report.initial_score, report.best_score) == (0.8, 1.0)
+    assert trained.toolset.names == ["double", "square"]
+    with dspy.context(lm=react_lm(name="another-model")[0]):  # the LM is part of the key, even for predictors
+        run = tf.Evaluator(exact, cache=cache).evaluate(trained, examples())  # made inside forward()
+    assert (run.hits, run.score) == (0, 1.0)
+
+
 def test_the_student_is_never_changed(cache):
     original = tf.Toolset([DOUBLE])
     student, trained, _, _, _ = compile_with(add_square_once, original, cache=cache)

@@ -353,11 +353,13 @@ def program_fingerprint(program: dspy.Module, *, metric_id: str) -> str:
         for name, module in _modules(program)
         if callable(getattr(module, "cache_settings", None))
     ]
+    default_lm = dspy.settings.lm  # also what predictors made inside forward() (not attributes) would use
     return content_hash(
         {
             "format": CACHE_FORMAT,
             "program": type(program).__qualname__,
             "predictors": predictors,
+            "lm": _lm_identity(default_lm) if default_lm is not None else None,
             "settings": settings,
             "fixed_tools": _fixed_tool_interfaces(program),
             "toolsets": toolsets,
