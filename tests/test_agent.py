@@ -245,6 +245,15 @@ def test_a_missing_input_is_refused_with_the_fix(sandbox):
         agent(question="What is the total?", q="x")
     assert lm.history == []  # refused before any LM request
 
+    class WithHint(dspy.Signature):
+        question: str = dspy.InputField()
+        hint: str | None = dspy.InputField()
+        answer: float = dspy.OutputField()
+
+    optional = tf.ToolAgent(WithHint, sandbox=sandbox)
+    with dspy.context(lm=script(("finish", {}), answer="2.0")):
+        assert optional(question="1 + 1?").answer == 2.0  # an Optional input may be left out
+
 
 def test_bad_agent_arguments_are_refused():
     with pytest.raises(tf.ToolforgeError, match="max_iters must be an integer >= 1"):

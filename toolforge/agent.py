@@ -13,6 +13,7 @@ import functools
 import inspect
 import json
 import logging
+import typing
 from typing import Any, ClassVar, Literal, Union
 
 import dspy
@@ -225,7 +226,12 @@ class ToolAgent(dspy.Module):
 
     def _check_inputs(self, input_args: dict[str, Any]) -> None:
         """Refuse a call that misses an input of the signature (DSPy would only warn, and the LM would guess)."""
-        missing = [name for name in self.signature.input_fields if name not in input_args]
+        missing = [
+            name
+            for name, field in self.signature.input_fields.items()
+            if name not in input_args
+            and type(None) not in typing.get_args(field.annotation)  # Optional: may be left out
+        ]
         if missing:
             raise ToolforgeError(
                 f"ToolAgent: input {', '.join(map(repr, missing))} is missing (given: "
