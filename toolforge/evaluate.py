@@ -2,8 +2,10 @@
 
 An example's record is stored under a key that hashes the program's prompts and demos (every predictor's
 state), the fixed tools' interfaces, the interface fingerprint of every Toolset in the program, the example, the
-LM settings (model and sampling parameters, per predictor), the metric (its source, or `metric_version`), and
-the cache format. The record is reused while every forged function its run called still has the same code
+LM settings (model and sampling parameters, per predictor, and the configured LM, which predictors made inside
+`forward()` use), the DSPy adapter, the settings of any module that defines `cache_settings() -> dict` (a
+ToolAgent's `max_iters` and `max_observation_chars`), the metric (its source, or `metric_version`), and the cache
+format. The record is reused while every forged function its run called still has the same code
 (see `toolforge.cache`). So evaluating an unchanged program again runs nothing at all, and a code-only revision
 of one function re-runs only the examples that called it. Fewer still: before re-running such an example, the
 revised function is called again on the arguments the record's run gave it (in the sandbox, no LM involved); if
