@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import subprocess
 import sys
+from typing import Literal
 
 import pytest
 
@@ -258,6 +260,49 @@ def test_from_callable_refuses_closures_and_lambdas():
         tf.ForgedFunction.from_callable(lambda x: x)
     with pytest.raises(tf.FunctionError, match="needs a function defined with def, got builtin_function_or_method"):
         tf.ForgedFunction.from_callable(len)
+
+
+def clipped_total(values: list[float], cap: float | None = None, mode: Literal["sum", "mean"] = "sum") -> float:
+    """Sum or mean of the values, each clipped to cap."""
+    kept = [min(v, cap) if cap is not None else v for v in values]
+    return sum(kept) if mode == "sum" else sum(kept) / len(kept)
+
+
+def weekday(day: datetime.date) -> str:
+    """The weekday of an ISO date."""
+    import datetime as dt
+
+    return dt.date.fromisoformat(str(day)).strftime("%A")
+
+
+def test_from_callable_hints_from_the_callers_module_do_not_break_the_def_in_the_sandbox(sandbox):
+    f = tf.ForgedFunction.from_callable(clipped_total)  # Optional and Literal live only in this test module
+    assert f.code.startswith("from __future__ import annotations\n\ndef clipped_total(")
+    assert f.parameters["properties"]["mode"] == {"enum": ["sum", "mean"], "type": "string", "default": "sum"}
+    assert sandbox.call(f, {"values": [1, 5, 2], "cap": 3}).value == 6
+    g = tf.ForgedFunction.from_callable(weekday)
+    assert sandbox.call(g, {"day": "2026-11-25"}).value == "Wednesday"
+    assert tf.ForgedFunction.from_callable(uses_math).code.startswith("import math\n")  # builtin hints: no import
+
+
+def tenth_of(x: float, scale: float = HELPER_CONSTANT) -> float:
+    """x scaled, in tenths."""
+    return x * scale / 10
+
+
+def rounded_pi(digits: int = 2, value: float = math.pi) -> float:
+    """Pi, rounded."""
+    return round(value, digits)
+
+
+def test_from_callable_default_values_must_be_visible_in_the_sandbox(sandbox):
+    with pytest.raises(
+        tf.FunctionError,
+        match="a default value uses the module-level name 'HELPER_CONSTANT'.*write its value \\(3\\) in the def",
+    ):
+        tf.ForgedFunction.from_callable(tenth_of)
+    f = tf.ForgedFunction.from_callable(rounded_pi)  # a module in a default is imported, like one in the body
+    assert f.code.startswith("import math\n") and sandbox.call(f, {}).value == 3.14
 
 
 def test_from_callable_can_rename():

@@ -229,7 +229,11 @@ class ForgedFunction(FunctionFields):
         tool_name = name or fn.__name__
         if tool_name != fn.__name__:
             def_source = re.sub(rf"^def\s+{re.escape(fn.__name__)}\b", f"def {tool_name}", def_source, count=1)
-        imports, packages = _global_imports(fn, def_source, tool_name)
+        imports, packages = _global_imports(fn, node, def_source, tool_name)
+        if _signature_names(node, annotations=True) - set(dir(builtins)):
+            # The schema already holds what the hints say; in the sandbox they must not be evaluated, since the
+            # names they use (Optional, a user's class, ...) live in the caller's module.
+            imports.insert(0, "from __future__ import annotations")
         doc = inspect.getdoc(fn) or ""
         summary = doc.split("\n\n", 1)[0].strip()
         if description is None and not summary:
@@ -428,15 +432,19 @@ def _check_packages(name: str, packages: tuple[str, ...], tree: ast.Module) -> N
 
 
 # -------------------------------------------------------------------------------------- from_callable helpers
-def _global_imports(fn: Callable[..., Any], def_source: str, tool_name: str) -> tuple[list[str], list[str]]:
-    """Import lines for the module-level modules `fn` uses; errors for every other outside name."""
+def _global_imports(
+    fn: Callable[..., Any], node: ast.FunctionDef, def_source: str, tool_name: str
+) -> tuple[list[str], list[str]]:
+    """Import lines for the module-level modules `fn` (its body and default values) uses; errors for every other
+    outside name."""
     table = next(
         t for t in symtable.symtable(def_source, "<source>", "exec").get_children() if t.get_name() == tool_name
     )
     imports: list[str] = []
     packages: list[str] = []
     fn_globals = fn.__globals__
-    for global_name in sorted(_globals_of(table)):
+    in_defaults = _signature_names(node, annotations=False)
+    for global_name in sorted(_globals_of(table) | in_defaults):
         if global_name in fn_globals:
             value = fn_globals[global_name]
             if inspect.ismodule(value):
@@ -446,6 +454,11 @@ def _global_imports(fn: Callable[..., Any], def_source: str, tool_name: str) -> 
                 if top not in sys.stdlib_module_names and top not in packages:
                     packages.append(top)
                 continue
+            if global_name in in_defaults:
+                raise FunctionError(
+                    f"function {fn.__name__!r}: a default value uses the module-level name {global_name!r}, which a "
+                    f"forged function cannot see; write its value ({value!r:.60}) in the def instead"
+                )
             raise FunctionError(
                 f"function {fn.__name__!r} uses the module-level name {global_name!r}, which a forged function "
                 "cannot see; move it inside the function or pass it as an argument"
@@ -456,6 +469,18 @@ def _global_imports(fn: Callable[..., Any], def_source: str, tool_name: str) -> 
                 "define or import it inside the function"
             )
     return imports, packages
+
+
+def _signature_names(node: ast.FunctionDef, *, annotations: bool) -> set[str]:
+    """The names that the def's annotations (or, with `annotations=False`, its default values) use: unlike the
+    body's, they are evaluated where the def runs."""
+    args = node.args
+    if annotations:
+        parts = [a.annotation for a in (*args.posonlyargs, *args.args, *args.kwonlyargs) if a.annotation]
+        parts += [node.returns] if node.returns else []
+    else:
+        parts = [d for d in (*args.defaults, *args.kw_defaults) if d is not None]
+    return {n.id for part in parts for n in ast.walk(part) if isinstance(n, ast.Name)}
 
 
 def _globals_of(table: symtable.SymbolTable) -> set[str]:
