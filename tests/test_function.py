@@ -276,7 +276,7 @@ def weekday(day: datetime.date) -> str:
 
 
 def test_from_callable_hints_from_the_callers_module_do_not_break_the_def_in_the_sandbox(sandbox):
-    f = tf.ForgedFunction.from_callable(clipped_total)  # Optional and Literal live only in this test module
+    f = tf.ForgedFunction.from_callable(clipped_total)  # Literal is imported only in this test module
     assert f.code.startswith("from __future__ import annotations\n\ndef clipped_total(")
     assert f.parameters["properties"]["mode"] == {"enum": ["sum", "mean"], "type": "string", "default": "sum"}
     assert sandbox.call(f, {"values": [1, 5, 2], "cap": 3}).value == 6
