@@ -55,22 +55,27 @@ def load_dataset(split: str, limit: int | None = None) -> list[dspy.Example]:
     return examples[:limit]
 
 
+def agent_policy(system: str, user: str) -> dict[str, Any]:
+    """The agent's replies: it calls the function a question names ("square 3") if the prompt lists it."""
+
+    def choose(question: str):
+        kind, number = question.split()
+        return (kind, {"x": float(number)}) if f") {kind}: " in system else None
+
+    return tool_agent_script(choose)(system, user)
+
+
 def agent() -> dspy.LM:
-    def respond(system: str, user: str) -> dict[str, Any]:
-        def choose(question: str):
-            kind, number = question.split()
-            return (kind, {"x": float(number)}) if f") {kind}: " in system else None
+    return scripted_lm(agent_policy, name="cli-agent")[0]
 
-        return tool_agent_script(choose)(system, user)
 
-    return scripted_lm(respond, name="cli-agent")[0]
+def proposer_policy(system: str, user: str) -> dict[str, Any]:
+    """The proposer's replies: add `square` once."""
+    if "### square" in field(user, "current_functions"):
+        return {"reasoning": "Nothing to add.", "actions": []}
+    action = tf.ProposedAction.of("add_function", SQUARE, {"x": 3}).model_dump()
+    return {"reasoning": "Squares fail.", "actions": [action]}
 
 
 def proposer() -> dspy.LM:
-    def respond(system: str, user: str) -> dict[str, Any]:
-        if "### square" in field(user, "current_functions"):
-            return {"reasoning": "Nothing to add.", "actions": []}
-        action = tf.ProposedAction.of("add_function", SQUARE, {"x": 3}).model_dump()
-        return {"reasoning": "Squares fail.", "actions": [action]}
-
-    return scripted_lm(respond, name="cli-proposer")[0]
+    return scripted_lm(proposer_policy, name="cli-proposer")[0]

@@ -37,8 +37,7 @@ class ScriptedEngine:
         user = request.messages[-1].text or ""
         with self._lock:
             self.requests.append((system, user))
-        fields = self.respond(system, user)
-        text = "".join(f"[[ ## {k} ## ]]\n{_render(v)}\n\n" for k, v in fields.items()) + "[[ ## completed ## ]]"
+        text = chat_adapter_reply(self.respond(system, user))
         if self.latency_s:
             time.sleep(self.latency_s)
         with self._lock:
@@ -57,6 +56,11 @@ class ScriptedEngine:
 
     def close(self) -> None:
         pass
+
+
+def chat_adapter_reply(fields: dict[str, Any]) -> str:
+    """The text of a reply that DSPy's ChatAdapter parses into `fields`."""
+    return "".join(f"[[ ## {k} ## ]]\n{_render(v)}\n\n" for k, v in fields.items()) + "[[ ## completed ## ]]"
 
 
 def _render(value: Any) -> str:

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 import toolforge as tf
+from tests.cli_fixtures import agent_policy, proposer_policy
 from tests.evaluation_fixtures import unary
+from tests.openai_server import openai_compatible_server
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ["--lm", "tests.cli_fixtures:agent"]
@@ -90,6 +92,29 @@ def test_evaluate_with_and_without_the_trained_toolset(run):
     assert len(shown) == 2 and all(part.startswith("0.00 (failure)") for part in shown)
     assert "inputs:\n  question: square 2\n" in shown[0] and "expected: answer: 4.0" in shown[0]
     assert "(1 more not fully correct; --failures N shows more)" in untrained.stdout
+
+
+def test_an_openai_compatible_server_serves_the_lm_through_api_base(tmp_path):
+    with openai_compatible_server(agent_policy) as (base, requests):
+        result = toolforge(
+            "evaluate", "tests/cli_fixtures.py", "--lm", "hosted_vllm/served-model", "--api-base", base, tmp=tmp_path
+        )
+    assert result.returncode == 0, result.stderr
+    assert "no toolset (untrained): score 0.500 (3/6 correct, 0 errors)" in result.stdout
+    assert len(requests) >= 6 and {(r["path"], r["model"]) for r in requests} == {
+        ("/v1/chat/completions", "served-model")
+    }
+
+
+def test_the_proposer_can_be_served_by_its_own_server(tmp_path):
+    with openai_compatible_server(proposer_policy) as (base, requests):
+        args = ["compile", "tests/cli_fixtures.py", *AGENT, "--proposer-lm", "hosted_vllm/proposer-model"]
+        result = toolforge(
+            *args, "--proposer-api-base", base, "--epochs", "1", "--out", str(tmp_path / "r"), tmp=tmp_path
+        )
+    assert result.returncode == 0, result.stderr
+    assert "train score 0.500 -> 1.000" in result.stdout and "LM calls:" in result.stdout
+    assert len(requests) == 1 and requests[0]["model"] == "proposer-model"
 
 
 def test_show_and_diff(run):
@@ -268,6 +293,18 @@ def test_the_console_script_imports_module_attr_from_the_current_directory(tmp_p
         (["evaluate", "tests/cli_fixtures.py", "--toolset", "nope.json", *AGENT], "toolset file 'nope.json' does not"),
         (["report", "nowhere"], "'nowhere' has no report.json"),
         (["compile", "tests/cli_fixtures.py", "--epochs", "-1"], "--epochs -1: must be a positive number"),
+        (
+            ["evaluate", "tests/cli_fixtures.py", "--api-base", "localhost:8000"],
+            "--lm api base 'localhost:8000' is not an http(s) URL; give the server's base, e.g. 'http://localhost:8000/v1'",
+        ),
+        (
+            ["evaluate", "tests/cli_fixtures.py", "--api-base", "http://localhost:8000/v1"],
+            "an api base (http://localhost:8000/v1) is for a model string served there, not for --lm 'local'",
+        ),
+        (
+            ["compile", "tests/cli_fixtures.py", *AGENT, "--proposer-api-base", "http://localhost:8000/v1"],
+            "--proposer-api-base needs --proposer-lm, the model that server serves",
+        ),
     ],
 )
 def test_user_errors_print_one_line_and_exit_nonzero(tmp_path, args, message):

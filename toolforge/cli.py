@@ -140,8 +140,8 @@ def _dataset(
     return list(examples)
 
 
-def _configure_lm(spec: str | None) -> dspy.BaseLM:
-    lm = resolve_lm(spec or dspy.settings.lm or "local", role="--lm")
+def _configure_lm(spec: str | None, api_base: str | None) -> dspy.BaseLM:
+    lm = resolve_lm(spec or dspy.settings.lm or "local", role="--lm", api_base=api_base)
     # a small local model needs constrained decoding, which DSPy asks for through its JSON adapter
     dspy.configure(lm=lm, adapter=dspy.JSONAdapter() if isinstance(lm, LocalLM) else dspy.settings.adapter)
     return lm
@@ -163,8 +163,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     program = _build(loaded)
     trainset = _dataset(loaded, program, args.train, "train", args, args.limit)
     valset = _dataset(loaded, program, args.val, "test", args, args.val_limit) if args.val else None
-    lm = _configure_lm(args.lm)
-    proposer = _configure_proposer(args.proposer_lm, lm)
+    lm = _configure_lm(args.lm, args.api_base)
+    proposer = _configure_proposer(args.proposer_lm, args.proposer_api_base, lm)
     small = isinstance(proposer, LocalLM)
     out = Path(args.out or f"runs/{Path(loaded.name.split(':')[0]).stem.replace('.', '_')}")
     _out(
@@ -193,8 +193,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_proposer(spec: str | None, lm: dspy.BaseLM) -> dspy.BaseLM:
-    proposer = lm if spec is None else resolve_lm(spec, role="--proposer-lm")
+def _configure_proposer(spec: str | None, api_base: str | None, lm: dspy.BaseLM) -> dspy.BaseLM:
+    if spec is None and api_base is not None:
+        raise ToolforgeError("--proposer-api-base needs --proposer-lm, the model that server serves")
+    proposer = lm if spec is None else resolve_lm(spec, role="--proposer-lm", api_base=api_base)
     if isinstance(proposer, LocalLM):
         proposer = proposer.copy(max_tokens=640)  # room for a short function; shares the loaded model
     return proposer
@@ -241,7 +243,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.toolset:
         _set_toolset(program, Toolset.load(args.toolset), args.toolset_name)
     examples = _dataset(loaded, program, args.data, args.split, args, args.limit)
-    _configure_lm(args.lm)
+    _configure_lm(args.lm, args.api_base)
     evaluator = Evaluator(loaded.metric, cache=_cache(args), num_threads=args.threads, display_progress=not args.quiet)
     run = evaluator.evaluate(program, examples)
     correct = sum(1 for r in run.records if r.score >= 1.0)
@@ -334,6 +336,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--input-keys", help="comma-separated JSONL keys of the program's inputs, in order")
         p.add_argument("--label-key", help="JSONL key of the expected answer")
         p.add_argument("--lm", help="agent LM: 'local' (default), a dspy.LM model string, a .gguf path, module:attr")
+        p.add_argument(
+            "--api-base",
+            metavar="URL",
+            help="server for --lm, e.g. an OpenAI-compatible one: --lm hosted_vllm/<model> --api-base http://host/v1",
+        )
         p.add_argument("--threads", type=int, default=4, help="examples evaluated at once")
         p.add_argument("--cache-dir", help="evaluation cache directory (default: $TOOLFORGE_CACHE_DIR or .toolforge)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -348,6 +355,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N training examples")
     p.add_argument("--val-limit", type=int, help="use only the first N validation examples")
     p.add_argument("--proposer-lm", help="LM that proposes functions (default: the agent LM)")
+    p.add_argument("--proposer-api-base", metavar="URL", help="server for --proposer-lm, as --api-base is for --lm")
     p.add_argument("--epochs", type=int, default=5, help="training steps at most")
     p.add_argument("--patience", type=int, default=3, help="stop after N steps without improvement")
     p.add_argument("--max-actions", type=int, default=3, help="actions per step at most")

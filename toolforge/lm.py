@@ -26,6 +26,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -216,9 +217,23 @@ class LocalLM(dspy.LM):
         super().__init__(model, engine=engine, temperature=temperature, max_tokens=max_tokens, **kwargs)
 
 
-def resolve_lm(spec: str | dspy.BaseLM | None, *, role: str = "lm") -> dspy.BaseLM:
+def resolve_lm(spec: str | dspy.BaseLM | None, *, role: str = "lm", api_base: str | None = None) -> dspy.BaseLM:
     """An LM from what a user gives: an LM object, `local` (the embedded model), `module:attr` (an LM object or a
-    function returning one), or any `dspy.LM` model string (`openai/gpt-4o-mini`, `ollama_chat/llama3.2`, ...)."""
+    function returning one), or any `dspy.LM` model string (`openai/gpt-4o-mini`, `ollama_chat/llama3.2`, ...).
+
+    `api_base` sends a model string's requests to that server, e.g. an OpenAI-compatible one (vLLM, llama.cpp's
+    server, LM Studio) with `hosted_vllm/<model>`, which needs no API key."""
+    if api_base is not None:
+        if not re.match(r"^https?://[^/\s]+", api_base):
+            raise ToolforgeError(
+                f"{role} api base {api_base!r} is not an http(s) URL; give the server's base, e.g. "
+                "'http://localhost:8000/v1'"
+            )
+        if not isinstance(spec, str) or spec == "local" or spec.endswith(".gguf") or "/" not in spec:
+            raise ToolforgeError(
+                f"an api base ({api_base}) is for a model string served there, not for {role} {spec!r}; give "
+                "'hosted_vllm/<model>' (or 'openai/<model>' with OPENAI_API_KEY set) as the LM"
+            )
     if spec is None or spec == "local":
         return LocalLM()
     if isinstance(spec, dspy.BaseLM):
@@ -243,7 +258,7 @@ def resolve_lm(spec: str | dspy.BaseLM | None, *, role: str = "lm") -> dspy.Base
             "such as 'openai/gpt-4o-mini' or 'ollama_chat/llama3.2', or module:attr"
         )
     try:
-        lm = dspy.LM(spec)
+        lm = dspy.LM(spec, **({"api_base": api_base} if api_base else {}))
     except Exception as exc:
         raise ToolforgeError(f"{role} {spec!r}: DSPy cannot use this model ({exc})") from None
     if not _routable(lm):
