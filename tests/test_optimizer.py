@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 import dspy
 import pytest
@@ -687,6 +687,38 @@ def test_a_program_that_raises_on_some_examples_is_reported_not_hidden(caplog, t
     assert "2 of 4 training examples raised with the initial toolset, e.g.: ConnectionError" in caplog.text
     markdown = write_report(tmp_path)[1].read_text()
     assert "**2 training example(s) raised with the initial toolset**, e.g.: `ConnectionError: the LM" in markdown
+
+
+class PassingFault(Flaky):
+    """Raises on example 3 the first time only, as a program behind an LM with a passing outage does."""
+
+    raised: ClassVar[list[str]] = []
+
+    def forward(self, question):
+        if question.endswith(" 3") and not self.raised:
+            self.raised.append(question)
+            raise ConnectionError("the LM is briefly unreachable")
+        return super().forward(question)
+
+
+def test_a_candidate_is_compared_with_what_the_best_toolset_scores_now_not_before_a_passing_fault(cache):
+    triple = unary("triple", "x * 3")  # never called: the candidate scores what the best toolset does
+    proposer_model, _ = proposer_lm(lambda inputs: [action("add_function", triple)])
+    optimizer = tf.FunctionOptimizer(
+        exact,
+        proposer_lm=proposer_model,
+        max_epochs=1,
+        accept_ties=False,
+        prune_unused=False,  # the program answers without calling its functions
+        cache=cache,
+        display_progress=False,
+    )
+    PassingFault.raised.clear()
+    report = optimizer.compile(PassingFault(failing=set()), trainset=examples(4)).toolforge_report
+    assert PassingFault.raised == ["double 3"] and report.initial_score == 0.75 and report.initial_errors == 1
+    step = report.steps[0]
+    assert (step.score_before, step.score_after, step.outcome, step.improved) == (1.0, 1.0, "rolled_back", False)
+    assert report.best_score == 1.0 and report.final_functions == ["double"]
 
 
 def test_a_program_that_raises_on_every_example_stops_the_compile_before_any_proposal(tmp_path):

@@ -451,6 +451,16 @@ class _RunState:
         start = time.perf_counter()
         counts = _StepCounts()
         best_run = self._evaluate(self.best, self.trainset, counts)
+        if best_run.score != self.best_score:
+            # Examples that raised before (records of errors are not kept) ran again; a candidate is compared with
+            # what the best toolset scores now, or a passing fault would count as the candidate's improvement.
+            logger.info(
+                "step %d: the best toolset now scores %.3f (was %.3f): examples that raised before ran again",
+                step,
+                best_run.score,
+                self.best_score,
+            )
+            self.best_score = best_run.score
         score_before = best_run.score
         outcomes: list[ActionOutcome] = []
         kept: list[int] = []  # indices into outcomes
