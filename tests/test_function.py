@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import subprocess
 import sys
@@ -303,6 +304,28 @@ def test_from_callable_default_values_must_be_visible_in_the_sandbox(sandbox):
         tf.ForgedFunction.from_callable(tenth_of)
     f = tf.ForgedFunction.from_callable(rounded_pi)  # a module in a default is imported, like one in the body
     assert f.code.startswith("import math\n") and sandbox.call(f, {}).value == 3.14
+
+
+def logged(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@logged
+def area(w: float, h: float) -> float:
+    """Area of a rectangle."""
+    return w * h
+
+
+def test_from_callable_refuses_a_decorated_function_and_names_the_undecorated_one():
+    with pytest.raises(
+        tf.FunctionError, match=r"'area' is wrapped by a decorator.*pass the undecorated function \(area\.__wrapped__\)"
+    ):
+        tf.ForgedFunction.from_callable(area)
+    assert tf.ForgedFunction.from_callable(area.__wrapped__).code.startswith("def area(w: float, h: float)")
 
 
 def test_from_callable_can_rename():

@@ -211,6 +211,11 @@ class ForgedFunction(FunctionFields):
             raise FunctionError("from_callable cannot use a lambda; define the function with def and a docstring")
         if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
             raise FunctionError(f"function {fn.__name__!r} is async or a generator; forged functions return a value")
+        if hasattr(fn, "__wrapped__"):
+            raise FunctionError(
+                f"function {fn.__name__!r} is wrapped by a decorator, whose code a forged function would lose; pass "
+                f"the undecorated function ({fn.__name__}.__wrapped__), or write what the decorator adds into it"
+            )
         if fn.__code__.co_freevars:
             raise FunctionError(
                 f"function {fn.__name__!r} uses variables of an enclosing function "
