@@ -86,6 +86,18 @@ def test_apply_invalid_function_raises_function_error(toolset):
         toolset.apply([bad])
 
 
+def test_apply_takes_actions_in_their_json_form(toolset):
+    mul = add_action().model_dump(mode="json")  # as an LM's reply or a saved report holds it
+    assert toolset.apply([mul, {"action": "remove_function", "name": "sub"}]).names == ["add", "mul"]
+    assert toolset.apply({"action": "remove_function", "name": "add"}).names == ["sub"]
+    with pytest.raises(
+        tf.ToolsetError, match="action \\{'action': 'rename_function'.* is not valid \\(action: Input tag"
+    ):
+        toolset.apply([{"action": "rename_function", "name": "add"}])
+    with pytest.raises(tf.ToolsetError, match="is not valid \\(add_function.code: Field required.*give 'action'"):
+        toolset.apply([{"action": "add_function", "name": "mul", "description": "x", "parameters": {}}])
+
+
 def test_revised_function_records_its_parent(toolset):
     revised = toolset.apply(tf.ReviseFunction.of(make_function(code="def add(a, b):\n    return b + a\n")))
     assert revised["add"].parent == toolset["add"].fingerprint

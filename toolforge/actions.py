@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from toolforge.function import ForgedFunction, FunctionFields
 
@@ -66,3 +66,16 @@ class RemoveFunction(BaseModel):
 
 
 Action = Annotated[AddFunction | ReviseFunction | RemoveFunction, Field(discriminator="action")]
+
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(Action)
+
+
+def parse_action(data: Any) -> Action:
+    """The action that `data` (its JSON form, a dict) describes. Raises pydantic's ValidationError."""
+    action: Action = _ADAPTER.validate_python(data)
+    return action
+
+
+def validation_reasons(exc: ValidationError) -> str:
+    """The first few reasons of a ValidationError, each with where it applies, on one line."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'action'}: {e['msg']}" for e in exc.errors()[:3])

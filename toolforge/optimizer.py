@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field, ValidationError
 from toolforge._hashing import content_hash
 from toolforge._io import write_json
 from toolforge._usage import count_lm_usage
-from toolforge.actions import RemoveFunction
+from toolforge.actions import RemoveFunction, validation_reasons
 from toolforge.cache import EvaluationCache
 from toolforge.errors import FunctionCallError, FunctionError, ToolforgeError, ToolsetError
 from toolforge.evaluate import Evaluator, check_examples, example_id, fixed_tool_names, program_fingerprint
@@ -43,7 +43,6 @@ from toolforge.lm import resolve_lm
 from toolforge.proposer import (
     ProposedAction,
     Proposer,
-    parse_error,
     render_functions,
     render_trajectories,
     usage_notes,
@@ -642,7 +641,7 @@ class _RunState:
         try:
             action = proposal.to_action()
         except ValidationError as exc:
-            return f"the action is malformed: {parse_error(exc)}", candidate
+            return f"the action is malformed: {validation_reasons(exc)}", candidate
         if action.name in self.opt._fixed:
             return (
                 f"{action.name!r} is the name of a fixed tool of the agent; choose another name",

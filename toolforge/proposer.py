@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import dspy
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field
 
-from toolforge.actions import Action
+from toolforge.actions import Action, parse_action
 from toolforge.records import ExampleRecord
 from toolforge.toolset import Toolset
 
@@ -31,8 +31,6 @@ __all__ = [
     "render_trajectories",
     "usage_notes",
 ]
-
-_ACTION_ADAPTER: TypeAdapter[Any] = TypeAdapter(Action)
 
 
 class ParameterSpec(BaseModel):
@@ -120,8 +118,7 @@ class ProposedAction(BaseModel):
                 "code": self.code,
                 "packages": self.packages,
             }
-        action: Action = _ACTION_ADAPTER.validate_python(data)
-        return action
+        return parse_action(data)
 
     def summary(self) -> str:
         verb = self.action.replace("_function", "")
@@ -275,7 +272,3 @@ def _short(value: Any, limit: int) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def parse_error(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'action'}: {e['msg']}" for e in exc.errors()[:3])

@@ -14,16 +14,16 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from dspy.predict.parameter import Parameter
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from toolforge._hashing import canonical_json, content_hash
 from toolforge._io import write_json
-from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction
+from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction, parse_action, validation_reasons
 from toolforge.cache import active_call_cache
 from toolforge.errors import FunctionCallError, ToolforgeError, ToolsetError
 from toolforge.function import ForgedFunction
@@ -51,6 +51,17 @@ class FunctionRevision(BaseModel):
     interface_changed: bool
     code_changed: bool
     code_diff: str
+
+
+def _parse_action(data: Mapping[str, Any]) -> Action:
+    try:
+        return parse_action(dict(data))
+    except ValidationError as exc:
+        raise ToolsetError(
+            f"action {dict(data)!r:.100} is not valid ({validation_reasons(exc)}); give 'action' (add_function, "
+            "revise_function or remove_function) and its fields: name, and for add and revise description, "
+            "parameters and code"
+        ) from None
 
 
 class ToolsetDiff(BaseModel):
@@ -176,19 +187,23 @@ class Toolset(Parameter):
         return self._interface_fingerprint
 
     # ---------------------------------------------------------------------------------------- operations
-    def apply(self, actions: Action | Sequence[Action]) -> Toolset:
+    def apply(self, actions: Action | Mapping[str, Any] | Sequence[Action | Mapping[str, Any]]) -> Toolset:
         """A new toolset with `actions` applied in order. All or nothing.
+
+        An action may also be given as its JSON form (a dict with `action`: `add_function`, `revise_function` or
+        `remove_function`, and its fields), as an LM's reply or a saved report holds it.
 
         Raises:
             ToolsetError: adding a name that exists, revising or removing one that does not, or exceeding
                 `max_functions`.
             FunctionError: an action's function is not valid.
         """
-        if isinstance(actions, AddFunction | ReviseFunction | RemoveFunction):
+        if isinstance(actions, AddFunction | ReviseFunction | RemoveFunction | Mapping):
             actions = [actions]
         functions = list(self._functions)
         index = {f.name: i for i, f in enumerate(functions)}
-        for action in actions:
+        for given in actions:
+            action = _parse_action(given) if isinstance(given, Mapping) else given
             if isinstance(action, AddFunction):
                 if action.name in index:
                     raise ToolsetError(f"function {action.name!r} already exists; use ReviseFunction to change it")
