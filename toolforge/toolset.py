@@ -124,7 +124,8 @@ class Toolset(Parameter):
             seen.add(function.name)
         if max_functions is not None and len(functions) > max_functions:
             raise ToolsetError(
-                f"{len(functions)} functions exceed max_functions={max_functions}; remove some or raise the limit"
+                f"a toolset of {len(functions)} function{'s' if len(functions) != 1 else ''} is over "
+                f"max_functions={max_functions}; remove some or raise the limit"
             )
         self._functions = functions
         self._by_name = {f.name: f for f in functions}
