@@ -70,7 +70,9 @@ def test_apply_respects_max_functions():
         limited.apply([add_action()])
     swapped = limited.apply([tf.RemoveFunction("add"), add_action()])
     assert swapped.names == ["mul"] and swapped.max_functions == 1
-    with pytest.raises(tf.ToolsetError, match="a toolset of 2 functions is over max_functions=1; remove some or raise the limit"):
+    with pytest.raises(
+        tf.ToolsetError, match="a toolset of 2 functions is over max_functions=1; remove some or raise the limit"
+    ):
         tf.Toolset([make_function(), make_function("sub", code=SUB)], max_functions=1)
 
 
