@@ -58,12 +58,31 @@ def test_compile_trains_and_prints_a_summary(run):
     tmp, result = run
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "   1  accepted           0.500   1.000  1 accepted" in out
+    assert "   1  accepted           0.500   1.000  1 accepted\n      accepted add square\n" in out
     assert "train score 0.500 -> 1.000" in out
     assert "square(x: number)" in out
     assert {"program.json", "toolset-final.json", "report.json", "checkpoint.json"} <= {
         p.name for p in (tmp / "run").iterdir()
     }
+
+
+def test_the_summary_says_why_each_dropped_action_was_dropped(capsys, tmp_path):
+    from toolforge.cli import _summary
+    from toolforge.optimizer import ActionOutcome, OptimizationReport, StepReport
+
+    reason = "code does not define a top-level function 'median' (functions defined: med); name the def 'median'"
+    outcomes = [
+        ActionOutcome(summary="add median", proposal={}, status=status, reason=reason, trial=trial)
+        for status, trial in (("rejected", 1), ("dropped", 2))
+    ]
+    step = StepReport(step=1, outcome="no_change", score_before=0.5, actions=outcomes, best_fingerprint="f")
+    report = OptimizationReport(initial_score=0.5, best_score=0.5, stop_reason="max_epochs", steps=[step])
+    _summary(report, tf.Toolset(), tmp_path)
+    out = capsys.readouterr().out
+    assert "   1  no_change          0.500       -  1 rejected, 1 dropped\n" in out
+    why = "code does not define a top-level function 'median' (functions defined: med); name the d..."  # 90 chars
+    assert f"      dropped add median: {why}\n" in out
+    assert out.count("add median") == 1  # the retried rejection is in report.md, not here
 
 
 def test_compile_again_in_the_same_run_directory_resumes(run):

@@ -25,6 +25,7 @@ from typing import Any
 
 import dspy
 
+from toolforge._text import one_line
 from toolforge.cache import EvaluationCache
 from toolforge.data import load_jsonl
 from toolforge.errors import ToolforgeError, ToolsetError
@@ -213,6 +214,10 @@ def _summary(report: OptimizationReport, toolset: Toolset, out: Path) -> None:
             counts[a.status] = counts.get(a.status, 0) + 1
         actions = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items()) or "none"
         _out(f"{s.step:>4}  {s.outcome:<16} {s.score_before:>7.3f} {after:>7}  {actions}")
+        for a in s.actions:  # what became of each action (a retried rejection is in report.md)
+            if a.status != "rejected":
+                why = f": {one_line(a.reason, 90)}" if a.reason else ""
+                _out(f"{'':>6}{a.status.replace('_', ' ')} {a.summary}{why}")
     _out()
     _out(
         f"stopped: {report.stop_reason}; train score {report.initial_score:.3f} -> {report.best_score:.3f}; "

@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from toolforge._hashing import content_hash
 from toolforge._io import write_json
+from toolforge._text import one_line
 from toolforge._usage import count_lm_usage
 from toolforge.actions import RemoveFunction, validation_reasons
 from toolforge.cache import EvaluationCache
@@ -353,8 +354,8 @@ class _RunState:
         if baseline.records and self.initial_errors == len(baseline.records):
             raise ToolforgeError(
                 f"every one of the {self.initial_errors} training examples raised with the initial toolset, e.g.: "
-                f"{_one_line(baseline.errors[0].error)}; nothing can be learned from that: make the program, its LM "
-                "and the metric work on one example, then compile again"
+                f"{one_line(baseline.errors[0].error, 400)}; nothing can be learned from that: make the program, its "
+                "LM and the metric work on one example, then compile again"
             )
         if baseline.errors:
             self.initial_error = baseline.errors[0].error
@@ -481,7 +482,7 @@ class _RunState:
                 kept_work = [f"it resumes after step {step - 1}"] if self.log_dir else []
                 kept_work += ["its evaluations come from the cache"] if opt.evaluator.cache is not None else []
                 raise ToolforgeError(
-                    f"the proposer LM cannot be used: {type(exc).__name__}: {_one_line(exc)}; fix its set-up and "
+                    f"the proposer LM cannot be used: {type(exc).__name__}: {one_line(exc, 400)}; fix its set-up and "
                     f"compile again{' (' + ', and '.join(kept_work) + ')' if kept_work else ''}"
                 ) from exc
             except Exception as exc:
@@ -901,12 +902,6 @@ def _exclusive(log_dir: Path | None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _one_line(text: object, limit: int = 400) -> str:
-    """`text` on one line, at most `limit` characters: an error message inside another."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _lm_name(lm: Any) -> str | None:

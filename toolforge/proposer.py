@@ -16,6 +16,7 @@ from typing import Any, Literal
 import dspy
 from pydantic import BaseModel, Field
 
+from toolforge._text import one_line
 from toolforge.actions import Action, parse_action
 from toolforge.records import ExampleRecord
 from toolforge.toolset import Toolset
@@ -269,6 +270,5 @@ def _block(value: Any, limit: int) -> str:
 
 
 def _short(value: Any, limit: int) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A value of a run (text, or JSON for anything else) on one line."""
+    return one_line(value if isinstance(value, str) else json.dumps(value, default=str), limit)
