@@ -198,7 +198,7 @@ def test_the_step_schema_ties_each_tool_to_its_own_arguments(sandbox):
     schema = TypeAdapter(signature.output_fields["next_tool_call"].annotation).json_schema()
     calls = {d["properties"]["name"]["const"]: d for d in schema["$defs"].values() if "name" in d.get("properties", {})}
     assert set(calls) == {"python", "compound", "finish"}
-    args = schema["$defs"][calls["compound"]["properties"]["args"]["$ref"].split("/")[-1]]
+    args = calls["compound"]["properties"]["args"]  # inlined: one definition per tool, no chain of references
     assert {k: v["type"] for k, v in args["properties"].items()} == {
         "principal": "number",
         "rate": "number",
@@ -217,9 +217,13 @@ def test_structured_output_schema_requires_every_argument_of_the_chosen_tool(san
     agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]))
     _, signature = agent._rendered()
     schema = _get_structured_outputs_response_format(signature).model_json_schema()
-    compound_args = next(d for name, d in schema["$defs"].items() if name == "CompoundArgs")
+    compound_args = schema["$defs"]["CompoundCall"]["properties"]["args"]
     assert compound_args["required"] == ["principal", "rate", "years"]
     assert compound_args["additionalProperties"] is False
+    # those edits stay in that request: the schema of the next one (each call model's is made once) is as it was
+    again = TypeAdapter(signature.output_fields["next_tool_call"].annotation).json_schema()
+    assert "required" not in again["$defs"]["CompoundCall"]["properties"]["args"]
+    assert again["$defs"]["CompoundCall"]["properties"]["args"]["additionalProperties"] is True
 
 
 def test_toolset_cannot_shadow_fixed_tools(sandbox):

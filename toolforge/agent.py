@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, Union
 import dspy
 from dspy.signatures.signature import Signature, ensure_signature
 from dspy.utils.exceptions import ContextWindowExceededError
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, create_model
 
 from toolforge.errors import FunctionCallError, ToolforgeError
 from toolforge.sandbox import Sandbox, default_sandbox
@@ -28,6 +28,8 @@ from toolforge.toolset import Toolset
 __all__ = ["ToolAgent", "python_tool"]
 
 logger = logging.getLogger(__name__)
+
+_PROMPT_FORMAT = 2  # 2: each tool's call schema inlines its arguments' schema
 
 FINISH = "finish"
 
@@ -123,8 +125,13 @@ class ToolAgent(dspy.Module):
         super().__setattr__(name, value)
 
     def cache_settings(self) -> dict[str, Any]:
-        """The settings besides prompts and tools that shape a run; evaluation records are keyed on them too."""
-        return {"max_iters": self.max_iters, "max_observation_chars": self.max_observation_chars}
+        """The settings besides prompts and tools that shape a run; evaluation records are keyed on them too.
+        `prompt_format` changes when a new version of ToolAgent renders the same agent's prompt differently."""
+        return {
+            "max_iters": self.max_iters,
+            "max_observation_chars": self.max_observation_chars,
+            "prompt_format": _PROMPT_FORMAT,
+        }
 
     # ---------------------------------------------------------------------------------------------- tools
     def current_tools(self) -> dict[str, dspy.Tool]:
@@ -355,6 +362,16 @@ class _ToolCall(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     _interface: ClassVar[tuple[str, str]] = ("", "{}")
+    _json_schema: ClassVar[str | None] = None
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        # DSPy's adapters generate a field type's JSON schema anew for every request; for the union of call models
+        # that was most of a request's CPU time. Each model's is made once, with its arguments' model inlined, and
+        # kept as JSON text: every use gets its own copy (DSPy's structured-output code edits schemas in place).
+        cached = cls.__dict__.get("_json_schema")
+        schema: dict[str, Any] = handler(core_schema) if cached is None else json.loads(cached)
+        return schema
 
     def __reduce__(self) -> tuple[Any, tuple[str, str, dict[str, Any]]]:
         name, args_json = self._interface
@@ -383,7 +400,26 @@ def _tool_call_model(name: str, args_json: str) -> Any:
         args=(args_model, Field(default_factory=args_model)),
     )
     model._interface = (name, args_json)
+    model._json_schema = json.dumps(_inline_refs(model.model_json_schema()))
     return model
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with every `{"$ref": "#/$defs/X"}` replaced by X itself (the call models do not recurse)."""
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/") and len(node) == 1:
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    inlined: dict[str, Any] = inline(schema)
+    return inlined
 
 
 def _format_trajectory(trajectory: dict[str, Any]) -> str:
