@@ -27,12 +27,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix toolforge tests benchmarks programs
 
 # The main job, small enough for a laptop: train the table agent's functions with the embedded LM (agent and
-# proposer), then score the untrained and the trained agent on held-out problems. Run it again: it resumes, and
-# everything already computed comes from the caches.
+# proposer), then score the untrained and the trained agent on held-out problems. Run it again (after an
+# interruption, or with another toolforge version): it starts afresh, and everything already computed comes from the
+# caches, so it takes seconds.
 DEMO_RUN := runs/demo
 demo: $(STAMP)
 	$(BIN)/toolforge compile programs/table_agent.py --lm local --epochs 2 --limit 4 --trials 1 --max-actions 1 \
-		--trajectory-budget 3000 --threads 2 --out $(DEMO_RUN)
+		--trajectory-budget 3000 --threads 2 --out $(DEMO_RUN) --restart
 	@echo "== held-out problems, untrained agent (python tool only):"
 	$(BIN)/toolforge evaluate programs/table_agent.py --lm local --limit 5 --threads 2 --quiet
 	@echo "== held-out problems, trained agent:"

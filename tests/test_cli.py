@@ -92,6 +92,17 @@ def test_compile_again_in_the_same_run_directory_resumes(run):
     assert "train score 0.500 -> 1.000" in again.stdout
 
 
+def test_restart_starts_afresh_where_another_compile_left_its_run_directory(tmp_path):
+    base = ["compile", "tests/cli_fixtures.py", *AGENT, *PROPOSER, "--epochs", "1", "--out", str(tmp_path / "r")]
+    assert toolforge(*base, "--quiet", tmp=tmp_path).returncode == 0
+    other = toolforge(*base, "--limit", "3", "--quiet", tmp=tmp_path)  # other data: a different compile
+    assert other.returncode == 2 and "holds a checkpoint of a different compile" in other.stderr
+    assert "start afresh in it with resume=False (--restart)" in other.stderr
+    restarted = toolforge(*base, "--limit", "3", "--restart", "--quiet", tmp=tmp_path)
+    assert restarted.returncode == 0, restarted.stderr
+    assert " on 3 examples with " in restarted.stdout and "stopped: max_epochs" in restarted.stdout
+
+
 def test_evaluate_with_and_without_the_trained_toolset(run):
     tmp, _ = run
     trained = toolforge(

@@ -544,8 +544,23 @@ time.sleep(60)
 
 def test_a_different_compile_in_the_same_log_dir_is_refused(cache, tmp_path):
     compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache, log_dir=tmp_path / "run")
-    with pytest.raises(tf.ToolforgeError, match="holds a checkpoint of a different compile"):
+    with pytest.raises(tf.ToolforgeError, match="holds a checkpoint of a different compile.*resume=False"):
         compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache, log_dir=tmp_path / "run", trainset=examples(5))
+
+
+def test_resume_false_starts_afresh_in_the_log_dir_and_clears_the_earlier_files(cache, tmp_path):
+    run = tmp_path / "run"
+    compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache, log_dir=run, max_epochs=2)
+    assert (run / "toolset-1.json").exists()  # step 1 (add square) was accepted
+    (run / "notes.txt").write_text("mine")
+    _, trained, report, agent, _ = compile_with(
+        lambda inputs: [], tf.Toolset([DOUBLE]), cache=cache, log_dir=run, max_epochs=2, resume=False
+    )
+    assert [s.outcome for s in report.steps] == ["no_change", "no_change"] and report.resumed_after_step is None
+    assert trained.toolset.names == ["double"]
+    assert sorted(p.name for p in run.glob("toolset-*.json")) == ["toolset-0.json", "toolset-final.json"]
+    assert (run / "notes.txt").read_text() == "mine"  # only what a compile writes is cleared
+    assert agent.calls == 0  # the baseline's evaluations came from the cache
 
 
 def test_valset_picks_the_accepted_toolset_that_scores_best_on_it(cache):

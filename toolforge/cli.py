@@ -183,6 +183,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         num_threads=args.threads,
         cache=_cache(args),
         log_dir=out,
+        resume=not args.restart,
         seed=args.seed,
         display_progress=not args.quiet,
         trajectory_budget_chars=args.trajectory_budget,
@@ -369,6 +370,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trajectory-budget", type=int, default=12_000, help="characters of trajectories the proposer sees")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run directory (default: runs/<program>); the same directory resumes")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start afresh in the run directory instead of resuming (cached work stays free)",
+    )
     data_options(p)
     p.set_defaults(func=cmd_compile)
 

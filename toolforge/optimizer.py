@@ -157,6 +157,9 @@ class FunctionOptimizer(Teleprompter):
         log_dir: Where to write `report.json`, `toolset-<step>.json` for every accepted toolset, and a checkpoint
             after every step; a compile with the same `log_dir` resumes after the last finished step. One compile
             at a time holds it (a second one is refused while the first runs).
+        resume: With `log_dir`, continue the compile whose checkpoint is there (the default). False starts afresh,
+            first deleting what an earlier compile wrote there (checkpoint, report, toolsets); cached evaluations
+            and DSPy's LM cache still make the work done before free.
         seed: Seeds which trajectories the proposer sees.
         display_progress: Show a tqdm bar over steps.
         sandbox: Where smoke calls run (default: the process-wide sandbox).
@@ -188,6 +191,7 @@ class FunctionOptimizer(Teleprompter):
         num_threads: int = 8,
         cache: EvaluationCache | Literal[False] | None = None,
         log_dir: str | os.PathLike[str] | None = None,
+        resume: bool = True,
         seed: int = 0,
         display_progress: bool = True,
         sandbox: Sandbox | None = None,
@@ -223,6 +227,7 @@ class FunctionOptimizer(Teleprompter):
         self.num_threads = num_threads
         self.cache = None if cache is False else cache if cache is not None else EvaluationCache()
         self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.resume = resume
         self.seed = seed
         self.display_progress = display_progress
         self.sandbox = sandbox
@@ -279,6 +284,8 @@ class FunctionOptimizer(Teleprompter):
             self.proposer_lm = resolve_lm("local", role="proposer_lm")
         run = _RunState(self, work, param_name, trainset, valset)
         with _exclusive(self.log_dir):
+            if self.log_dir is not None and not self.resume:
+                _discard_run(self.log_dir)
             run.restore_or_start(initial)
             try:
                 run.train()
@@ -795,8 +802,8 @@ class _RunState:
         if data.get("signature") != self.signature:
             raise ToolforgeError(
                 f"log_dir {str(self.log_dir)!r} holds a checkpoint of a different compile (another program, data, "
-                "metric, LM or settings); use another log_dir (--out on the command line), or delete it to start "
-                "afresh"
+                "metric, LM, settings or toolforge version); use another log_dir (--out on the command line), or "
+                "start afresh in it with resume=False (--restart)"
             )
         if data["stop_reason"] == "max_epochs" and data["step"] < self.opt.max_epochs:
             data["stop_reason"] = None  # asked for more epochs this time: continue
@@ -870,6 +877,12 @@ def _render_failures(failures: list[dict[str, Any]]) -> str:
                 )
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def _discard_run(log_dir: Path) -> None:
+    """Delete the files a compile writes in `log_dir` (nothing else there), so that a new one starts afresh."""
+    for path in [log_dir / "checkpoint.json", log_dir / "report.json", *log_dir.glob("toolset-*.json")]:
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
