@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dspy
 import pytest
+from dspy.utils.exceptions import ContextWindowExceededError
 
 import toolforge as tf
 from toolforge.lm import default_model_path, resolve_lm
@@ -37,6 +38,19 @@ def test_the_real_model_writes_a_valid_tool_call_for_a_tool_agent(local_lm, sand
     assert prediction.trajectory["tool_name_0"] in ("python", "finish")
     assert isinstance(prediction.trajectory["tool_args_0"], dict)
     assert isinstance(prediction.answer, float)
+
+
+def test_a_prompt_over_the_context_window_is_dspys_context_window_error(sandbox, caplog):
+    lm = tf.LocalLM(n_ctx=256, max_tokens=8, cache=False)
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        with pytest.raises(ContextWindowExceededError, match="exceed context window of 256.*LocalLM\\(n_ctx=...\\)"):
+            dspy.Predict("question -> answer")(question="word " * 400)
+        # an agent whose trajectory outgrows the window stops it and answers from what it has; here the question
+        # alone is too long, so the answer step fails too, as DSPy's own error, which the example's record keeps
+        agent = tf.ToolAgent("question -> answer", tools=[tf.python_tool(sandbox)])
+        with pytest.raises(ContextWindowExceededError), caplog.at_level("WARNING", logger="toolforge"):
+            agent(question="word " * 400)
+    assert "ending the trajectory: the context window is exceeded" in caplog.text
 
 
 def test_identical_requests_are_answered_from_dspy_cache(tmp_path):

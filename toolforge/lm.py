@@ -155,7 +155,16 @@ class LlamaCppEngine:
             schema = response_format.get("schema") or (response_format.get("json_schema") or {}).get("schema")
             kwargs["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
         with self._lock:  # llama.cpp serves one request at a time per model
-            out = self._model().create_chat_completion(**kwargs)
+            try:
+                out = self._model().create_chat_completion(**kwargs)
+            except ValueError as exc:
+                if "exceed context window" not in str(exc):
+                    raise
+                from dspy.lm15 import ContextLengthError
+
+                # DSPy turns this into its ContextWindowExceededError, which agents handle (ToolAgent ends the
+                # trajectory and answers from what it has) instead of failing the example
+                raise ContextLengthError(f"{exc}; LocalLM(n_ctx=...) sets the window") from exc
         choice = out["choices"][0]
         usage = out.get("usage") or {}
         return Response(
