@@ -578,6 +578,39 @@ def test_valset_picks_the_accepted_toolset_that_scores_best_on_it(cache):
     assert report.val_scores == {0: 0.0, 1: 1.0} and report.selected_step == 1
 
 
+def test_a_proposer_prompt_over_its_context_window_is_retried_with_fewer_trajectories(cache):
+    from dspy.lm15 import ContextLengthError
+
+    seen = []
+
+    def respond(system: str, user: str) -> dict[str, Any]:
+        shown = field(user, "trajectories")
+        seen.append(len(shown))
+        if len(shown) > 3000:
+            raise ContextLengthError("the prompt is longer than the model's context window")
+        return {
+            "reasoning": "Squares fail.",
+            "actions": add_square_once({"current_functions": field(user, "current_functions")}),
+        }
+
+    _, trained, report, _, _ = compile_with(
+        None,
+        tf.Toolset([DOUBLE]),
+        trainset=examples(40),
+        cache=cache,
+        proposer=scripted_lm(respond, name="proposer"),
+        trajectory_budget_chars=4000,
+        max_epochs=2,
+    )
+    first, second = report.steps
+    assert first.outcome == "accepted" and trained.toolset.names == ["double", "square"]
+    assert first.note == (
+        "the proposer's prompt exceeded its LM's context window; the trajectories it sees are cut to 2000 characters"
+    )
+    assert seen[0] > 3000 and 0 < seen[1] <= 3000  # the retry fitted
+    assert second.proposer_lm_calls == 1 and seen[2] <= 3000 and second.note is None  # and so does the next step
+
+
 def test_a_proposer_reply_that_does_not_parse_is_recorded_not_raised(cache):
     def respond(system, user):
         return {"reasoning": "hm", "actions": "this is not a list of actions"}

@@ -29,7 +29,13 @@ import dspy
 import tqdm
 from dspy.primitives.module import set_attribute_by_name
 from dspy.teleprompt.teleprompt import Teleprompter
-from dspy.utils.exceptions import LMAuthError, LMBillingError, LMConfigurationError, LMUnsupportedModelError
+from dspy.utils.exceptions import (
+    ContextWindowExceededError,
+    LMAuthError,
+    LMBillingError,
+    LMConfigurationError,
+    LMUnsupportedModelError,
+)
 from pydantic import BaseModel, Field, ValidationError
 
 from toolforge._hashing import content_hash
@@ -133,6 +139,7 @@ class _Pruning(NamedTuple):
 # LM errors of set-up, not of the moment (no key, a model the provider does not have, an unpaid account): every
 # later request would fail alike.
 _LM_SETUP_ERRORS = (LMConfigurationError, LMAuthError, LMBillingError, LMUnsupportedModelError)
+_MIN_TRAJECTORY_BUDGET = 500  # characters: below this, no trajectory is shown whole enough to learn from
 
 
 class FunctionOptimizer(Teleprompter):
@@ -165,7 +172,8 @@ class FunctionOptimizer(Teleprompter):
         sandbox: Where smoke calls run (default: the process-wide sandbox).
         failure_score: Score of an example whose program raised.
         metric_version: Identifies the metric in cache keys instead of its source.
-        trajectory_budget_chars: Size budget of the trajectories shown to the proposer.
+        trajectory_budget_chars: Size budget of the trajectories shown to the proposer; halved (down to 500) for the
+            rest of the compile whenever the proposer's prompt exceeds its LM's context window.
         proposer: The module that proposes actions (default: `Proposer()`); it is called with the inputs of
             `ProposeActions` and must return a prediction with `actions`.
 
@@ -207,7 +215,7 @@ class FunctionOptimizer(Teleprompter):
             ("max_trials", max_trials, 1),
             ("patience", patience, 1),
             ("num_threads", num_threads, 1),
-            ("trajectory_budget_chars", trajectory_budget_chars, 500),
+            ("trajectory_budget_chars", trajectory_budget_chars, _MIN_TRAJECTORY_BUDGET),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ToolforgeError(f"FunctionOptimizer({name}={value!r}): {name} must be an integer >= {low}")
@@ -331,6 +339,7 @@ class _RunState:
         self.initial_errors = 0
         self.initial_error: str | None = None
         self.resumed_after: int | None = None
+        self.trajectory_budget = optimizer.trajectory_budget_chars  # halved when the proposer's window overflows
         self.log_dir = optimizer.log_dir
 
     # ---------------------------------------------------------------------------------------- lifecycle
@@ -351,6 +360,7 @@ class _RunState:
             self.stop_reason = checkpoint["stop_reason"]
             self.initial_errors = checkpoint.get("initial_errors", 0)
             self.initial_error = checkpoint.get("initial_error")
+            self.trajectory_budget = checkpoint.get("trajectory_budget", self.trajectory_budget)
             self.resumed_after = self.step
             logger.info("resuming the compile in %s after step %d", self.log_dir, self.step)
             return
@@ -474,9 +484,13 @@ class _RunState:
         candidate = self.best
         feedback: list[str] = []
         note = None
-        trajectories = render_trajectories(
-            best_run.records, self.trainset, budget_chars=opt.trajectory_budget_chars, seed=opt.seed * 100_003 + step
-        )
+        last_call_failed = False
+
+        def render() -> str:
+            seed = opt.seed * 100_003 + step
+            return render_trajectories(best_run.records, self.trainset, budget_chars=self.trajectory_budget, seed=seed)
+
+        trajectories = render()
         notes = usage_notes(best_run.records, self.best.names)
         for trial in range(1, opt.max_trials + 1):
             need = opt.max_actions_per_step - len(kept)
@@ -484,7 +498,9 @@ class _RunState:
                 break
             self._budget_check()
             try:
+                last_call_failed = True
                 proposals = self._propose(candidate, notes, trajectories, feedback, need, counts)
+                last_call_failed = False
             except _LM_SETUP_ERRORS as exc:  # no retry or later step would fare better: stop, and say what to fix
                 kept_work = [f"it resumes after step {step - 1}"] if self.log_dir else []
                 kept_work += ["its evaluations come from the cache"] if opt.evaluator.cache is not None else []
@@ -492,6 +508,20 @@ class _RunState:
                     f"the proposer LM cannot be used: {type(exc).__name__}: {one_line(exc, 400)}; fix its set-up and "
                     f"compile again{' (' + ', and '.join(kept_work) + ')' if kept_work else ''}"
                 ) from exc
+            except ContextWindowExceededError as exc:
+                if self.trajectory_budget <= _MIN_TRAJECTORY_BUDGET:
+                    note = f"the proposer failed: {type(exc).__name__}: {one_line(exc, 400)}"
+                    logger.warning("step %d: %s", step, note)
+                    break
+                # the prompt outgrew the proposer LM's window: show fewer trajectories, from now on
+                self.trajectory_budget = max(_MIN_TRAJECTORY_BUDGET, self.trajectory_budget // 2)
+                note = (
+                    "the proposer's prompt exceeded its LM's context window; the trajectories it sees are cut to "
+                    f"{self.trajectory_budget} characters"
+                )
+                logger.warning("step %d: %s", step, note)
+                trajectories = render()
+                continue
             except Exception as exc:
                 note = f"the proposer failed: {type(exc).__name__}: {exc}"
                 logger.warning("step %d: %s", step, note)
@@ -543,7 +573,7 @@ class _RunState:
         base = dict(step=step, score_before=score_before, actions=outcomes, note=note)
         if not kept:
             self.stale += 1
-            no_change = "proposal_failed" if note and not outcomes else "no_change"
+            no_change = "proposal_failed" if last_call_failed and not outcomes else "no_change"
             return self._step_report(
                 base | {"outcome": no_change, "best_fingerprint": self.best.fingerprint}, counts, start
             )
@@ -781,6 +811,7 @@ class _RunState:
                 "stop_reason": self.stop_reason,
                 "initial_errors": self.initial_errors,
                 "initial_error": self.initial_error,
+                "trajectory_budget": self.trajectory_budget,
             },
             indent=None,  # read by the next run, not by people: report.json is the readable record
         )
