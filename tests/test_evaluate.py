@@ -246,12 +246,16 @@ def test_non_deterministic_functions_are_not_cached(lm, cache):
         assert sandbox.calls == 2
 
 
-def test_a_program_error_scores_failure_score_never_ends_the_run_and_is_not_cached(lm, cache):
+def test_a_program_error_scores_failure_score_never_ends_the_run_and_is_not_cached(lm, cache, caplog):
     examples = [*make_examples(3), dspy.Example(question="crash 1", answer=1.0).with_inputs("question")]
-    run = evaluate(make_program(), lm, cache, examples=examples, failure_score=0.25)
+    with caplog.at_level("WARNING", logger="toolforge"):
+        run = evaluate(make_program(), lm, cache, examples=examples, failure_score=0.25)
     assert [r.score for r in run.records] == [1.0, 1.0, 1.0, 0.25]
     assert "the LM service is down" in run.records[3].error
     assert run.errors == [run.records[3]]
+    assert (
+        "1 of 4 examples raised (each scored 0.25), e.g.: " in caplog.text and "the LM service is down" in caplog.text
+    )
     again = evaluate(make_program(), lm, cache, examples=examples, failure_score=0.25)
     assert (again.hits, again.misses) == (3, 1)
 

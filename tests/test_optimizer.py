@@ -733,6 +733,8 @@ def test_a_program_that_raises_on_some_examples_is_reported_not_hidden(caplog, t
     assert report.initial_errors == 2
     assert report.initial_error == "ConnectionError: the LM at http://localhost:1 refused the connection"
     assert "2 of 4 training examples raised with the initial toolset, e.g.: ConnectionError" in caplog.text
+    assert "step 1: 2 of 4 examples raised, e.g.: ConnectionError: the LM at http" in caplog.text  # tried again
+    assert caplog.text.count("examples raised") == 2  # once for the baseline, once for step 1: not twice each
     markdown = write_report(tmp_path)[1].read_text()
     assert "**2 training example(s) raised with the initial toolset**, e.g.: `ConnectionError: the LM" in markdown
 

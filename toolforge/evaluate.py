@@ -33,6 +33,7 @@ import dspy
 import tqdm
 
 from toolforge._hashing import content_hash
+from toolforge._text import one_line
 from toolforge._usage import count_lm_usage
 from toolforge.cache import CACHE_FORMAT, EvaluationCache, use_call_cache
 from toolforge.errors import FunctionCallError, ToolforgeError
@@ -63,6 +64,7 @@ class Evaluator:
         metric_version: Identifies the metric in cache keys instead of its source (for metrics whose source
             cannot be read, or to keep records across cosmetic edits).
         display_progress: Show a tqdm progress bar.
+        warn_errors: Log a warning after an evaluation in which examples raised: how many, and the first error.
 
     Examples:
         >>> evaluator = Evaluator(metric, cache=EvaluationCache(), num_threads=8)      # doctest: +SKIP
@@ -79,6 +81,7 @@ class Evaluator:
         failure_score: float = 0.0,
         metric_version: str | None = None,
         display_progress: bool = False,
+        warn_errors: bool = True,
     ) -> None:
         if not callable(metric):
             raise ToolforgeError(f"metric must be callable as metric(example, prediction, trace=None), got {metric!r}")
@@ -91,6 +94,7 @@ class Evaluator:
         self.num_threads = num_threads
         self.failure_score = float(failure_score)
         self.display_progress = display_progress
+        self.warn_errors = warn_errors
         self.metric_id = metric_version if metric_version is not None else _metric_source(metric)
 
     def evaluate(
@@ -148,6 +152,14 @@ class Evaluator:
                         lm_calls_saved=run.lm_calls_saved,
                         seconds_saved=run.seconds_saved,
                     )
+        if run.errors and self.warn_errors:
+            logger.warning(
+                "%d of %d examples raised (each scored %s), e.g.: %s",
+                len(run.errors),
+                len(run.records),
+                self.failure_score,
+                one_line(run.errors[0].error, 300),
+            )
         logger.info(
             "evaluated %d examples: score %.3f, %d from cache (%d of them checked against revised code), %d run, "
             "%d LM calls",

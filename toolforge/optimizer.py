@@ -246,6 +246,7 @@ class FunctionOptimizer(Teleprompter):
             num_threads=num_threads,
             failure_score=failure_score,
             metric_version=metric_version,
+            warn_errors=False,  # the compile says it itself, with the step (and stops if the baseline all raised)
         )
         self.proposer = proposer if proposer is not None else Proposer()
 
@@ -712,7 +713,15 @@ class _RunState:
         set_attribute_by_name(self.program, self.param_name, toolset)
         run = self.opt.evaluator.evaluate(self.program, examples, display_progress=False)
         self.agent_lm_calls += run.lm_calls
-        if counts is not None:
+        if counts is not None:  # a step's evaluation (the baseline's errors are reported when it is made)
+            if run.errors:
+                logger.warning(
+                    "step %d: %d of %d examples raised, e.g.: %s",
+                    self.step + 1,
+                    len(run.errors),
+                    len(run.records),
+                    one_line(run.errors[0].error, 300),
+                )
             counts.agent_calls += run.lm_calls
             counts.hits += run.hits
             counts.misses += run.misses
