@@ -330,12 +330,17 @@ def test_dspy_optimizers_bootstrap_demos_for_a_tool_agent(sandbox, tmp_path):
     assert "Use compound." in demo_turns and '{"name": "finish", "args": {}}' in demo_turns
 
     compiled.save(str(tmp_path / "agent.json"))
-    loaded = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
+    loaded = tf.ToolAgent("question -> answer: float", sandbox=sandbox)  # rebuilt untrained, then loaded
     loaded.load(str(tmp_path / "agent.json"))
+    assert loaded.toolset.names == ["compound"]
     assert loaded.react.demos[1]["next_tool_call"] == {"name": "finish", "args": {}}
     with dspy.context(lm=lm):
         assert loaded(question=QUESTION).answer == 121.0
     assert engine.calls > 0
+    # and through a DSPy optimizer again: its student (reset_copy) keeps the functions its demos call
+    with dspy.context(lm=lm):
+        again = optimizer.compile(loaded, trainset=train)
+        assert again.toolset.names == ["compound"] and again(question=QUESTION).answer == 121.0
 
 
 def test_record_calls_blocks_nest():

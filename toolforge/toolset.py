@@ -109,7 +109,6 @@ class Toolset(Parameter):
         ):
             raise ToolsetError(f"max_functions={max_functions!r} must be a non-negative integer or None")
         self._set(tuple(functions), max_functions)
-        self._initial = (self._functions, self._max_functions)
 
     def _set(self, functions: tuple[ForgedFunction, ...], max_functions: int | None) -> None:
         seen: set[str] = set()
@@ -358,8 +357,10 @@ class Toolset(Parameter):
         return self
 
     def reset(self) -> None:
-        """Restore the functions this toolset was constructed with (undoing `load_state`)."""
-        self._set(*self._initial)
+        """Keep the functions. DSPy's optimizers reset their student's parameters (`reset_copy()`) to clear what
+        they themselves learn, a predictor's demos; the functions are learned by `FunctionOptimizer`, and the demos
+        such an optimizer bootstraps with its teacher (a copy that keeps them) call them. A trained program loaded
+        from a file thus keeps its functions through `dspy.BootstrapFewShot` and the like."""
 
     # --------------------------------------------------------------------------------------------- tools
     def as_tools(self, sandbox: Sandbox | None = None) -> list[dspy.Tool]:
