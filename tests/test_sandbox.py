@@ -525,3 +525,117 @@ def test_code_writing_to_the_sandbox_pipe_cannot_spoil_other_calls(sandbox, kind
     for x in range(6):  # every later call, on either worker, gets its own true reply
         assert sandbox.call(add, {"a": x, "b": 1}).value == x + 1
     assert_sandbox_still_works(sandbox)
+
+
+# ------------------------------------------------------------------------- isolation="call": a process per call
+@pytest.fixture(scope="module")
+def call_sandbox():
+    with tf.Sandbox(workers=1, timeout_s=2.0, memory_mb=128, isolation="call") as box:
+        yield box
+
+
+IN_ITS_OWN_PROCESS = {  # with isolation="call", each call runs in a process of its own, which ends with it
+    "thread_left_running": (True, ""),
+    "chdir_away": (True, ""),
+    "signal_handler_and_alarm": (True, ""),
+    "os_exit": (False, "ended the worker process (exit status 3)"),
+    "infinite_loop": (False, "timed out after 2.0 s"),
+    "memory_bomb_list": (False, "exceeded 128 MB memory limit"),
+    "segfault_ctypes": (False, "crashed with SIGSEGV"),
+    "kill_parent": (False, "sending signals"),
+    "ctypes_fork": (None, ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IN_ITS_OWN_PROCESS))
+def test_hostile_function_is_contained_in_a_process_of_its_own(call_sandbox, case):
+    body = next(c[1] for c in HOSTILE if c[0] == case)
+    expect_ok, text = IN_ITS_OWN_PROCESS[case]
+    result = call_sandbox.call(snippet_function(body), {})
+    assert expect_ok is None or result.ok is expect_ok, result
+    assert text in f"{result.error} {' '.join(result.notes)}", result
+    if case == "chdir_away":
+        _check_extra("cwd_restored", result, call_sandbox)
+    if case == "signal_handler_and_alarm":
+        _check_extra("alarm_cancelled", result, call_sandbox)
+    assert_sandbox_still_works(call_sandbox)
+
+
+def test_with_a_process_per_call_the_code_is_compiled_once_and_every_call_starts_afresh(call_sandbox):
+    code = "CALLS = []\n\ndef counter():\n    CALLS.append(1)\n    return len(CALLS)\n"
+    f = tf.ForgedFunction("counter", "Count calls.", {"type": "object", "properties": {}}, code)
+    assert [call_sandbox.call(f, {}).value for _ in range(3)] == [1, 1, 1]  # no state reaches the next call
+    assert all(f.code_hash in worker.known for worker in call_sandbox._all)  # the code was sent once
+
+
+@pytest.mark.parametrize("kind", ["forged", "wrong_shape", "garbage", "huge_frame"])
+def test_with_a_process_per_call_writing_to_the_pipes_loses_only_the_own_reply(call_sandbox, kind):
+    make = {
+        "forged": "body = json.dumps(frames['forged']).encode()\ndata = struct.pack('>I', len(body)) + body",
+        "wrong_shape": "body = json.dumps(frames['wrong_shape']).encode()\ndata = struct.pack('>I', len(body)) + body",
+        "garbage": "data = b'not a frame at all' * 100",
+        "huge_frame": "data = struct.pack('>I', 2**31) + bytes(4096)",
+    }[kind]
+    result = call_sandbox.call(snippet_function(WRITE_TO_PIPES.replace("KIND", make), name="spoiler"), {})
+    assert not result.ok and "wrote to the sandbox's pipe" in result.error, result  # even a forged reply is lost
+    add = make_function("add")
+    assert [call_sandbox.call(add, {"a": x, "b": 1}).value for x in range(4)] == [1, 2, 3, 4]
+
+
+HIJACK = """
+import os, sys
+frame, worker, request = sys._getframe(), None, None
+while frame is not None:  # the worker object, and the request this call answers (with its nonce)
+    for value in frame.f_locals.values():
+        if worker is None and hasattr(value, "proto_out"):
+            worker = value
+        if request is None and isinstance(value, dict) and "nonce" in value:
+            request = value
+    frame = frame.f_back
+
+def fake(req):  # a reply the caller would take for the worker's own
+    return {"ok": True, "value": 666, "error": None, "stdout": "", "notes": [], "value_is_repr": False,
+            "recycle": False, "pid": os.getpid(), "duration_s": 0.0, "nonce": req.get("nonce")}
+
+worker.write(fake(request))  # answer this call, then every later one on this worker, and never return
+while (req := worker.read()) is not None:
+    worker.write(fake(req))
+"""
+
+
+def test_code_that_attacks_the_worker_takes_over_its_later_calls_unless_each_call_has_a_process():
+    """Code written to attack the worker finds its objects in memory. Where the worker runs calls itself
+    (isolation="worker", the default), it can answer every later call on that worker, as the docstring says;
+    with isolation="call", the call's process has no pipe to the caller, and the worker's cannot be opened
+    through /proc either."""
+    attack = snippet_function(HIJACK, name="hijack")
+    add = make_function("add")
+    with tf.Sandbox(workers=1, isolation="worker") as box:
+        taken = box.call(attack, {})
+        assert taken.ok and taken.value == 666  # the documented limit of isolation="worker"
+        assert box.call(add, {"a": 1, "b": 1}).value == 666
+    with tf.Sandbox(workers=1, isolation="call") as box:
+        hijack = box.call(attack, {})
+        assert not hijack.ok and "OSError" in hijack.error, hijack  # the pipes are not open in the call's process
+        assert [box.call(add, {"a": x, "b": 1}).value for x in range(4)] == [1, 2, 3, 4]
+        through_proc = box.call(
+            snippet_function(
+                "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                "return [libc.open(f'/proc/{os.getppid()}/fd/{n}'.encode(), os.O_WRONLY) for n in range(3, 8)]",
+                name="through_proc",
+            ),
+            {},
+        )
+        if "isolation" in box.enforced:
+            assert through_proc.value == [-1] * 5, through_proc  # not even below Python
+        assert [box.call(add, {"a": x, "b": 2}).value for x in range(2)] == [2, 3]
+
+
+def test_isolation_is_a_checked_setting_that_pickles_with_the_sandbox():
+    with pytest.raises(tf.SandboxError, match="isolation must be 'call' or 'worker'"):
+        tf.Sandbox(isolation="thread")
+    box = tf.Sandbox(isolation="call")
+    try:
+        assert pickle.loads(pickle.dumps(box)).isolation == "call"
+    finally:
+        box.close()

@@ -12,8 +12,10 @@ Replies: {"ok", "value", "value_is_repr", "error", "stdout", "notes", "recycle"}
 replace this worker (memory exhausted, threads or processes left running).
 """
 
+import contextlib
 import ctypes
 import ctypes.util
+import gc
 import io
 import json
 import linecache
@@ -267,9 +269,10 @@ _PATH_EVENTS = {
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
-def _install_audit_hook(scratch):
+def _install_audit_hook(scratch, forks_calls):
     """Python-level guard (portable, in addition to the OS-level ones): no processes, no signals, no network,
-    no writes outside the scratch directory."""
+    no writes outside the scratch directory. With `forks_calls`, the worker's own process (where forged code
+    then never runs) may fork the process of each call, and end it."""
     scratch = os.path.realpath(scratch)
     devnull = os.path.realpath(os.devnull)
     realpath, fspath, isinstance_, str_, bytes_, int_ = (
@@ -293,7 +296,11 @@ def _install_audit_hook(scratch):
             return False
         return resolved == scratch or resolved.startswith(scratch + os.sep) or resolved == devnull
 
+    zygote, getpid = os.getpid(), os.getpid
+
     def hook(event, args):
+        if forks_calls and event in ("os.fork", "os.kill") and getpid() == zygote:
+            return  # the worker forking (and ending) the process a call runs in; forged code never runs here
         if event in _FORBIDDEN_EVENTS:
             raise PermissionError(f"toolforge sandbox: {_FORBIDDEN_EVENTS[event]} is not allowed ({event})")
         if event == "open":
@@ -345,7 +352,7 @@ def _lock_down(config):
         limit = config["max_processes"]
         resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
         enforced["processes"] = f"RLIMIT_NPROC {limit}"
-    enforced["python"] = _install_audit_hook(scratch)
+    enforced["python"] = _install_audit_hook(scratch, forks_calls=config.get("isolation", "worker") == "call")
     return enforced, missing
 
 
@@ -373,6 +380,16 @@ class _CappedText(io.TextIOBase):
         pass
 
 
+_WARM_UP = {"op": "call", "name": "warm_up", "code_hash": "<warm-up>", "arguments": {"x": 1}}
+_WARM_UP_CODE = "def warm_up(x):\n    print(x)\n    return [x, str(x)]\n"
+
+
+def _compile_forged(name, code):
+    filename = f"<forged {name}>"
+    _remember_source(filename, code)
+    return compile(code, filename, "exec")
+
+
 def _remember_source(filename, code):
     """So that tracebacks of code compiled from a string show its lines."""
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
@@ -390,7 +407,14 @@ class Worker:
         self.private_scratch = private_scratch
         self.scratch = config["scratch"]
         self.proto_in, self.proto_out, self.output_fd = proto_in, proto_out, output_fd
-        self.functions = {}
+        self.isolated = config.get("isolation", "worker") == "call"  # each call in a process of its own
+        self.functions = {}  # code_hash -> (name, code object): compiled once per worker
+        self.defined = {}  # code_hash -> function, where the worker runs calls itself (isolation="worker")
+        self.functions[_WARM_UP["code_hash"]] = ("warm_up", _compile_forged("warm_up", _WARM_UP_CODE))
+        self.children = []  # call processes that replied, to reap
+        self.sources = {}  # code_hash -> code, for a call's process forked before its code came
+        self.standby = None  # (pid, request pipe, reply pipe) of the process that will run the next call
+        self.max_reply = 8 * (config["max_value_bytes"] + config["max_output_bytes"]) + (1 << 20)
         self.signals = {s: signal.getsignal(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, 19)}
         self.recursion_limit = sys.getrecursionlimit()
 
@@ -419,6 +443,125 @@ class Worker:
             data = data[os.write(self.proto_out, data) :]
 
     # work
+    def serve(self, request):
+        """The reply to `request`, run in a process of its own forked from this one.
+
+        Forged code never runs in the worker's own process, which holds the pipes to the caller: the call's
+        process has only a pipe in (its request) and a pipe out (its reply). So forged code can neither read the
+        caller's next request nor answer it; at most it spoils its own reply, whose result it controls anyway;
+        and the worker is not dumpable, so no process of the same user opens its pipes through /proc. A call's
+        process that ends without a reply (os._exit, a crash) takes the worker with it, the same way, so that the
+        caller sees why and replaces the worker. The next call's process is forked while the caller reads this
+        reply, so that a call does not wait for a fork.
+        """
+        self._reap(block=False)
+        try:
+            self._prepare(request)
+        except BaseException as exc:  # code that does not compile: its error is the call's result
+            return self._reply(False, None, _forged_traceback(exc), "", [], False)
+        self.prefork()
+        pid, request_end, reply_end = self.standby
+        self.standby = None
+        if request.get("op") == "call" and "code" not in request and request["code_hash"] in self.sources:
+            request = {**request, "code": self.sources[request["code_hash"]]}  # it may predate the code
+        data = json.dumps(request).encode()
+        try:
+            while data:
+                data = data[os.write(request_end, data) :]
+        except OSError:
+            pass  # it ended already: what it said (or its exit status) is read below
+        os.close(request_end)
+        chunks, size = [], 0
+        while chunk := os.read(reply_end, 1 << 20):
+            if size <= self.max_reply:  # past that, drained and dropped: no true reply is so long
+                chunks.append(chunk)
+            size += len(chunk)
+        os.close(reply_end)
+        if not size:  # no reply: how did the call's process end? (if it runs on, the caller's timeout ends it)
+            _, status = os.waitpid(pid, 0)
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                return self._reply(False, None, "the code closed the sandbox's pipe; its reply was lost", "", [], False)
+            if os.WIFSIGNALED(status):  # end as the call's process did (a crash), so that the caller can tell why
+                signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+                signal.raise_signal(os.WTERMSIG(status))
+            os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # it replied (or wrote): nothing of the call may outlive its reply
+        self.children.append(pid)
+        try:
+            reply = json.loads(b"".join(chunks)) if size <= self.max_reply else None
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):  # the code wrote to its reply pipe: the reply is lost, the worker is fine
+            return self._reply(False, None, "the code wrote to the sandbox's pipe; its reply was lost", "", [], False)
+        reply["pid"] = os.getpid()
+        return reply
+
+    def prefork(self):
+        """Fork the process that will run the next call, unless it is there; it waits for its request."""
+        if self.standby is not None:
+            return
+        request_in, request_end = os.pipe()
+        reply_end, reply_out = os.pipe()
+        gc.freeze()  # the child's collector then leaves the worker's objects (and their pages) alone
+        pid = os.fork()
+        if pid == 0:  # the call's process: it keeps only its own two pipes
+            try:
+                for fd in (self.proto_in, self.proto_out, request_end, reply_end):
+                    os.close(fd)
+                # a call of our own first: the pages a call writes to are copied now, not while the caller waits
+                json.dumps(self.handle(_WARM_UP))
+                chunks = []
+                while chunk := os.read(request_in, 1 << 20):
+                    chunks.append(chunk)
+                os.close(request_in)
+                if chunks:  # none: the worker ended before a call came
+                    data = json.dumps(self.handle(json.loads(b"".join(chunks)))).encode()
+                    while data:
+                        data = data[os.write(reply_out, data) :]
+                    os.close(reply_out)  # the reply is complete now, not when the exit has torn the process down
+            finally:
+                os._exit(0)
+        os.close(request_in)
+        os.close(reply_out)
+        self.standby = (pid, request_end, reply_end)
+
+    def _prepare(self, request):
+        """Compile a function's code once per worker, and import the standard-library modules the code imports
+        here, so that each call's process finds them loaded (running nothing the code itself defines)."""
+        if request["op"] == "exec":
+            code = request["code"]
+        elif request["code_hash"] in self.functions or "code" not in request:
+            return
+        else:
+            code = request["code"]
+            self.sources[request["code_hash"]] = code
+            self.functions[request["code_hash"]] = (request["name"], _compile_forged(request["name"], code))
+        try:
+            import ast
+
+            tree = ast.parse(code)
+        except SyntaxError:
+            return
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for name in names:
+                if name.split(".")[0] in sys.stdlib_module_names and name not in sys.modules:
+                    try:
+                        __import__(name)
+                    except BaseException:
+                        pass
+
+    def _reap(self, block):
+        for pid in list(self.children):
+            try:
+                done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.children.remove(pid)
+
     def handle(self, request):
         notes, recycle = [], False
         cap = self.config["max_output_bytes"]
@@ -442,13 +585,18 @@ class Worker:
             error = _forged_traceback(exc)
         finally:
             sys.stdout, sys.stderr, sys.stdin = saved
-            recycle |= self._restore(notes)
+            # a call's own process ends with it; a worker that ran the code itself must undo what it changed
+            recycle |= self._scratch_full(notes) if self.isolated else self._restore(notes)
         stdout = "".join(out.parts)
         file_output = self._drain_output(cap - len(stdout.encode()))
         stdout += file_output[0]
         if out.dropped or file_output[1]:
             notes.append(f"output truncated to {cap} bytes")
         value, value_is_repr = self._encode(value, notes) if ok else (None, False)
+        return self._reply(ok, value, error, stdout, notes, recycle, value_is_repr)
+
+    @staticmethod
+    def _reply(ok, value, error, stdout, notes, recycle, value_is_repr=False):
         return {
             "ok": ok,
             "value": value,
@@ -463,24 +611,24 @@ class Worker:
     def _run(self, request):
         if request["op"] == "exec":
             return self._exec_snippet(request["code"])
-        fn = self.functions.get(request["code_hash"])
-        if fn is None:
+        if request["code_hash"] not in self.functions:  # compiled after this process was forked
             if "code" not in request:
                 raise RuntimeError("worker lost the function's code; call again")
-            module = types.ModuleType(f"forged_{request['name']}")
+            self.functions[request["code_hash"]] = (request["name"], _compile_forged(request["name"], request["code"]))
+        fn = self.defined.get(request["code_hash"])
+        if fn is None:
+            name, code = self.functions[request["code_hash"]]
+            module = types.ModuleType(f"forged_{name}")
             module.__dict__["__builtins__"] = __builtins__
-            filename = f"<forged {request['name']}>"
-            _remember_source(filename, request["code"])
             try:
-                exec(compile(request["code"], filename, "exec"), module.__dict__)
+                exec(code, module.__dict__)
             except BaseException as exc:
-                raise type(exc)(f"defining {request['name']!r} failed: {exc}").with_traceback(
-                    exc.__traceback__
-                ) from None
-            fn = module.__dict__.get(request["name"])
+                raise type(exc)(f"defining {name!r} failed: {exc}").with_traceback(exc.__traceback__) from None
+            fn = module.__dict__.get(name)
             if not callable(fn):
-                raise NameError(f"the code does not define a function {request['name']!r}")
-            self.functions[request["code_hash"]] = fn
+                raise NameError(f"the code does not define a function {name!r}")
+            if not self.isolated:  # defined once, in the worker that runs the calls itself
+                self.defined[request["code_hash"]] = fn
         return fn(**request["arguments"])
 
     @staticmethod
@@ -496,6 +644,17 @@ class Worker:
         if last is None:
             return None
         return eval(compile(ast.Expression(last.value), "<python>", "eval"), namespace)
+
+    def _scratch_full(self, notes):
+        """Whether the scratch directory, which outlives the call, holds so much that the worker must go."""
+        if not self.private_scratch:
+            return False
+        usage = os.statvfs(self.scratch)
+        used_mb = (usage.f_blocks - usage.f_bfree) * usage.f_frsize / _MB
+        if used_mb > self.config["max_scratch_mb"] / 2:  # the tmpfs holds memory: give it back
+            notes.append(f"its scratch directory held {used_mb:.0f} MB; the worker was replaced")
+            return True
+        return False
 
     def _restore(self, notes):
         """Undo what forged code may have changed in this process; say whether the worker must be replaced."""
@@ -515,12 +674,7 @@ class Worker:
         for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
             signal.setitimer(timer, 0)
         sys.setrecursionlimit(self.recursion_limit)
-        if self.private_scratch:
-            usage = os.statvfs(self.scratch)
-            used_mb = (usage.f_blocks - usage.f_bfree) * usage.f_frsize / _MB
-            if used_mb > self.config["max_scratch_mb"] / 2:  # the tmpfs holds memory: give it back
-                recycle = True
-                notes.append(f"its scratch directory held {used_mb:.0f} MB; the worker was replaced")
+        recycle |= self._scratch_full(notes)
         threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
         if threads > 1:
             recycle = True
@@ -580,6 +734,12 @@ def main():
     os.dup2(output_fd, 2)
     sys.stdout = sys.stderr = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
     enforced, missing = _lock_down(config)
+    if config.get("isolation", "worker") == "call":
+        try:  # not dumpable: no process of the same user (a call's, included) can open our pipes through /proc
+            _libc_call(_ERRNO_LIBC.prctl, 4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+            enforced["isolation"] = "each call in a process of its own, apart from the pipes to the caller"
+        except OSError as exc:
+            missing["isolation"] = f"PR_SET_DUMPABLE: {exc}"
     os.makedirs(os.path.join(config["scratch"], "tmp"), exist_ok=True)  # in the tmpfs, where there is one
     memory = config["memory_mb"] * _MB
     address_space = _vm_size_bytes() + memory
@@ -587,15 +747,19 @@ def main():
     enforced["memory"] = f"{config['memory_mb']} MB address space beyond the interpreter's own"
     worker = Worker(config, proto_in, proto_out, output_fd, private_scratch="scratch" in enforced)
     worker.write({"ready": True, "pid": os.getpid(), "enforced": enforced, "missing": missing})
+    if worker.isolated:
+        worker.prefork()
     while True:
         request = worker.read()
         if request is None:
             return
-        reply = worker.handle(request)
+        reply = worker.serve(request) if worker.isolated else worker.handle(request)
         reply["nonce"] = request.get("nonce")  # so that the parent can tell this reply from one forged code wrote
         worker.write(reply)
         if reply["recycle"]:
             os._exit(0)  # without waiting for threads that forged code left behind
+        if worker.isolated:
+            worker.prefork()  # while the caller reads the reply
 
 
 if __name__ == "__main__":

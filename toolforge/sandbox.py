@@ -2,8 +2,13 @@
 
 Each worker is a separate Python interpreter (`toolforge/_worker.py`, standard library only) started with a clean
 environment and its own scratch directory. Workers are reused across calls, and a worker compiles a function's
-code once per `code_hash`. A worker that times out, crashes, exits, runs out of memory or leaves threads or
-processes behind is killed and replaced; the caller gets `CallResult(ok=False, error=...)` with the reason.
+code once per `code_hash`. With `isolation="worker"` (the default), the worker runs calls itself and undoes what a
+call changed. With `isolation="call"`, the worker never runs forged code itself: each call runs in a process of
+its own, forked from the worker (while the previous reply is read, and warmed up by a call of the worker's own,
+so that a call does not wait for either), which ends with the call, so nothing one call leaves behind (module
+state, threads, timers, a changed directory) reaches the next. A worker whose call times out, crashes, exits, or
+runs out of memory (or, running calls itself, leaves threads or processes behind) is killed and replaced; the
+caller gets `CallResult(ok=False, error=...)` with the reason.
 
 What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says which ones held on this machine):
 
@@ -36,13 +41,16 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
   seccomp cannot be undone from inside. (Checked as root and as a non-root user on this kind of machine.)
 * **Environment**: the worker's environment is built from scratch (PATH, HOME and TMPDIR in the scratch
   directory, a fixed PYTHONHASHSEED): none of the caller's variables, API keys included, reach it.
-* **The pipe to the caller**: forged code shares the worker's process and can write to its pipe. A reply must
-  echo the random nonce of its request and have the worker's shape and a bounded size; anything else replaces the
-  worker. A forged reply can thus only answer the call whose code wrote it (whose result it controls anyway): the
-  worker's true reply then arrives late, and the next call notices it and runs again on a fresh worker. (Code
-  that, after forging its reply, keeps running and reads the next request from the pipe can answer that one
-  request falsely before the worker is found out: only a process per call would close this, at about 1 ms a
-  call here, four times the cost of a warm call.)
+* **The pipe to the caller**: with `isolation="call"`, a call's process holds only its own request and reply
+  pipes, and the worker is not dumpable (PR_SET_DUMPABLE), so that no process of the same user, a call's
+  included, opens the worker's pipes through /proc: forged code can neither read another request nor answer one;
+  what it writes to its own pipe loses only its own reply. With `isolation="worker"`, forged code shares the
+  worker's process: a reply must echo the random nonce of its request and have the worker's shape and a bounded
+  size, and anything else replaces the worker, but code written to attack the worker can find its objects in
+  memory, answer its own call and then every later call on that worker, falsely. "worker" is the default because
+  forged code is written by an LM optimizing functions, which makes mistakes, not attacks, and because a call
+  costs 0.2 ms there against about 1 ms (1.7 ms back to back) with "call"; choose "call" where the code may be
+  adversarial (`benchmarks/sandbox_overhead.py` measures both).
 * **Output**: stdout and stderr, Python-level and file-descriptor-level, are captured and capped at
   `max_output_bytes`; a return value that JSON cannot hold comes back as its repr, and the result says so.
 
@@ -82,7 +90,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -163,6 +171,7 @@ class _Worker:
             "max_file_mb": sandbox.max_file_mb,
             "max_scratch_mb": sandbox.max_scratch_mb,
             "max_processes": sandbox.max_processes,
+            "isolation": sandbox.isolation,
             "homes": [str(Path.home())],  # unreadable, but for Python's own files (Landlock)
         }
         env = {
@@ -322,6 +331,11 @@ class Sandbox:
         max_scratch_mb: Cap on all the files in a worker's scratch directory (a tmpfs of that size, held in memory
             while the worker lives).
         max_processes: Cap on processes and threads of a worker (pids cgroup, or RLIMIT_NPROC as non-root).
+        isolation: "worker" (the default) runs calls in the worker itself (about 0.2 ms a call here), undoing
+            what a call changed afterwards; code written to attack the worker can then answer the later calls it
+            runs (see the module docstring). "call" runs each call in a process of its own, forked from the
+            worker, which never runs forged code: no call can see, spoil or answer another (about 1 ms a call
+            here, 1.7 ms back to back); for code that may be adversarial, not merely wrong.
 
     Examples:
         >>> with Sandbox(workers=1) as sandbox:                 # doctest: +SKIP
@@ -340,6 +354,7 @@ class Sandbox:
         max_file_mb: int = 64,
         max_scratch_mb: int = 256,
         max_processes: int = 64,
+        isolation: Literal["worker", "call"] = "worker",
     ) -> None:
         for name, value, low in (
             ("workers", workers, 1),
@@ -354,7 +369,10 @@ class Sandbox:
                 raise SandboxError(f"Sandbox({name}={value!r}): {name} must be an integer >= {low}")
         if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or not timeout_s > 0:
             raise SandboxError(f"Sandbox(timeout_s={timeout_s!r}): timeout_s must be a number of seconds > 0")
+        if isolation not in ("call", "worker"):
+            raise SandboxError(f"Sandbox(isolation={isolation!r}): isolation must be 'call' or 'worker'")
         self.workers = workers
+        self.isolation = isolation
         self.timeout_s = float(timeout_s)
         self.memory_mb = memory_mb
         self.max_output_bytes = max_output_bytes
@@ -435,6 +453,7 @@ class Sandbox:
                 "max_file_mb",
                 "max_scratch_mb",
                 "max_processes",
+                "isolation",
             )
         }
         return functools.partial(Sandbox, **settings), ()
