@@ -4,12 +4,12 @@ Baselines, measured in the same run, interleaved in rounds so that machine noise
   (a) a direct in-process call of the same function (no isolation at all);
   (b) a fresh `python -c` subprocess per call, which is what the reference AgentOptimizer executor does
       (before it even adds its `pip install`).
-The sandbox is measured in both isolation modes: "call" (the default: each call in a process of its own, forked
-from the worker while the previous reply is read) and "worker" (the worker runs calls itself). Calls in a tight
-loop leave the worker no time to fork between them; an agent's calls come between LM steps, so "call" is also
-measured with a 2 ms pause before each call (not counted), as a caller that does anything between calls sees it.
-Also shown: the same call through the `dspy.Tool` that `Toolset.as_tools` builds (schema validation and call
-recording on top of the default sandbox).
+The sandbox is measured in both isolation modes: "worker" (the default: the worker runs calls itself) and "call"
+(each call in a process of its own, forked and warmed up from the worker while the previous reply is read).
+Calls in a tight loop leave the worker no time to fork between them; an agent's calls come between LM steps, so
+"call" is also measured with a 2 ms pause before each call (not counted), as a caller that does anything between
+calls sees it. Also shown: the same call through the `dspy.Tool` that `Toolset.as_tools` builds (schema
+validation and call recording on top of the default sandbox).
 
 Targets: warm sandbox median <= 1 ms, and >= 20x faster than a subprocess per call.
 
@@ -55,10 +55,10 @@ def main() -> None:
     namespace: dict = {}
     exec(compile(CODE, "<bench>", "exec"), namespace)
     direct = namespace["add"]
-    samples: dict[str, list[float]] = {k: [] for k in ("direct", "sandbox", "paced", "worker", "tool", "subprocess")}
-    with tf.Sandbox(workers=1) as sandbox, tf.Sandbox(workers=1, isolation="worker") as in_worker:
+    samples: dict[str, list[float]] = {k: [] for k in ("direct", "sandbox", "call", "paced", "tool", "subprocess")}
+    with tf.Sandbox(workers=1) as sandbox, tf.Sandbox(workers=1, isolation="call") as per_call:
         tool = tf.Toolset([FUNCTION]).as_tools(sandbox)[0]
-        for box in (sandbox, in_worker):
+        for box in (sandbox, per_call):
             for i in range(50):  # warm up: start the worker, compile the function
                 assert box.call(FUNCTION, {"a": i, "b": 1}).value == i + 1
         for _ in range(args.rounds):
@@ -66,7 +66,7 @@ def main() -> None:
                 start = time.perf_counter()
                 direct(a=i, b=1)
                 samples["direct"].append(time.perf_counter() - start)
-            for key, box, pause in (("sandbox", sandbox, 0.0), ("paced", sandbox, 0.002), ("worker", in_worker, 0.0)):
+            for key, box, pause in (("sandbox", sandbox, 0.0), ("call", per_call, 0.0), ("paced", per_call, 0.002)):
                 for i in range(args.calls):
                     if pause:
                         time.sleep(pause)
@@ -84,19 +84,19 @@ def main() -> None:
                 out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
                 samples["subprocess"].append(time.perf_counter() - start)
                 assert json.loads(out.stdout) == i + 1
-        enforced = sandbox.enforced
+        enforced = per_call.enforced
 
     medians = {k: statistics.median(v) for k, v in samples.items()}
     rows = [("path", "calls", "median (ms)", "p95 (ms)", "vs warm sandbox")]
     labels = {
         "direct": "(a) direct in-process call",
-        "sandbox": "warm sandbox (isolation=call, default), calls back to back",
+        "sandbox": "warm sandbox (isolation=worker, default)",
+        "call": "warm sandbox (isolation=call), calls back to back",
         "paced": "warm sandbox (isolation=call), 2 ms between calls",
-        "worker": "warm sandbox (isolation=worker), calls back to back",
-        "tool": "warm sandbox via dspy.Tool (validate + record)",
+        "tool": "warm default sandbox via dspy.Tool (validate + record)",
         "subprocess": "(b) fresh `python -c` subprocess per call",
     }
-    for key in ("direct", "sandbox", "paced", "worker", "tool", "subprocess"):
+    for key in ("direct", "sandbox", "call", "paced", "tool", "subprocess"):
         ratio = medians[key] / medians["sandbox"]
         rows.append(
             (
@@ -109,9 +109,9 @@ def main() -> None:
         )
     verdict = []
     for key, what in (
-        ("sandbox", "isolation=call, back to back"),
-        ("paced", "isolation=call, paced"),
-        ("worker", "isolation=worker"),
+        ("sandbox", "default, isolation=worker"),
+        ("call", "isolation=call, back to back"),
+        ("paced", "isolation=call, 2 ms between calls"),
     ):
         speedup = medians["subprocess"] / medians[key]
         verdict.append(
@@ -119,7 +119,7 @@ def main() -> None:
             f"{'met' if medians[key] <= 1e-3 else 'NOT met'}; subprocess per call / it = {speedup:.1f}x "
             f"(target >= 20x): {'met' if speedup >= 20 else 'NOT met'}."
         )
-    verdict.append(f"Protections in force during the run (default sandbox): {', '.join(sorted(enforced))}.")
+    verdict.append(f"Protections in force during the run (isolation=call): {', '.join(sorted(enforced))}.")
     _results.report("Sandbox overhead per call (benchmarks/sandbox_overhead.py)", rows, verdict, width=14)
 
 
