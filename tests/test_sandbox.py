@@ -631,6 +631,23 @@ def test_code_that_attacks_the_worker_takes_over_its_later_calls_unless_each_cal
         assert [box.call(add, {"a": x, "b": 2}).value for x in range(2)] == [2, 3]
 
 
+def test_the_environment_chooses_the_default_sandboxs_isolation():
+    script = "import toolforge as tf\nprint(tf.default_sandbox().isolation)"
+    run = lambda value: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", script],
+        env={**os.environ, "TOOLFORGE_SANDBOX_ISOLATION": value},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run("call").stdout.strip() == "call"
+    bad = run("strict")
+    assert (
+        bad.returncode != 0
+        and "TOOLFORGE_SANDBOX_ISOLATION='strict': give 'worker' (the default) or 'call'" in bad.stderr
+    )
+
+
 def test_isolation_is_a_checked_setting_that_pickles_with_the_sandbox():
     with pytest.raises(tf.SandboxError, match="isolation must be 'call' or 'worker'"):
         tf.Sandbox(isolation="thread")

@@ -591,10 +591,14 @@ _default_lock = threading.Lock()
 
 
 def default_sandbox() -> Sandbox:
-    """The process-wide sandbox: created on first use with default limits, closed at interpreter exit."""
+    """The process-wide sandbox: created on first use with default limits, closed at interpreter exit.
+    `TOOLFORGE_SANDBOX_ISOLATION=call` in the environment gives it a process per call (see `Sandbox`)."""
     global _default
     with _default_lock:
         if _default is None or _default._closed:
-            _default = Sandbox()
+            isolation = os.environ.get("TOOLFORGE_SANDBOX_ISOLATION", "worker").strip() or "worker"
+            if isolation not in ("worker", "call"):
+                raise SandboxError(f"TOOLFORGE_SANDBOX_ISOLATION={isolation!r}: give 'worker' (the default) or 'call'")
+            _default = Sandbox(isolation=isolation)  # type: ignore[arg-type]
             atexit.register(_default.close)
         return _default
