@@ -380,6 +380,7 @@ class _CappedText(io.TextIOBase):
         pass
 
 
+_NOT_PRELOADED = {"this", "antigravity"}  # importing them prints, or opens a browser
 _WARM_UP = {"op": "call", "name": "warm_up", "code_hash": "<warm-up>", "arguments": {"x": 1}}
 _WARM_UP_CODE = "def warm_up(x):\n    print(x)\n    return [x, str(x)]\n"
 
@@ -454,7 +455,7 @@ class Worker:
         caller sees why and replaces the worker. The next call's process is forked while the caller reads this
         reply, so that a call does not wait for a fork.
         """
-        self._reap(block=False)
+        self._reap()
         try:
             self._prepare(request)
         except BaseException as exc:  # code that does not compile: its error is the call's result
@@ -547,16 +548,18 @@ class Worker:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             names += [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
             for name in names:
-                if name.split(".")[0] in sys.stdlib_module_names and name not in sys.modules:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names and top not in _NOT_PRELOADED and name not in sys.modules:
                     try:
                         __import__(name)
                     except BaseException:
                         pass
 
-    def _reap(self, block):
+    def _reap(self):
+        """Collect the call processes that have ended since (each was killed once it replied)."""
         for pid in list(self.children):
             try:
-                done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+                done, _ = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 done = pid
             if done:
