@@ -99,6 +99,21 @@ def test_an_add_that_raises_the_score_is_accepted(cache):
     assert report.accepted_steps == [0, 1]
 
 
+def test_a_sandbox_with_a_process_per_call_trains_the_same_toolset(cache):
+    with tf.Sandbox(workers=2, isolation="call") as box:
+        agent_model, _ = agent_lm()
+        proposer_model, _ = proposer_lm(add_square_once)
+        student = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([DOUBLE]), sandbox=box)
+        optimizer = tf.FunctionOptimizer(
+            exact, proposer_lm=proposer_model, max_epochs=2, cache=cache, sandbox=box, display_progress=False
+        )
+        with dspy.context(lm=agent_model):
+            trained = optimizer.compile(student, trainset=examples())
+    report = trained.toolforge_report
+    assert (report.initial_score, report.best_score) == (0.8, 1.0)
+    assert trained.toolset.names == ["double", "square"]
+
+
 def test_the_proposer_is_told_how_the_training_runs_used_each_function(cache):
     seen = []
 

@@ -461,6 +461,7 @@ class Sandbox:
     def __repr__(self) -> str:
         return (
             f"Sandbox(workers={self.workers}, timeout_s={self.timeout_s}, memory_mb={self.memory_mb}"
+            f"{', isolation=' + repr(self.isolation) if self.isolation != 'worker' else ''}"
             f"{', closed' if self._closed else ''})"
         )
 
