@@ -712,6 +712,10 @@ def test_training_examples_that_are_not_examples_are_refused_before_anything_run
     unmarked = dspy.Example(question="double 2", answer=4.0)
     with pytest.raises(tf.ToolforgeError, match=r"valset item 0 has no inputs marked; build it as .*with_inputs"):
         optimizer.compile(agent, trainset=examples(2), valset=[unmarked])
+    with pytest.raises(tf.ToolforgeError, match=r"trainset must be a list of dspy.Example, got NoneType"):
+        optimizer.compile(agent, trainset=None)
+    with pytest.raises(tf.ToolforgeError, match=r"valset must be a list of dspy.Example, got Example"):
+        optimizer.compile(agent, trainset=examples(2), valset=unmarked)
     assert proposer.calls == 0
 
 

@@ -279,6 +279,11 @@ class FunctionOptimizer(Teleprompter):
                 LM failure ends a compile.
         """
         start = time.perf_counter()
+        for name, given in (("trainset", trainset), ("valset", valset)):
+            if (given is None and name == "trainset") or isinstance(given, str | dict | dspy.Example | int | float):
+                raise ToolforgeError(f"{name} must be a list of dspy.Example, got {type(given).__name__}")
+        trainset = list(trainset)
+        valset = list(valset) if valset is not None else None
         if not trainset:
             raise ToolforgeError("trainset is empty; pass the examples to train on")
         check_examples(trainset, "trainset item")
