@@ -414,6 +414,7 @@ class Worker:
         self.functions[_WARM_UP["code_hash"]] = ("warm_up", _compile_forged("warm_up", _WARM_UP_CODE))
         self.children = []  # call processes that replied, to reap
         self.sources = {}  # code_hash -> code, for a call's process forked before its code came
+        self.unforked = set()  # code_hashes compiled since the waiting call's process was forked
         self.standby = None  # (pid, request pipe, reply pipe) of the process that will run the next call
         self.max_reply = 8 * (config["max_value_bytes"] + config["max_output_bytes"]) + (1 << 20)
         self.signals = {s: signal.getsignal(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, 19)}
@@ -463,8 +464,8 @@ class Worker:
         self.prefork()
         pid, request_end, reply_end = self.standby
         self.standby = None
-        if request.get("op") == "call" and "code" not in request and request["code_hash"] in self.sources:
-            request = {**request, "code": self.sources[request["code_hash"]]}  # it may predate the code
+        if request.get("op") == "call" and request["code_hash"] in self.unforked:  # it predates the code
+            request = {**request, "code": self.sources[request["code_hash"]]}
         data = json.dumps(request).encode()
         try:
             while data:
@@ -505,6 +506,7 @@ class Worker:
         request_in, request_end = os.pipe()
         reply_end, reply_out = os.pipe()
         gc.freeze()  # the child's collector then leaves the worker's objects (and their pages) alone
+        self.unforked.clear()  # the new process has every function compiled so far
         pid = os.fork()
         if pid == 0:  # the call's process: it keeps only its own two pipes
             try:
@@ -537,6 +539,7 @@ class Worker:
         else:
             code = request["code"]
             self.sources[request["code_hash"]] = code
+            self.unforked.add(request["code_hash"])
             self.functions[request["code_hash"]] = (request["name"], _compile_forged(request["name"], code))
         try:
             import ast
