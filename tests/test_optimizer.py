@@ -304,6 +304,43 @@ def test_a_function_that_crashes_in_its_smoke_call_is_rejected(cache):
     assert second.status == "accepted" and trained.toolset.names == ["double", "square"]
 
 
+def test_a_proposal_written_loosely_reaches_its_smoke_call_as_meant(cache):
+    """As LMs write them: a verb for the action, Python type names, example values as JSON (integers, objects)."""
+    code = "import math\n\n\ndef lcm_of(numbers, weights):\n    return math.lcm(*numbers) * weights['scale']\n"
+    loose = {
+        "action": "add",
+        "name": "lcm_of",
+        "description": "The least common multiple of the integers, times weights['scale'].",
+        "parameters": [{"name": "numbers", "type": "list[int]"}, {"name": "weights", "type": "dict"}],
+        "code": code,
+        "example_arguments": [{"name": "numbers", "value": "[4, 6]"}, {"name": "weights", "value": {"scale": 2}}],
+    }
+    _, _, report, _, _ = compile_with(lambda inputs: [loose], tf.Toolset([DOUBLE]), cache=cache, max_epochs=1)
+    outcome = report.steps[0].actions[0]
+    assert outcome.summary == "add lcm_of"
+    assert outcome.status == "accepted" and outcome.reason is None  # its smoke call ran (24); a tie is accepted
+
+
+def test_a_malformed_action_goes_back_without_losing_the_valid_ones_beside_it(cache):
+    calls = []
+
+    def policy(inputs):
+        calls.append(inputs)
+        if len(calls) > 1:
+            return []
+        return [action("add_function", SQUARE), {"action": "rename_function", "name": "double"}, "cube it"]
+
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1)
+    square, rename, text = report.steps[0].actions
+    assert (square.summary, square.status) == ("add square", "accepted")
+    assert (rename.summary, rename.status) == ("rename double", "rejected")
+    assert rename.reason.startswith("the action is malformed: action: Input should be 'add_function'")
+    assert (text.summary, text.status) == ("? ?", "rejected")
+    assert text.reason == "the action is malformed: an action must be a JSON object, got str: cube it"
+    assert "- rename double (trial 1): the action is malformed" in calls[1]["rejected"]
+    assert trained.toolset.names == ["double", "square"]
+
+
 @pytest.mark.parametrize(
     ("proposal", "reason"),
     [

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import dspy
+import pytest
 from dspy.adapters.json_adapter import _get_structured_outputs_response_format
+from pydantic import ValidationError
 
 import toolforge as tf
 from tests.evaluation_fixtures import unary
-from toolforge.proposer import ProposeActions, render_functions, render_trajectories, usage_notes
+from toolforge.proposer import ParameterSpec, ProposeActions, render_functions, render_trajectories, usage_notes
 
 
 def record(i: int, score: float, observation: str = "ok") -> tf.ExampleRecord:
@@ -73,7 +75,7 @@ def test_the_output_schema_is_closed_for_constrained_decoding():
     schema = _get_structured_outputs_response_format(dspy.Predict(ProposeActions).signature).model_json_schema()
     text = json.dumps(schema)
     assert '"additionalProperties": true' not in text
-    action = schema["$defs"]["ProposedAction"]
+    action = schema["$defs"]["ProposedActionReply"]
     assert action["properties"]["parameters"]["type"] == "array"
 
 
@@ -96,3 +98,66 @@ def test_a_table_input_keeps_its_rows():
     long = dspy.Example(table="\n".join(f"row {i} | {i}" for i in range(200)), question="q").with_inputs("table")
     text = render_trajectories([record(0, 0.0)], [long], budget_chars=5000, seed=0)
     assert "    row 0 | 0\n" in text and "more lines)" in text and "row 199" not in text
+
+
+def test_example_arguments_keep_their_json_types():
+    proposal = tf.ProposedAction(
+        action="add_function",
+        name="f",
+        parameters=[
+            {"name": "numbers", "type": "array"},
+            {"name": "weights", "type": "object"},
+            {"name": "label", "type": "string"},
+            {"name": "quoted", "type": "string"},
+            {"name": "count", "type": "integer"},
+            {"name": "rows", "type": "array"},
+        ],
+        example_arguments=[
+            {"name": "numbers", "value": [4, 6]},  # a JSON value, as a scripted proposer or old checkpoint gives it
+            {"name": "weights", "value": '{"a": 1, "b": [2.5]}'},  # JSON text, as the schema asks
+            {"name": "label", "value": "12"},  # a string argument's text stays text
+            {"name": "quoted", "value": '"Ana"'},
+            {"name": "count", "value": "3"},
+            {"name": "rows", "value": "[[1, 2], [3, 4]]"},
+        ],
+    )
+    assert proposal.arguments() == {
+        "numbers": [4, 6],
+        "weights": {"a": 1, "b": [2.5]},
+        "label": "12",
+        "quoted": "Ana",
+        "count": 3,
+        "rows": [[1, 2], [3, 4]],
+    }
+    assert isinstance(proposal.arguments()["numbers"][0], int)  # not 4.0: math.lcm(*numbers) must work
+    # text that holds no JSON value is passed on as text, for the argument check to refuse with its reason
+    loose = tf.ProposedAction(
+        action="add_function",
+        name="f",
+        parameters=[{"name": "x", "type": "number"}],
+        example_arguments=[{"name": "x", "value": "three"}],
+    )
+    assert loose.arguments() == {"x": "three"}
+
+
+def test_python_type_names_and_action_verbs_are_read_as_meant():
+    proposal = tf.ProposedAction(
+        action="update",
+        name="f",
+        parameters=[
+            {"name": "a", "type": "float"},
+            {"name": "b", "type": "list[int]"},
+            {"name": "c", "type": "Dict"},
+            {"name": "d", "type": "str"},
+            {"name": "e", "type": "int"},
+            {"name": "f", "type": "bool"},
+        ],
+    )
+    assert proposal.action == "revise_function"
+    assert [p.type for p in proposal.parameters] == ["number", "array", "object", "string", "integer", "boolean"]
+    assert tf.ProposedAction(action="Add", name="f").action == "add_function"
+    assert tf.ProposedAction(action="delete_function", name="f").action == "remove_function"
+    with pytest.raises(ValidationError, match="add_function"):
+        tf.ProposedAction(action="rename", name="f")
+    with pytest.raises(ValidationError, match="string"):
+        ParameterSpec(name="a", type="complex")

@@ -49,6 +49,7 @@ from toolforge.evaluate import Evaluator, check_examples, example_id, fixed_tool
 from toolforge.lm import resolve_lm
 from toolforge.proposer import (
     ProposedAction,
+    ProposedActionReply,
     Proposer,
     render_functions,
     render_trajectories,
@@ -666,7 +667,7 @@ class _RunState:
         tokens = usage.tokens
         counts.proposer_tokens = (counts.proposer_tokens[0] + tokens[0], counts.proposer_tokens[1] + tokens[1])
         actions = prediction.actions or []
-        return [a if isinstance(a, ProposedAction) else ProposedAction.model_validate(a) for a in actions]
+        return [a if isinstance(a, ProposedAction) else ProposedActionReply.model_validate(a) for a in actions]
 
     def _repeat(self, candidate: Toolset) -> str | None:
         """Why `candidate` is not worth an evaluation, if it is the current toolset or one that already failed."""
@@ -682,6 +683,8 @@ class _RunState:
 
     def _check(self, proposal: ProposedAction, candidate: Toolset) -> tuple[str | None, Toolset]:
         """None and the new candidate, or the reason the proposal is rejected and the unchanged candidate."""
+        if proposal.malformed:
+            return f"the action is malformed: {proposal.malformed}", candidate
         try:
             action = proposal.to_action()
         except ValidationError as exc:

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import dspy
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from toolforge._text import one_line
-from toolforge.actions import Action, parse_action
+from toolforge.actions import Action, parse_action, validation_reasons
 from toolforge.records import ExampleRecord
 from toolforge.toolset import Toolset
 
@@ -26,6 +26,7 @@ __all__ = [
     "ParameterSpec",
     "ProposeActions",
     "ProposedAction",
+    "ProposedActionReply",
     "Proposer",
     "render_functions",
     "render_record",
@@ -34,29 +35,107 @@ __all__ = [
 ]
 
 
+_TYPE_SYNONYMS = {
+    "str": "string",
+    "text": "string",
+    "float": "number",
+    "double": "number",
+    "decimal": "number",
+    "int": "integer",
+    "bool": "boolean",
+    "list": "array",
+    "tuple": "array",
+    "sequence": "array",
+    "dict": "object",
+    "mapping": "object",
+}
+_ACTION_SYNONYMS = {
+    "add": "add_function",
+    "create": "add_function",
+    "new": "add_function",
+    "revise": "revise_function",
+    "update": "revise_function",
+    "modify": "revise_function",
+    "edit": "revise_function",
+    "replace": "revise_function",
+    "fix": "revise_function",
+    "remove": "remove_function",
+    "delete": "remove_function",
+    "drop": "remove_function",
+}
+
+
+# The docstrings and field descriptions of the models below are part of the proposer's prompt (its output schema):
+# they are written for the LM.
 class ParameterSpec(BaseModel):
-    """One argument of a proposed function (a closed record, so that constrained decoding can fill it in)."""
+    """One argument of a proposed function."""
 
     name: str = Field(description="the argument's name, as in the def")
     type: Literal["string", "number", "integer", "boolean", "array", "object"] = Field(description="its JSON type")
     description: str = Field(default="", description="what the argument is")
     required: bool = Field(default=True, description="false only if the def gives it a default")
 
+    @field_validator("type", mode="before")
+    @classmethod
+    def _json_type(cls, value: Any) -> Any:
+        """Python's name for a type (`float`, `list[int]`, `dict`) read as its JSON type, as LMs often write it."""
+        if isinstance(value, str):
+            key = value.strip().lower().split("[")[0]
+            return _TYPE_SYNONYMS.get(key, key)
+        return value
 
+
+# An example argument's value is JSON text, so that any value fits (an integer stays an integer; a list of lists,
+# an object) under any LM's structured outputs, whose closed schemas cannot say "any JSON value"; a string argument
+# may be plain text. Given a JSON value instead (a scripted proposer, an older checkpoint), it is written as text.
 class ExampleArgument(BaseModel):
-    """One argument value for the smoke call of a proposed function."""
+    """One argument value for the test call of a proposed function."""
 
     name: str
-    value: str | int | float | bool | list[str] | list[float] | None
+    value: str = Field(description='the value as JSON (12, 2.5, true, [4, 6], {"a": 1}); a string argument as its text')
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        try:
+            return json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"an example argument must be a JSON value, got {type(value).__name__}") from exc
+
+    def decoded(self, json_type: str | None = None) -> Any:
+        """The value for an argument of `json_type`: a string argument takes the text as it is (or the string it
+        quotes); any other takes the JSON value the text holds, or the text itself if it holds none, for the
+        argument check to refuse with its reason."""
+        try:
+            parsed = json.loads(self.value)
+        except ValueError:
+            return self.value
+        if json_type == "string" and not isinstance(parsed, str):
+            return self.value
+        return parsed
 
 
 class ProposedAction(BaseModel):
-    """One action as the optimizer LM writes it: a flat, closed record that any LM (even a small one under
-    schema-constrained decoding) can fill in. `to_action()` turns it into a typed `Action`."""
+    """One action on the agent's functions."""
+
+    # A flat, closed record that any LM (even a small one under schema-constrained decoding) can fill in;
+    # `to_action()` turns it into a typed `Action`.
 
     action: Literal["add_function", "revise_function", "remove_function"] = Field(
         description="add_function a new function, revise_function an existing one, or remove_function one"
     )
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _action_name(cls, value: Any) -> Any:
+        """`add`, `update`, `delete` and the like read as the actions they mean, as LMs often write them."""
+        if isinstance(value, str):
+            key = value.strip().lower().removesuffix("_function").removesuffix("function").strip("_ ")
+            return _ACTION_SYNONYMS.get(key, value)
+        return value
+
     name: str = Field(description="the function's name: a Python identifier, also the name of its def")
     description: str = Field(default="", description="what the function does and returns (for add and revise)")
     parameters: list[ParameterSpec] = Field(
@@ -95,9 +174,18 @@ class ProposedAction(BaseModel):
             example_arguments=[ExampleArgument(name=k, value=v) for k, v in (example_arguments or {}).items()],
         )
 
+    _malformed: str | None = PrivateAttr(default=None)
+
+    @property
+    def malformed(self) -> str | None:
+        """Why the LM's record of this action does not validate, for a `ProposedActionReply` read from a reply;
+        None for a valid one."""
+        return self._malformed
+
     def arguments(self) -> dict[str, Any]:
-        """The example arguments as a dict."""
-        return {a.name: a.value for a in self.example_arguments}
+        """The example arguments as a dict of values, each read for its parameter's type."""
+        types = {p.name: p.type for p in self.parameters}
+        return {a.name: a.decoded(types.get(a.name)) for a in self.example_arguments}
 
     def parameters_schema(self) -> dict[str, Any]:
         """The JSON Schema of the proposed parameters."""
@@ -126,6 +214,32 @@ class ProposedAction(BaseModel):
         return f"{verb} {self.name}"
 
 
+class ProposedActionReply(ProposedAction):
+    """One action on the agent's functions."""
+
+    # What the proposer's reply is read into: the same schema, but a record that does not validate (an unknown
+    # action, a missing field) becomes a `malformed` action, which the optimizer sends back with its reason, instead
+    # of failing the whole reply and with it the valid actions beside it.
+    model_config = ConfigDict(title="ProposedAction")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_malformed(cls, data: Any, handler: Any) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            reason = validation_reasons(exc)
+        if not isinstance(data, dict):
+            data, reason = {}, f"an action must be a JSON object, got {type(data).__name__}: {one_line(data, 100)}"
+        action, name = data.get("action"), data.get("name")
+        record = cls.model_construct(
+            action=action if isinstance(action, str) and action else "?",
+            name=name if isinstance(name, str) and name else "?",
+        )
+        record._malformed = reason
+        return record
+
+
 class ProposeActions(dspy.Signature):
     """You improve an AI agent by editing the Python functions it can call as tools, as in training: the agent's
     language model stays fixed, its functions are the parameters.
@@ -150,7 +264,7 @@ class ProposeActions(dspy.Signature):
     trajectories: str = dspy.InputField(desc="the agent's recent runs with the current functions, failures first")
     rejected: str = dspy.InputField(desc="actions proposed earlier in this step that were rejected, and why")
     max_actions: int = dspy.InputField(desc="the most actions to propose")
-    actions: list[ProposedAction] = dspy.OutputField(desc="the actions, possibly none")
+    actions: list[ProposedActionReply] = dspy.OutputField(desc="the actions, possibly none")
 
 
 class Proposer(dspy.Module):
