@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import pickle
 import threading
 
@@ -144,6 +145,22 @@ def test_assigning_a_new_toolset_changes_the_very_next_prompt(sandbox):
     assert "(2) compound: Amount after compounding yearly" in system_prompt(second)
     assert "(3) finish: Marks the task as complete" in system_prompt(second)
     assert prediction.trajectory["observation_0"] == 121.0
+
+
+def test_new_instructions_reach_the_very_next_prompt_every_time(sandbox):
+    """As a prompt optimizer (MIPROv2, GEPA) sets them: a new signature object each time, the old one freed, so
+    that a new one may get the address of an old one (a cache keyed on `id()` alone would then show stale text)."""
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
+    base = agent.react.signature
+    for i in range(40):
+        agent.react.signature = base.with_instructions(f"Instructions, version {i}.")
+        gc.collect()
+        lm = script(("finish", {}))
+        with dspy.context(lm=lm):
+            agent(question=QUESTION)
+        prompt = system_prompt(lm)
+        assert f"Instructions, version {i}." in prompt
+        assert "(1) compound: Amount after compounding yearly" in prompt
 
 
 def test_a_failing_function_becomes_an_observation(sandbox):

@@ -174,19 +174,23 @@ class ToolAgent(dspy.Module):
         The tools are built once per toolset (they run its code), the signature once per toolset interface and
         prompt (what the LM sees): a code-only revision reuses the signature.
         """
+        # Keyed on the identity of the fixed tools, the sandbox and the base signature (which a prompt optimizer
+        # replaces); each entry holds those objects, so that no id in a live key can be reused by a new object.
         fixed = tuple(id(t) for t in self.tools)
         cache: dict[Any, Any] = self.__dict__.setdefault("_render_cache", {})
         if len(cache) >= 16:
             cache.clear()
         tools_key = ("tools", self.toolset.fingerprint, fixed, id(self.sandbox))
-        tools = cache.get(tools_key)
-        if tools is None:
-            tools = cache[tools_key] = self.current_tools()
-        signature_key = ("signature", self.toolset.interface_fingerprint, id(self.react.signature), fixed)
-        signature = cache.get(signature_key)
-        if signature is None:
-            signature = cache[signature_key] = self._step_signature(tools)
-        return tools, signature
+        entry = cache.get(tools_key)
+        if entry is None:
+            entry = cache[tools_key] = (self.current_tools(), (tuple(self.tools), self.sandbox))
+        tools = entry[0]
+        base = self.react.signature
+        signature_key = ("signature", self.toolset.interface_fingerprint, id(base), fixed)
+        entry = cache.get(signature_key)
+        if entry is None:
+            entry = cache[signature_key] = (self._step_signature(tools), (tuple(self.tools), base))
+        return tools, entry[0]
 
     def forward(self, **input_args: Any) -> dspy.Prediction:
         max_iters = input_args.pop("max_iters", self.max_iters)
