@@ -152,6 +152,10 @@ def test_show_and_diff(run):
     shown = toolforge("show", str(tmp / "run" / "toolset-final.json"), tmp=tmp)
     assert shown.returncode == 0
     assert "double(x: number)" in shown.stdout and "def square(x):" in shown.stdout
+    assert "not deterministic" not in shown.stdout
+    noisy = tmp / "noisy.json"
+    tf.Toolset([unary("jitter", "x", deterministic=False)]).save(noisy)
+    assert "  not deterministic: its results are never cached\n" in toolforge("show", str(noisy), tmp=tmp).stdout
     diff = toolforge("diff", str(tmp / "run" / "toolset-0.json"), str(tmp / "run" / "toolset-final.json"), tmp=tmp)
     assert diff.stdout.strip() == "+ square"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from typing import Any, ClassVar
@@ -339,6 +340,20 @@ def test_a_malformed_action_goes_back_without_losing_the_valid_ones_beside_it(ca
     assert text.reason == "the action is malformed: an action must be a JSON object, got str: cube it"
     assert "- rename double (trial 1): the action is malformed" in calls[1]["rejected"]
     assert trained.toolset.names == ["double", "square"]
+
+
+def test_a_function_whose_smoke_calls_disagree_is_marked_not_deterministic(cache, caplog):
+    base = unary("jitter", "x + random.random()")
+    jitter = tf.ForgedFunction(base.name, base.description, base.parameters, "import random\n\n\n" + base.code)
+    policy = lambda inputs: [] if "### jitter" in inputs["current_functions"] else [action("add_function", jitter)]  # noqa: E731
+    with caplog.at_level(logging.INFO, logger="toolforge.optimizer"):
+        _, trained, report, _, _ = compile_with(
+            policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1, prune_unused=False
+        )
+    assert report.steps[0].actions[0].status == "accepted"
+    assert trained.toolset["jitter"].deterministic is False  # so its results are never cached
+    assert trained.toolset["double"].deterministic is True
+    assert "add jitter: two smoke calls with the same arguments gave" in caplog.text
 
 
 @pytest.mark.parametrize(

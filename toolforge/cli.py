@@ -278,6 +278,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         _out(f"  {function.description}")
         if function.packages:
             _out(f"  packages: {', '.join(function.packages)}")
+        if not function.deterministic:
+            _out("  not deterministic: its results are never cached")
         _out("  " + function.code.rstrip().replace("\n", "\n  "))
     return 0
 

@@ -705,13 +705,26 @@ class _RunState:
             arguments = function.validate_arguments(proposal.arguments())
         except FunctionCallError as exc:
             return f"example_arguments do not fit: {exc}", candidate
-        result = (self.opt.sandbox or default_sandbox()).call(function, arguments)
+        sandbox = self.opt.sandbox or default_sandbox()
+        result = sandbox.call(function, arguments)
         if not result.ok:
             return (
                 f"the smoke call {action.name}({json.dumps(arguments)}) failed: {result.error}"
                 + (f" (it printed: {result.stdout[-300:]})" if result.stdout else ""),
                 candidate,
             )
+        if function.deterministic:  # a second call tells randomness, the clock or state apart, before any caching
+            again = sandbox.call(function, arguments)
+            if (again.ok, again.value, again.error) != (result.ok, result.value, result.error):
+                logger.info(
+                    "step %d: %s: two smoke calls with the same arguments gave %s and %s; it is marked not "
+                    "deterministic, so its results are never cached",
+                    self.step + 1,
+                    proposal.summary(),
+                    one_line(repr(result.value), 80),
+                    one_line(repr(again.value) if again.ok else again.error, 80),
+                )
+                updated = candidate.apply([action.model_copy(update={"deterministic": False})])
         return None, updated
 
     # ------------------------------------------------------------------------------------------ helpers
