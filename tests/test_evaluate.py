@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import logging
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from tests.evaluation_fixtures import (
     make_program,
     unary,
 )
+from toolforge.evaluate import _user_code
 
 N = 10
 N_SQUARE = 2  # examples 0 and 5
@@ -436,3 +439,59 @@ def test_two_processes_writing_one_directory_at_once(tmp_path):
             run = tf.Evaluator(exact, cache=shared).evaluate(make_program(), make_examples(40))
         assert (run.hits, engine.calls) == (40, 0)
         assert shared.stats().misses + shared.stats().hits >= 80 + 40
+
+
+PROGRAM_SOURCE = '''
+import dspy
+
+
+def scale(number):
+    return {factor} * number
+
+
+def tool(x: float) -> float:
+    """Scale x."""
+    return scale(x)
+
+
+class Scaler(dspy.Module):
+    def forward(self, question):
+        return dspy.Prediction(answer=scale(float(question.split()[1])))
+'''
+
+
+def load_program_module(directory, factor, monkeypatch):
+    """The module `user_program` from a file in `directory`, written with `factor`, imported afresh."""
+    path = directory / "user_program.py"
+    path.write_text(PROGRAM_SOURCE.format(factor=factor))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no .pyc that a same-size edit in the same second reuses
+    monkeypatch.syspath_prepend(str(directory))
+    sys.modules.pop("user_program", None)
+    importlib.invalidate_caches()
+    return importlib.import_module("user_program")
+
+
+def test_editing_the_program_s_code_re_runs_it_and_an_identical_file_does_not(cache, tmp_path, monkeypatch):
+    """A record is keyed on the files that define the program's module classes (and fixed tools), helpers included:
+    an edited helper that forward() calls gives other answers, so the examples run again."""
+    examples = [dspy.Example(question=f"double {i}", answer=2.0 * i).with_inputs("question") for i in range(6)]
+    evaluator = tf.Evaluator(exact, cache=cache, num_threads=2)
+    first = evaluator.evaluate(load_program_module(tmp_path, 2, monkeypatch).Scaler(), examples)
+    assert (first.score, first.hits, first.misses) == (1.0, 0, 6)
+    assert evaluator.evaluate(load_program_module(tmp_path, 2, monkeypatch).Scaler(), examples).hits == 6
+
+    edited = evaluator.evaluate(load_program_module(tmp_path, "3.0", monkeypatch).Scaler(), examples)
+    assert (edited.hits, edited.misses) == (0, 6)
+    assert edited.score == pytest.approx(1 / 6)  # only 0 * 3 == 0 * 2: the helper's new code ran
+
+    module = load_program_module(tmp_path, "3.0", monkeypatch)  # the same text again, with a new modification time
+    assert evaluator.evaluate(module.Scaler(), examples).hits == 6
+    # a fixed tool's file counts the same way
+    assert ["user_program", _file_hash(tmp_path / "user_program.py")] in _user_code(
+        tf.ToolAgent("q -> a", tools=[module.tool])
+    )
+    assert _user_code(tf.ToolAgent("q -> a", tools=[tf.python_tool()])) == []  # toolforge's own code is versioned
+
+
+def _file_hash(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()

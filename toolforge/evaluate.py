@@ -1,7 +1,9 @@
 """`Evaluator`: parallel, cached evaluation of a DSPy program on examples, one `ExampleRecord` per example.
 
 An example's record is stored under a key that hashes the program's prompts and demos (every predictor's
-state), the fixed tools' interfaces, the interface fingerprint of every Toolset in the program, the example, the
+state), the fixed tools' interfaces, the source files of the user's code that a run executes (the program's module
+classes and its fixed tools' functions, helpers in those files included), the interface fingerprint of every
+Toolset in the program, the example, the
 LM settings (model and sampling parameters, per predictor, and the configured LM, which predictors made inside
 `forward()` use), the DSPy adapter, the settings of any module that defines `cache_settings() -> dict` (a
 ToolAgent's `max_iters` and `max_observation_chars`), the metric (its source, or `metric_version`), and the cache
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import hashlib
 import inspect
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -376,6 +380,7 @@ def program_fingerprint(program: dspy.Module, *, metric_id: str) -> str:
             "lm": _lm_identity(default_lm) if default_lm is not None else None,
             "settings": settings,
             "fixed_tools": _fixed_tool_interfaces(program),
+            "code": _user_code(program),
             "toolsets": toolsets,
             "adapter": type(adapter).__qualname__ if adapter is not None else None,
             "metric": metric_id,
@@ -429,17 +434,80 @@ def _modules(program: dspy.Module) -> list[tuple[str, dspy.Module]]:
     return found
 
 
-def _fixed_tool_interfaces(program: dspy.Module) -> list[Any]:
-    interfaces = []
+def _fixed_tools(program: dspy.Module) -> list[tuple[str, dspy.Tool]]:
+    found = []
     for module_name, module in _modules(program):
         tools = getattr(module, "tools", None)
         items = tools.values() if isinstance(tools, dict) else tools if isinstance(tools, list | tuple) else ()
-        for tool in items:
-            if isinstance(tool, dspy.Tool):
-                interfaces.append(
-                    {"module": module_name, "name": tool.name, "desc": tool.desc, "args": _jsonable(tool.args)}
-                )
-    return interfaces
+        found += [(module_name, tool) for tool in items if isinstance(tool, dspy.Tool)]
+    return found
+
+
+def _fixed_tool_interfaces(program: dspy.Module) -> list[Any]:
+    return [
+        {"module": module_name, "name": tool.name, "desc": tool.desc, "args": _jsonable(tool.args)}
+        for module_name, tool in _fixed_tools(program)
+    ]
+
+
+def _user_code(program: dspy.Module) -> list[list[str]]:
+    """The user's source that a run executes, as (module, content hash) pairs: the files that define the
+    program's module classes and its fixed tools' functions, dspy's and toolforge's own left out (their changes
+    are versioned by `CACHE_FORMAT` and `cache_settings()`).
+
+    A whole file, so that an edited helper that `forward()` or a tool calls counts too. An edit re-runs the
+    program's examples; LM requests that did not change are answered by DSPy's cache, so that costs no LM calls.
+    """
+    targets: list[Any] = [type(module) for _, module in _modules(program)]
+    targets += [tool.func for _, tool in _fixed_tools(program)]
+    identities: dict[str, str] = {}
+    for target in targets:
+        identity = _source_identity(target)
+        if identity is not None:
+            identities[identity[0]] = identity[1]
+    return [list(item) for item in sorted(identities.items())]
+
+
+def _source_identity(target: Any) -> tuple[str, str] | None:
+    """(module, hash of its file) for the code of `target`, None for dspy's and toolforge's own code or a builtin;
+    (qualified name, hash of its own source, or nothing) when its file cannot be read. The module's name, not the
+    file's path, so that a project moved elsewhere keeps its cache."""
+    target = inspect.unwrap(getattr(target, "__func__", target))
+    if not (inspect.isclass(target) or inspect.isfunction(target) or inspect.ismethod(target)):
+        target = type(target)  # a callable object: the code is its class's
+    module = inspect.getmodule(target)
+    package = (module.__name__ if module is not None else getattr(target, "__module__", "") or "").split(".")[0]
+    if package in _LIBRARY_PACKAGES:
+        return None
+    try:
+        path = inspect.getsourcefile(target)
+    except TypeError:  # a builtin
+        return None
+    if path:
+        try:
+            stat = os.stat(path)
+            with _SOURCE_LOCK:
+                memo = _SOURCES.get(path)
+            if memo is None or memo[0] != (stat.st_mtime_ns, stat.st_size):
+                with open(path, "rb") as file:
+                    digest = hashlib.sha256(file.read()).hexdigest()
+                memo = ((stat.st_mtime_ns, stat.st_size), digest)
+                with _SOURCE_LOCK:
+                    _SOURCES[path] = memo
+            return module.__name__ if module is not None else os.path.basename(path), memo[1]
+        except OSError:
+            pass
+    name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
+    try:
+        return name, content_hash(inspect.getsource(target))
+    except (OSError, TypeError):
+        logger.debug("cannot read the source of %s; cached records will not see edits to it", name)
+        return name, ""
+
+
+_LIBRARY_PACKAGES = {"dspy", "toolforge", "builtins"}
+_SOURCES: dict[str, tuple[tuple[int, int], str]] = {}  # path -> ((mtime_ns, size), sha256 of its bytes)
+_SOURCE_LOCK = threading.Lock()
 
 
 def _lm_identity(lm: Any) -> dict[str, Any]:
