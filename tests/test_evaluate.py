@@ -495,3 +495,20 @@ def test_editing_the_program_s_code_re_runs_it_and_an_identical_file_does_not(ca
 
 def _file_hash(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_metric_s_feedback_is_kept_with_the_record(cache):
+    def graded(example, prediction, trace=None):
+        return dspy.Prediction(score=0.5, feedback={"hint": f"half of {example.answer}"})
+
+    class Doubler(dspy.Module):
+        def forward(self, question):
+            return dspy.Prediction(answer=2.0 * int(question.split()[1]))
+
+    examples = [dspy.Example(question=f"double {i}", answer=2.0 * i).with_inputs("question") for i in range(3)]
+    first = tf.Evaluator(graded, cache=cache, num_threads=1).evaluate(Doubler(), examples)
+    assert first.score == 0.5 and [r.feedback for r in first.records][1] == '{"hint": "half of 2.0"}'
+    again = tf.Evaluator(graded, cache=cache, num_threads=1).evaluate(Doubler(), examples)
+    assert again.hits == 3 and again.records[1].feedback == '{"hint": "half of 2.0"}'
+    plain = tf.Evaluator(exact, cache=cache, num_threads=1).evaluate(Doubler(), examples)
+    assert [r.feedback for r in plain.records] == [None, None, None]

@@ -127,6 +127,33 @@ def test_the_proposer_is_told_how_the_training_runs_used_each_function(cache):
     assert "usage: called in 2 of 10 training runs\n" in seen[1]  # square, accepted in step 1
 
 
+def test_a_metric_s_feedback_reaches_the_proposer(cache):
+    """A GEPA-style metric, `dspy.Prediction(score=..., feedback=...)`: its text is shown with each scored run."""
+
+    def graded(example, prediction, trace=None):
+        ok = exact(example, prediction)
+        return dspy.Prediction(score=float(ok), feedback="" if ok else f"expected {example.answer}: square it")
+
+    seen = []
+
+    def policy(inputs):
+        seen.append(inputs["trajectories"])
+        return add_square_once(inputs)
+
+    agent_model, _ = agent_lm()
+    proposer_model, _ = proposer_lm(policy)
+    optimizer = tf.FunctionOptimizer(
+        graded, proposer_lm=proposer_model, max_epochs=1, cache=cache, display_progress=False
+    )
+    with dspy.context(lm=agent_model):
+        trained = optimizer.compile(
+            tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([DOUBLE])), trainset=examples()
+        )
+    assert "feedback: expected 25.0: square it" in seen[0]  # question 5 asks for a square
+    assert seen[0].count("feedback:") == 2  # the two failures; a success's empty feedback is not shown
+    assert trained.toolforge_report.best_score == 1.0
+
+
 class ReActWithToolset(dspy.Module):
     """Any program may train a toolset: this one builds DSPy's own ReAct over `toolset.as_tools()` on each call."""
 

@@ -240,9 +240,12 @@ class Evaluator:
                 error = f"{type(exc).__name__}: {exc}"
                 logger.debug("program raised on example %s: %s", eid[:12], error)
         score = self.failure_score
+        feedback = None
         if error is None:
             try:
-                score = _as_score(self.metric(example, prediction))
+                result = self.metric(example, prediction)
+                score = _as_score(result)
+                feedback = _feedback(result)
             except Exception as exc:
                 error = f"metric: {type(exc).__name__}: {exc}"
         tokens = usage.tokens
@@ -259,6 +262,7 @@ class Evaluator:
             completion_tokens=tokens[1],
             wall_time_s=time.perf_counter() - start,
             error=error,
+            feedback=feedback,
         )
 
 
@@ -556,6 +560,16 @@ def _as_score(value: Any) -> float:
     if isinstance(raw, int | float) and 0.0 <= float(raw) <= 1.0:
         return float(raw)
     raise ToolforgeError(f"the metric returned {raw!r}; return a bool or a number in [0, 1]")
+
+
+def _feedback(result: Any) -> str | None:
+    """The text a metric gave beside its score (`dspy.Prediction(score=..., feedback=...)`), if any."""
+    if isinstance(result, bool | int | float):
+        return None
+    feedback = getattr(result, "feedback", None)
+    if feedback is None or (isinstance(feedback, str) and not feedback.strip()):
+        return None
+    return feedback if isinstance(feedback, str) else json.dumps(_jsonable(feedback))
 
 
 def _jsonable(value: Any) -> Any:

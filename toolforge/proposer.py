@@ -345,7 +345,8 @@ def render_trajectories(
 
 
 def render_record(record: ExampleRecord, example: dspy.Example) -> str:
-    """One scored run as text: status, inputs (a table keeps its rows), tool calls and observations, output, error."""
+    """One scored run as text: status, inputs (a table keeps its rows), tool calls and observations, output, the
+    metric's feedback (where it gives one), error."""
     status = "success" if record.score >= 1.0 else "failure" if record.score <= 0.0 else "partial"
     lines = [f"--- score {record.score:.2f} ({status})", "inputs:"]
     lines += [f"  {key}:{_block(value, 300)}" for key, value in example.inputs().items()]
@@ -359,6 +360,8 @@ def render_record(record: ExampleRecord, example: dspy.Example) -> str:
         step += 1
     if record.prediction:
         lines.append("output: " + "; ".join(f"{k}: {_short(v, 200)}" for k, v in record.prediction.items()))
+    if record.feedback:
+        lines.append(f"feedback: {_short(record.feedback, 400)}")
     if record.error:
         lines.append(f"error: {_short(record.error, 300)}")
     return "\n".join(lines)

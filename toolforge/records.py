@@ -25,6 +25,9 @@ class ExampleRecord(BaseModel):
         prompt_tokens, completion_tokens: Tokens of the requests that reached the LM.
         wall_time_s: Wall time of the program and the metric.
         error: What the program (or the metric) raised, if anything.
+        feedback: What the metric said about the prediction, for a metric that returns an object with a `feedback`
+            text beside its `score` (as DSPy's GEPA metrics do: `dspy.Prediction(score=..., feedback=...)`). The
+            optimizer's proposer reads it with the run.
         cached: True when this record came from the cache rather than a run.
     """
 
@@ -40,6 +43,7 @@ class ExampleRecord(BaseModel):
     completion_tokens: int = 0
     wall_time_s: float = 0.0
     error: str | None = None
+    feedback: str | None = None
     cached: bool = False
 
     @property
