@@ -554,12 +554,18 @@ def check_examples(examples: Sequence[Any], what: str = "example") -> None:
 
 
 def _as_score(value: Any) -> float:
+    """The score in [0, 1] of what a metric returned: a bool or a number (NumPy's included, as `np.isclose` gives),
+    or an object with such a `score`."""
     raw = getattr(value, "score", value)
-    if isinstance(raw, bool):
-        return float(raw)
-    if isinstance(raw, int | float) and 0.0 <= float(raw) <= 1.0:
-        return float(raw)
-    raise ToolforgeError(f"the metric returned {raw!r}; return a bool or a number in [0, 1]")
+    score = None
+    if not isinstance(raw, str | bytes) and raw is not None:
+        try:
+            score = float(raw)
+        except (TypeError, ValueError):
+            pass
+    if score is None or not 0.0 <= score <= 1.0:  # NaN fails this too
+        raise ToolforgeError(f"the metric returned {raw!r} ({type(raw).__name__}); return a bool or a number in [0, 1]")
+    return score
 
 
 def _feedback(result: Any) -> str | None:
