@@ -209,6 +209,22 @@ def test_repeating_the_last_call_ends_the_trajectory(sandbox):
     assert prediction.answer == 121.0
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_step_reply_that_does_not_parse_ends_the_trajectory_and_the_agent_answers(sandbox, asynchronous):
+    """As a small LM's reply cut at its token limit: the run ends with what it has, scored, not raised."""
+    good = {
+        "next_thought": "step 0",
+        "next_tool_call": {"name": "compound", "args": {"principal": 100, "rate": 0.1, "years": 2}},
+    }
+    bad = {"next_thought": "step 1", "next_tool_call": {"name": "no_such_tool", "args": {}}}
+    lm = DummyLM([good, bad, bad, {"answer": "121.0"}])  # the second bad reply: the JSON adapter's retry
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
+    with dspy.context(lm=lm):
+        prediction = asyncio.run(agent.acall(question=QUESTION)) if asynchronous else agent(question=QUESTION)
+    assert prediction.answer == 121.0
+    assert prediction.trajectory["observation_0"] == 121.0 and "tool_name_1" not in prediction.trajectory
+
+
 def test_the_step_schema_ties_each_tool_to_its_own_arguments(sandbox):
     agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), tools=[tf.python_tool(sandbox)])
     _, signature = agent._rendered()
@@ -241,6 +257,57 @@ def test_structured_output_schema_requires_every_argument_of_the_chosen_tool(san
     again = TypeAdapter(signature.output_fields["next_tool_call"].annotation).json_schema()
     assert "required" not in again["$defs"]["CompoundCall"]["properties"]["args"]
     assert again["$defs"]["CompoundCall"]["properties"]["args"]["additionalProperties"] is True
+
+
+PICK = tf.ForgedFunction(
+    "pick",
+    "The sum of the prices of the named items, plus a fee.",
+    {
+        "type": "object",
+        "properties": {
+            "prices": {"type": "object", "additionalProperties": {"type": "number"}},
+            "names": {"type": "array", "items": {"type": "string"}},
+            "fee": {"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]},
+        },
+        "required": ["prices", "names", "fee"],
+    },
+    "def pick(prices, names, fee):\n    return sum(prices[n] for n in names) + fee['amount']\n",
+)
+
+
+def test_structured_outputs_can_write_a_mapping_argument_and_an_object_s_properties(sandbox):
+    """Structured outputs close every object schema, so an open mapping (`dict[str, float]`) would admit only `{}`:
+    it is written as a list of key/value entries; an object with declared properties lists them."""
+    from dspy.adapters.json_adapter import _get_structured_outputs_response_format
+
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([PICK]))
+    _, signature = agent._rendered()
+    args = _get_structured_outputs_response_format(signature).model_json_schema()["$defs"]["PickCall"]["properties"]
+    prices, fee = args["args"]["properties"]["prices"], args["args"]["properties"]["fee"]
+    assert prices["type"] == "array" and prices["items"]["required"] == ["key", "value"]
+    assert prices["items"]["properties"]["value"]["type"] == "number"
+    assert fee["type"] == "object" and fee["required"] == ["amount"]
+
+    entries = [{"key": "pen", "value": 5.5}, {"key": "ink", "value": 2}]
+    for written in (entries, {"pen": 5.5, "ink": 2}):  # entries, as the schema asks; a mapping, as an LM may write
+        lm = DummyLM(
+            [
+                {
+                    "next_thought": "add",
+                    "next_tool_call": {
+                        "name": "pick",
+                        "args": {"prices": written, "names": ["pen", "ink"], "fee": {"amount": 1}},
+                    },
+                },
+                {"next_thought": "done", "next_tool_call": {"name": "finish", "args": {}}},
+                {"answer": "8.5"},
+            ]
+        )
+        agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([PICK]), sandbox=sandbox)
+        with dspy.context(lm=lm):
+            prediction = agent(question="What do a pen and ink cost with the fee?")
+        assert prediction.trajectory["tool_args_0"]["prices"] == {"pen": 5.5, "ink": 2.0}
+        assert prediction.trajectory["observation_0"] == 8.5
 
 
 def test_toolset_cannot_shadow_fixed_tools(sandbox):

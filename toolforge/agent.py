@@ -14,12 +14,21 @@ import inspect
 import json
 import logging
 import typing
-from typing import Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import dspy
 from dspy.signatures.signature import Signature, ensure_signature
-from dspy.utils.exceptions import ContextWindowExceededError
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, create_model
+from dspy.utils.exceptions import AdapterParseError, ContextWindowExceededError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    TypeAdapter,
+    WithJsonSchema,
+    create_model,
+)
 
 from toolforge.errors import FunctionCallError, ToolforgeError
 from toolforge.sandbox import Sandbox, default_sandbox
@@ -29,7 +38,7 @@ __all__ = ["ToolAgent", "python_tool"]
 
 logger = logging.getLogger(__name__)
 
-_PROMPT_FORMAT = 2  # 2: each tool's call schema inlines its arguments' schema
+_PROMPT_FORMAT = 3  # 3: object arguments keep their properties, mappings are entry lists; 2: args inlined
 
 FINISH = "finish"
 
@@ -200,8 +209,8 @@ class ToolAgent(dspy.Module):
         for idx in range(max_iters):
             try:
                 pred = self._call(self.react, trajectory, input_args, signature=step_signature)
-            except (ContextWindowExceededError, ValueError) as err:
-                _log_end(err)
+            except (ContextWindowExceededError, AdapterParseError, ValueError) as err:
+                _log_end(err)  # e.g. a small LM's reply cut at its token limit: answer from what there is
                 break
             call = _next_call(pred, trajectory, idx)
             if call is None:
@@ -223,8 +232,8 @@ class ToolAgent(dspy.Module):
         for idx in range(max_iters):
             try:
                 pred = await self._acall(self.react, trajectory, input_args, signature=step_signature)
-            except (ContextWindowExceededError, ValueError) as err:
-                _log_end(err)
+            except (ContextWindowExceededError, AdapterParseError, ValueError) as err:
+                _log_end(err)  # e.g. a small LM's reply cut at its token limit: answer from what there is
                 break
             call = _next_call(pred, trajectory, idx)
             if call is None:
@@ -345,10 +354,49 @@ def _python_type(schema: dict[str, Any]) -> Any:
         members = tuple(_python_type({**schema, "type": k}) for k in kind)
         return Union[members] if len(members) > 1 else members[0]  # noqa: UP007
     if kind == "array":
-        return list[_python_type(schema.get("items") or {})]  # type: ignore[misc]
+        items = schema.get("items")
+        return list[_python_type(items if isinstance(items, dict) else {})]  # type: ignore[misc]
     if kind == "object":
-        return dict[str, Any]
+        properties = schema.get("properties")
+        if isinstance(properties, dict) and properties:
+            return _object_model(json.dumps(properties, sort_keys=True))
+        values = schema.get("additionalProperties")
+        return _mapping_type(json.dumps(values if isinstance(values, dict) else {}, sort_keys=True))
     return _JSON_TYPES.get(kind, Any) if isinstance(kind, str) else Any
+
+
+@functools.lru_cache(maxsize=256)
+def _object_model(properties_json: str) -> Any:
+    """An object argument with declared properties, as a model of its own (so that its schema lists them)."""
+    fields: dict[str, Any] = {}
+    for key, schema in json.loads(properties_json).items():
+        schema = schema if isinstance(schema, dict) else {}
+        fields[key] = (_python_type(schema), Field(default=None, description=schema.get("description")))
+    return create_model("Object", __config__=ConfigDict(extra="allow"), **fields)
+
+
+@functools.lru_cache(maxsize=256)
+def _mapping_type(values_json: str) -> Any:
+    """An open mapping argument (an object without declared properties, such as `dict[str, float]`).
+
+    Structured outputs close every object schema (DSPy's, like OpenAI's strict mode, sets `additionalProperties:
+    false` and requires the properties listed), which leaves an open mapping room for `{}` alone. So the LM writes
+    it as a list of `{"key": ..., "value": ...}` entries, which any schema can say, and the function gets the dict
+    back; a dict written as such (an LM without structured outputs, a demo) is taken too.
+    """
+    value_type = _python_type(json.loads(values_json))
+    entry = create_model("Entry", key=(str, ...), value=(value_type, ...))
+    schema = _inline_refs(TypeAdapter(list[entry]).json_schema())  # type: ignore[valid-type]
+    schema["description"] = 'a mapping, written as a list of {"key": ..., "value": ...} entries'
+
+    def from_entries(value: Any) -> Any:
+        if isinstance(value, list) and all(
+            isinstance(item, dict) and {"key", "value"} <= item.keys() for item in value
+        ):
+            return {str(item["key"]): item["value"] for item in value}
+        return value
+
+    return Annotated[dict[str, value_type], BeforeValidator(from_entries), WithJsonSchema(schema)]  # type: ignore[valid-type]
 
 
 def _call_type(tools: dict[str, dspy.Tool]) -> Any:
@@ -415,8 +463,9 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     def inline(node: Any) -> Any:
         if isinstance(node, dict):
             ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/") and len(node) == 1:
-                return inline(definitions[ref.removeprefix("#/$defs/")])
+            if ref.startswith("#/$defs/"):  # with its siblings (a field's default, description) kept beside it
+                siblings = {key: inline(value) for key, value in node.items() if key != "$ref"}
+                return {**inline(definitions[ref.removeprefix("#/$defs/")]), **siblings}
             return {key: inline(value) for key, value in node.items()}
         if isinstance(node, list):
             return [inline(item) for item in node]
