@@ -25,6 +25,7 @@ class ScriptedEngine:
     def __init__(self, respond: Respond, latency_s: float = 0.0) -> None:
         self.respond = respond
         self.latency_s = latency_s
+        self.finish_reason = "stop"  # "length": each reply says it stopped at the token limit
         self.calls = 0
         self.requests: list[tuple[str, str]] = []
         self.intervals: list[tuple[float, float]] = []  # (start, end) of each call, for overhead accounting
@@ -47,7 +48,7 @@ class ScriptedEngine:
             id=None,
             model="scripted",
             message=Message.assistant([TextPart(text)]),
-            finish_reason="stop",
+            finish_reason=self.finish_reason,
             usage=Usage(input_tokens=len(system + user) // 4, output_tokens=len(text) // 4, total_tokens=0),
         )
 

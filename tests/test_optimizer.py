@@ -383,6 +383,26 @@ def test_a_function_whose_smoke_calls_disagree_is_marked_not_deterministic(cache
     assert "add jitter: two smoke calls with the same arguments gave" in caplog.text
 
 
+def test_a_reply_cut_at_the_token_limit_is_named_as_the_cause(cache):
+    calls = []
+
+    def policy(inputs):
+        calls.append(inputs)
+        cut_short = {"action": "add_function", "name": "cube", "parameters": [{"name": "x"}]}  # "type" never came
+        return [action("add_function", SQUARE), cut_short] if len(calls) == 1 else []
+
+    proposer = proposer_lm(policy)
+    proposer[1].finish_reason = "length"
+    _, _, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1, proposer=proposer)
+    square, cube = report.steps[0].actions
+    assert square.status == "accepted" and cube.status == "rejected"
+    assert cube.reason == (
+        "the action is malformed: parameters.0.type: Field required; the reply was cut at the proposer LM's token "
+        "limit (max_tokens): propose fewer or shorter actions"
+    )
+    assert "propose fewer or shorter actions" in calls[1]["rejected"]
+
+
 @pytest.mark.parametrize(
     ("proposal", "reason"),
     [

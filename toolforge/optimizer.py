@@ -140,6 +140,7 @@ class _Pruning(NamedTuple):
 # LM errors of set-up, not of the moment (no key, a model the provider does not have, an unpaid account): every
 # later request would fail alike.
 _LM_SETUP_ERRORS = (LMConfigurationError, LMAuthError, LMBillingError, LMUnsupportedModelError)
+_CUT = "; the reply was cut at the proposer LM's token limit (max_tokens): propose fewer or shorter actions"
 _MIN_TRAJECTORY_BUDGET = 500  # characters: below this, no trajectory is shown whole enough to learn from
 
 
@@ -530,23 +531,26 @@ class _RunState:
                 trajectories = render()
                 continue
             except Exception as exc:
-                note = f"the proposer failed: {type(exc).__name__}: {exc}"
+                note = f"the proposer failed: {type(exc).__name__}: {exc}" + (_CUT if self._reply_cut() else "")
                 logger.warning("step %d: %s", step, note)
                 feedback.append(
                     f"Your previous reply could not be used ({type(exc).__name__}: {exc}); reply again "
-                    "with valid actions."
+                    "with valid actions." + (_CUT if self._reply_cut() else "")
                 )
                 continue
             if not proposals:
                 break
             rejected_now = 0
             before_trial, kept_before = candidate, len(kept)
+            cut = self._reply_cut()
             for index, proposal in enumerate(proposals):
                 reason = None
                 if index >= need:
                     reason = f"over the limit of {need} more action(s) in this step"
                 else:
                     reason, candidate = self._check(proposal, candidate)
+                    if reason and proposal.malformed and cut:
+                        reason += _CUT
                 outcome = ActionOutcome(
                     summary=proposal.summary(),
                     proposal=proposal.model_dump(mode="json"),
@@ -668,6 +672,20 @@ class _RunState:
         counts.proposer_tokens = (counts.proposer_tokens[0] + tokens[0], counts.proposer_tokens[1] + tokens[1])
         actions = prediction.actions or []
         return [a if isinstance(a, ProposedAction) else ProposedActionReply.model_validate(a) for a in actions]
+
+    def _reply_cut(self) -> bool:
+        """Whether the proposer LM's last reply stopped at its token limit (which leaves its last action, or the
+        whole reply, incomplete)."""
+        lm = self.opt.proposer_lm or dspy.settings.lm
+        history = getattr(lm, "history", None)
+        if not history:
+            return False
+        response = history[-1].get("response")
+        reason = getattr(response, "finish_reason", None)
+        if reason is None:  # LiteLLM's reply: the reason is its first choice's
+            choices = getattr(response, "choices", None) or [None]
+            reason = getattr(choices[0], "finish_reason", None)
+        return reason == "length"
 
     def _repeat(self, candidate: Toolset) -> str | None:
         """Why `candidate` is not worth an evaluation, if it is the current toolset or one that already failed."""
