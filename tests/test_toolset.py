@@ -12,6 +12,7 @@ from pydantic import TypeAdapter
 
 import toolforge as tf
 from tests.conftest import make_function
+from tests.evaluation_fixtures import unary
 
 SUB = "def sub(a, b):\n    return a - b\n"
 
@@ -151,6 +152,13 @@ def test_diff_reports_added_removed_and_revised_with_code_diff(toolset):
     assert "-    return a + b\n+    return b + a\n" in revision.code_diff
     assert "~ add (code)" in str(diff) and "+ mul" in str(diff)
     assert not toolset.diff(toolset)
+
+
+def test_diff_reports_a_new_order_which_the_agent_s_lm_sees():
+    double, square = unary("double", "x * 2"), unary("square", "x * x")
+    diff = tf.Toolset([double, square]).diff(tf.Toolset([square, double]))
+    assert diff and diff.reordered == ("square", "double") and str(diff) == "~ order: square, double"
+    assert not tf.Toolset([double]).diff(tf.Toolset([double, square])).reordered  # an addition is not a reorder
 
 
 def test_merge_without_conflict_appends_theirs(toolset):

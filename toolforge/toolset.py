@@ -65,19 +65,23 @@ def _parse_action(data: Mapping[str, Any]) -> Action:
 
 
 class ToolsetDiff(BaseModel):
-    """What changed from one toolset to another: names added and removed, and functions revised."""
+    """What changed from one toolset to another: names added and removed, functions revised, and the order of
+    the functions both hold (the order the agent's LM sees them in), if that changed."""
 
     model_config = ConfigDict(frozen=True)
 
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     revised: tuple[FunctionRevision, ...] = ()
+    reordered: tuple[str, ...] = ()  # the functions both hold, in their new order, when it is not the old one
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.revised)
+        return bool(self.added or self.removed or self.revised or self.reordered)
 
     def __str__(self) -> str:
         lines = [f"+ {name}" for name in self.added] + [f"- {name}" for name in self.removed]
+        if self.reordered:
+            lines.append(f"~ order: {', '.join(self.reordered)}")
         for revision in self.revised:
             what = " and ".join(
                 part
@@ -258,10 +262,13 @@ class Toolset(Parameter):
                     code_diff=code_diff,
                 )
             )
+        before = [n for n in self.names if n in other]
+        after = [n for n in other.names if n in self]
         return ToolsetDiff(
             added=tuple(n for n in other.names if n not in self),
             removed=tuple(n for n in self.names if n not in other),
             revised=tuple(revised),
+            reordered=tuple(after) if after != before else (),
         )
 
     def merge(self, other: Toolset, on_conflict: Literal["error", "ours", "theirs"] = "error") -> Toolset:

@@ -1,0 +1,130 @@
+"""Properties that must hold for every input, checked with hypothesis: hashes, toolset algebra, and the values
+that pass between the LM, the proposer and the sandbox."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import dspy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import toolforge as tf
+from tests.evaluation_fixtures import unary
+from toolforge._hashing import content_hash
+from toolforge.evaluate import _jsonable, example_id
+from toolforge.proposer import ExampleArgument
+
+FAST = settings(max_examples=60, deadline=None)
+
+json_scalars = (
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats(allow_nan=False, allow_infinity=False)
+) | st.text()
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+python_values = st.recursive(  # what a prediction or an example may hold besides JSON: NaN, infinities, tuples, sets
+    json_scalars | st.floats() | st.frozensets(st.integers(), max_size=3),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+names = st.sampled_from(["double", "square", "cube", "half", "negate", "triple"])
+expressions = st.sampled_from(["x * 2", "x * x", "x ** 3", "x / 2", "-x", "x * 3", "x + 1"])
+
+
+def reordered(value: Any) -> Any:
+    """The same JSON value with every object's keys in reverse order."""
+    if isinstance(value, dict):
+        return {key: reordered(value[key]) for key in reversed(list(value))}
+    if isinstance(value, list):
+        return [reordered(item) for item in value]
+    return value
+
+
+@FAST
+@given(json_values)
+def test_content_hashes_ignore_key_order(value):
+    assert content_hash(value) == content_hash(reordered(value))
+
+
+@FAST
+@given(st.dictionaries(st.text(min_size=1, max_size=6), json_values, min_size=1, max_size=4))
+def test_example_ids_follow_content_not_identity_or_key_order(fields):
+    keys = list(fields)
+    first = dspy.Example(**fields).with_inputs(keys[0])
+    second = dspy.Example(**reordered(fields)).with_inputs(keys[0])
+    assert example_id(first) == example_id(second)
+    changed = dspy.Example(**{**fields, keys[0]: ["changed", fields[keys[0]]]}).with_inputs(keys[0])
+    assert example_id(changed) != example_id(first)
+
+
+@FAST
+@given(json_values)
+def test_example_argument_values_survive_their_json_text(value):
+    """What the smoke call gets is what the proposer meant, for every JSON value of a non-string argument."""
+    json_type = {bool: "boolean", int: "integer", float: "number", list: "array", dict: "object"}.get(type(value))
+    argument = ExampleArgument(name="a", value=value)
+    assert isinstance(argument.value, str)
+    if isinstance(value, str):  # plain text stays as it is, unless it is itself JSON (then it is read as JSON)
+        try:
+            json.loads(value)
+        except ValueError:
+            assert argument.decoded("string") == value
+        return
+    assert argument.decoded(json_type) == value
+
+
+@FAST
+@given(python_values)
+def test_record_values_are_plain_json_and_stable(value):
+    plain = _jsonable(value)
+    assert json.loads(json.dumps(plain, allow_nan=False)) == plain
+    assert _jsonable(plain) == plain
+    content_hash(plain)  # and hashable, as keys need
+
+
+@FAST
+@given(st.lists(st.tuples(names, expressions), max_size=6), st.lists(st.tuples(names, expressions), max_size=6))
+def test_diff_names_exactly_what_changed_and_merge_takes_theirs(ours, theirs):
+    left = tf.Toolset([unary(n, e) for n, e in dict(ours).items()])
+    right = tf.Toolset([unary(n, e) for n, e in dict(theirs).items()])
+    diff = left.diff(right)
+    assert set(diff.added) == set(right.names) - set(left.names)
+    assert set(diff.removed) == set(left.names) - set(right.names)
+    revised = {r.name for r in diff.revised}
+    assert revised == {n for n in set(left.names) & set(right.names) if left[n].code != right[n].code}
+    assert bool(diff) == (left.fingerprint != right.fingerprint or left.names != right.names)
+    merged = left.merge(right, on_conflict="theirs")
+    assert set(merged.names) == set(left.names) | set(right.names)
+    assert all(merged[n] == right[n] for n in right.names)
+    assert all(merged[n] == left[n] for n in left.names if n not in right)
+
+
+@FAST
+@given(st.lists(st.tuples(names, expressions), min_size=1, max_size=6), st.data())
+def test_applying_actions_gives_the_toolset_they_describe(start, data):
+    toolset = tf.Toolset([unary(n, e) for n, e in dict(start).items()])
+    expected = {f.name: f for f in toolset}
+    actions: list[Any] = []
+    for _ in range(data.draw(st.integers(0, 4))):
+        name, expression = data.draw(names), data.draw(expressions)
+        if name in expected and data.draw(st.booleans()):
+            actions.append(tf.RemoveFunction(name))
+            del expected[name]
+        elif name in expected:
+            actions.append(tf.ReviseFunction.of(unary(name, expression)))
+            expected[name] = unary(name, expression)
+        else:
+            actions.append(tf.AddFunction.of(unary(name, expression)))
+            expected[name] = unary(name, expression)
+    result = toolset.apply(actions)
+    assert set(result.names) == set(expected)
+    assert all(result[n].code == expected[n].code for n in expected)
+    assert tf.Toolset.from_dict(result.to_dict()).fingerprint == result.fingerprint
