@@ -7,16 +7,16 @@ import json
 from typing import Any
 
 import dspy
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import toolforge as tf
 from tests.evaluation_fixtures import unary
 from toolforge._hashing import content_hash
 from toolforge.evaluate import _jsonable, example_id
-from toolforge.proposer import ExampleArgument
+from toolforge.proposer import ExampleArgument, render_trajectories
 
-FAST = settings(max_examples=60, deadline=None)
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_scalars = (
     st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats(allow_nan=False, allow_infinity=False)
@@ -55,7 +55,7 @@ def test_content_hashes_ignore_key_order(value):
 
 
 @FAST
-@given(st.dictionaries(st.text(min_size=1, max_size=6), json_values, min_size=1, max_size=4))
+@given(st.dictionaries(st.text("abcdefgh_", min_size=1, max_size=6), json_values, min_size=1, max_size=4))
 def test_example_ids_follow_content_not_identity_or_key_order(fields):
     keys = list(fields)
     first = dspy.Example(**fields).with_inputs(keys[0])
@@ -128,3 +128,43 @@ def test_applying_actions_gives_the_toolset_they_describe(start, data):
     assert set(result.names) == set(expected)
     assert all(result[n].code == expected[n].code for n in expected)
     assert tf.Toolset.from_dict(result.to_dict()).fingerprint == result.fingerprint
+
+
+IDENTITY = tf.ForgedFunction(
+    "echo",
+    "Return the value given.",
+    {"type": "object", "properties": {"value": {}}, "required": ["value"]},
+    "def echo(value):\n    return value\n",
+)
+
+
+@FAST
+@given(value=json_values)
+def test_every_json_value_crosses_the_sandbox_unchanged(sandbox, value):
+    result = sandbox.call(IDENTITY, {"value": value})
+    assert result.ok and not result.value_is_repr
+    assert result.value == value
+
+
+@FAST
+@given(
+    scores=st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=1, max_size=30),
+    observation=st.text(max_size=3000),
+    budget=st.integers(500, 8000),
+)
+def test_trajectories_fit_their_budget_and_failures_come_first(scores, observation, budget):
+    records = [
+        tf.ExampleRecord(
+            example_id=str(i),
+            score=score,
+            trajectory={"thought_0": "t", "tool_name_0": "f", "tool_args_0": {"x": i}, "observation_0": observation},
+        )
+        for i, score in enumerate(scores)
+    ]
+    examples = [dspy.Example(question=f"q{i}").with_inputs("question") for i in range(len(scores))]
+    text = render_trajectories(records, examples, budget_chars=budget, seed=0)
+    header, *runs = text.split("\n\n--- score ")
+    assert runs and len(text) - len(header) <= budget + 30 * len(runs)  # the budget, give or take separators
+    shown = [float(run.split(" ", 1)[0]) for run in runs]
+    assert shown == sorted(shown)  # lowest scores first
+    assert f"showing {len(runs)}." in header
