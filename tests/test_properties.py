@@ -168,3 +168,42 @@ def test_trajectories_fit_their_budget_and_failures_come_first(scores, observati
     shown = [float(run.split(" ", 1)[0]) for run in runs]
     assert shown == sorted(shown)  # lowest scores first
     assert f"showing {len(runs)}." in header
+
+
+ARGUMENT_KINDS = {
+    "text": ({"type": "string"}, st.text(max_size=20)),
+    "count": ({"type": "integer"}, st.integers(-1000, 1000)),
+    "amount": ({"type": "number"}, st.floats(-1e6, 1e6)),
+    "flag": ({"type": "boolean"}, st.booleans()),
+    "numbers": ({"type": "array", "items": {"type": "number"}}, st.lists(st.floats(-1e6, 1e6), max_size=4)),
+    "prices": (
+        {"type": "object", "additionalProperties": {"type": "number"}},
+        st.dictionaries(st.text(max_size=6), st.floats(-1e6, 1e6), max_size=4),
+    ),
+    "point": (
+        {"type": "object", "properties": {"x": {"type": "number"}, "label": {"type": "string"}}},
+        st.fixed_dictionaries({"x": st.floats(-1e6, 1e6), "label": st.text(max_size=6)}),
+    ),
+}
+
+
+@FAST
+@given(st.lists(st.sampled_from(sorted(ARGUMENT_KINDS)), min_size=1, max_size=4, unique=True), st.data())
+def test_a_tool_call_written_to_its_schema_reaches_the_function_as_written(kinds, data):
+    """Whatever arguments fit a function's schema, the agent's call model (the schema the LM writes to) parses
+    them back to the same values, a mapping written as key/value entries included."""
+    from pydantic import TypeAdapter
+
+    from toolforge.agent import ToolAgent
+
+    parameters = {"type": "object", "properties": {k: ARGUMENT_KINDS[k][0] for k in kinds}, "required": kinds}
+    function = tf.ForgedFunction("f", "A function.", parameters, f"def f({', '.join(kinds)}):\n    return 0\n")
+    _, signature = ToolAgent("q -> a", toolset=tf.Toolset([function]))._rendered()
+    call_type = TypeAdapter(signature.output_fields["next_tool_call"].annotation)
+    arguments = {k: data.draw(ARGUMENT_KINDS[k][1]) for k in kinds}
+    written = dict(arguments)
+    if "prices" in written and data.draw(st.booleans()):  # as the structured-output schema asks for it
+        written["prices"] = [{"key": key, "value": value} for key, value in written["prices"].items()]
+    parsed = call_type.validate_python({"name": "f", "args": written}).args.model_dump(exclude_unset=True)
+    assert parsed == arguments
+    function.validate_arguments(parsed)
