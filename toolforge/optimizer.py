@@ -337,6 +337,7 @@ class _RunState:
         self.initial_score = 0.0
         self.step = 0
         self.stale = 0
+        self._history_mark: dict[str, Any] | None = None  # the proposer LM's newest history entry before a proposal
         self.failure_list: list[dict[str, Any]] = []
         self.accepted: list[dict[str, Any]] = []
         self._toolsets: dict[int, Toolset] = {}  # accepted toolsets by step, as objects (the checkpoint has dicts)
@@ -531,25 +532,26 @@ class _RunState:
                 trajectories = render()
                 continue
             except Exception as exc:
-                note = f"the proposer failed: {type(exc).__name__}: {exc}" + (_CUT if self._reply_cut() else "")
+                cut = _CUT if self._reply_cut() else ""
+                note = f"the proposer failed: {type(exc).__name__}: {exc}{cut}"
                 logger.warning("step %d: %s", step, note)
                 feedback.append(
                     f"Your previous reply could not be used ({type(exc).__name__}: {exc}); reply again "
-                    "with valid actions." + (_CUT if self._reply_cut() else "")
+                    f"with valid actions.{cut}"
                 )
                 continue
             if not proposals:
                 break
             rejected_now = 0
             before_trial, kept_before = candidate, len(kept)
-            cut = self._reply_cut()
+            cut_short = self._reply_cut()
             for index, proposal in enumerate(proposals):
                 reason = None
                 if index >= need:
                     reason = f"over the limit of {need} more action(s) in this step"
                 else:
                     reason, candidate = self._check(proposal, candidate)
-                    if reason and proposal.malformed and cut:
+                    if reason and proposal.malformed and cut_short:
                         reason += _CUT
                 outcome = ActionOutcome(
                     summary=proposal.summary(),
@@ -652,6 +654,7 @@ class _RunState:
     ) -> list[ProposedAction]:
         opt = self.opt
         context: dict[str, Any] = {} if opt.proposer_lm is None else {"lm": opt.proposer_lm}
+        self._history_mark = _last_entry(opt.proposer_lm or dspy.settings.lm)
         usage = None
         try:
             with dspy.context(**context), count_lm_usage() as usage:
@@ -674,13 +677,13 @@ class _RunState:
         return [a if isinstance(a, ProposedAction) else ProposedActionReply.model_validate(a) for a in actions]
 
     def _reply_cut(self) -> bool:
-        """Whether the proposer LM's last reply stopped at its token limit (which leaves its last action, or the
-        whole reply, incomplete)."""
+        """Whether the proposer LM's last reply, made by the last `_propose`, stopped at its token limit (which
+        leaves its last action, or the whole reply, incomplete)."""
         lm = self.opt.proposer_lm or dspy.settings.lm
-        history = getattr(lm, "history", None)
-        if not history:
+        entry = _last_entry(lm)
+        if entry is None or entry is self._history_mark:  # the call made no request (it failed before)
             return False
-        response = history[-1].get("response")
+        response = entry.get("response")
         reason = getattr(response, "finish_reason", None)
         if reason is None:  # LiteLLM's reply: the reason is its first choice's
             choices = getattr(response, "choices", None) or [None]
@@ -925,6 +928,12 @@ def find_toolset(student: dspy.Module, name: str | None = None) -> tuple[str, To
         if n == name:
             return n, p
     raise ToolforgeError(f"no toolset named {name!r} in the student; it has: {', '.join(n for n, _ in found)}")
+
+
+def _last_entry(lm: Any) -> dict[str, Any] | None:
+    """The newest entry of an LM's request history, if it keeps one."""
+    history = getattr(lm, "history", None)
+    return history[-1] if isinstance(history, list) and history else None
 
 
 def _describe_task(program: dspy.Module) -> str:
