@@ -310,6 +310,45 @@ def test_structured_outputs_can_write_a_mapping_argument_and_an_object_s_propert
         assert prediction.trajectory["observation_0"] == 8.5
 
 
+def test_any_argument_name_or_object_key_parses(sandbox):
+    """Keys a pydantic field could not be named by (leading underscore, BaseModel's own attributes, spaces)."""
+    weird = tf.ForgedFunction(
+        "weird",
+        "Echo the arguments.",
+        {
+            "type": "object",
+            "properties": {
+                "_hidden": {"type": "string"},
+                "model_config": {"type": "integer"},
+                "schema": {
+                    "type": "object",
+                    "properties": {"rainy days": {"type": "number"}, "_x": {"type": "string"}},
+                },
+            },
+            "required": ["_hidden", "model_config", "schema"],
+        },
+        "def weird(_hidden, model_config, schema):\n    return [_hidden, model_config, schema]\n",
+    )
+    arguments = {"_hidden": "h", "model_config": 3, "schema": {"rainy days": 2.5, "_x": "x"}}
+    lm = DummyLM(
+        [
+            {"next_thought": "call", "next_tool_call": {"name": "weird", "args": arguments}},
+            {"next_thought": "done", "next_tool_call": {"name": "finish", "args": {}}},
+            {"answer": "1"},
+        ]
+    )
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([weird]), sandbox=sandbox)
+    with dspy.context(lm=lm):
+        prediction = agent(question="q")
+    assert prediction.trajectory["tool_args_0"] == arguments
+    assert prediction.trajectory["observation_0"] == ["h", 3, {"rainy days": 2.5, "_x": "x"}]
+    _, signature = agent._rendered()
+    call = TypeAdapter(signature.output_fields["next_tool_call"].annotation).validate_python(
+        {"name": "weird", "args": arguments}
+    )
+    assert pickle.loads(pickle.dumps(call)) == call  # DSPy's optimizers copy demos with pickle
+
+
 def test_toolset_cannot_shadow_fixed_tools(sandbox):
     agent = tf.ToolAgent("question -> answer", tools=[tf.python_tool(sandbox)])
     python_fn = make_function("python", "def python(a, b):\n    return a\n")

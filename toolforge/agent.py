@@ -12,6 +12,7 @@ import asyncio
 import functools
 import inspect
 import json
+import keyword
 import logging
 import typing
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -301,7 +302,7 @@ class ToolAgent(dspy.Module):
 def _next_call(pred: dspy.Prediction, trajectory: dict[str, Any], idx: int) -> tuple[str, dict[str, Any]] | None:
     """The tool call the agent chose at step `idx`, entered into `trajectory`; None if it repeats the last one."""
     call = pred.next_tool_call
-    name, args = call.name, call.args.model_dump(exclude_unset=True)
+    name, args = call.name, call.args.model_dump(exclude_unset=True, by_alias=True)
     if idx and name == trajectory[f"tool_name_{idx - 1}"] and args == trajectory[f"tool_args_{idx - 1}"]:
         logger.info("ending the trajectory: the agent repeated its last call to %s", name)
         return None  # the same call would give the same observation: nothing new to learn
@@ -368,11 +369,25 @@ def _python_type(schema: dict[str, Any]) -> Any:
 @functools.lru_cache(maxsize=256)
 def _object_model(properties_json: str) -> Any:
     """An object argument with declared properties, as a model of its own (so that its schema lists them)."""
+    return _keyed_model("Object", json.loads(properties_json))
+
+
+def _keyed_model(model_name: str, properties: dict[str, Any]) -> Any:
+    """A model with a field per property, each named by its key as an alias: a key is any string (`rainy days`,
+    `_x`, `model_config`), which a pydantic field name cannot always be (such a field gets a name of its own; the
+    others keep the key, so `args.principal` reads as expected). Dumps use the keys.
+
+    No field is required when parsing: a missing argument reaches the tool, whose error the agent sees as an
+    observation. DSPy's structured-output schema still requires every property.
+    """
     fields: dict[str, Any] = {}
-    for key, schema in json.loads(properties_json).items():
+    for index, (key, schema) in enumerate(properties.items()):
         schema = schema if isinstance(schema, dict) else {}
-        fields[key] = (_python_type(schema), Field(default=None, description=schema.get("description")))
-    return create_model("Object", __config__=ConfigDict(extra="allow"), **fields)
+        field = Field(default=None, alias=key, description=schema.get("description"))
+        usable = key.isidentifier() and not keyword.iskeyword(key) and not key.startswith("_")
+        fields[key if usable and not hasattr(BaseModel, key) else f"field_{index}"] = (_python_type(schema), field)
+    config = ConfigDict(extra="allow", serialize_by_alias=True)  # DSPy dumps demos without by_alias
+    return create_model(model_name, __config__=config, **fields)
 
 
 @functools.lru_cache(maxsize=256)
@@ -427,7 +442,7 @@ class _ToolCall(BaseModel):
 
     def __reduce__(self) -> tuple[Any, tuple[str, str, dict[str, Any]]]:
         name, args_json = self._interface
-        return _rebuild_call, (name, args_json, self.model_dump(exclude_unset=True))
+        return _rebuild_call, (name, args_json, self.model_dump(exclude_unset=True, by_alias=True))
 
 
 def _rebuild_call(name: str, args_json: str, data: dict[str, Any]) -> Any:
@@ -437,14 +452,8 @@ def _rebuild_call(name: str, args_json: str, data: dict[str, Any]) -> Any:
 @functools.lru_cache(maxsize=512)
 def _tool_call_model(name: str, args_json: str) -> Any:
     """The call model of one tool (cached by its interface: a revised toolset mostly repeats its tools)."""
-    fields: dict[str, Any] = {}
-    for arg, schema in json.loads(args_json).items():
-        schema = schema if isinstance(schema, dict) else {}
-        # No argument is required when parsing: a missing one reaches the tool, whose error the agent sees as an
-        # observation. DSPy's structured-output schema still requires every argument of the chosen tool.
-        fields[arg] = (_python_type(schema), Field(default=None, description=schema.get("description")))
     stem = "".join(part.capitalize() for part in name.split("_")) or "Tool"
-    args_model = create_model(f"{stem}Args", __config__=ConfigDict(extra="allow"), **fields)
+    args_model = _keyed_model(f"{stem}Args", json.loads(args_json))
     model = create_model(
         f"{stem}Call",
         __base__=_ToolCall,
