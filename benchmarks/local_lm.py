@@ -7,8 +7,11 @@
    and the trained agent on held-out problems, write the report; in fresh caches. Wall time, LM calls per step.
 3. The same compile again, into a new run directory with the same caches: its wall time, LM calls, and the cache
    hit rate of its evaluations.
+4. An upper bound on what forging can buy this agent: the embedded agent on `--upper-bound` held-out problems with
+   correct functions written by hand (what a strong proposer would forge), beside the untrained agent on the same
+   problems. It tells whether the agent's LM, not only the proposer's, limits the demo.
 
-Usage: python benchmarks/local_lm.py [--repeats 3]
+Usage: python benchmarks/local_lm.py [--repeats 3] [--upper-bound 12]
 """
 
 from __future__ import annotations
@@ -87,6 +90,63 @@ def speed(repeats: int) -> dict[str, float]:
     }
 
 
+# ---- correct functions for the table problems, written by hand: the upper bound of part 4
+def column_stat(table: str, column: str, stat: str) -> float:
+    """A statistic of one numeric column of the table: stat is 'sum', 'mean', 'median', 'range', 'max' or 'min'.
+    The table has one row per line, cells separated by ' | ', and a header line first."""
+    import statistics
+
+    rows = [[cell.strip() for cell in line.split("|")] for line in table.strip().splitlines()]
+    index = [h.lower() for h in rows[0]].index(column.strip().lower())
+    values = [float(r[index].lstrip("$")) for r in rows[1:]]
+    stats = {"sum": sum, "mean": statistics.mean, "median": statistics.median, "max": max, "min": min}
+    value = max(values) - min(values) if stat == "range" else stats[stat](values)
+    return round(value, 2)
+
+
+def count_above(table: str, column: str, threshold: float) -> int:
+    """How many rows of the table have a value above `threshold` in `column`.
+    The table has one row per line, cells separated by ' | ', and a header line first."""
+    rows = [[cell.strip() for cell in line.split("|")] for line in table.strip().splitlines()]
+    index = [h.lower() for h in rows[0]].index(column.strip().lower())
+    return sum(1 for r in rows[1:] if float(r[index].lstrip("$")) > threshold)
+
+
+def row_value(table: str, row: str, column: str) -> float:
+    """The number in `column` of the row whose first cell is `row` (e.g. a city's visitors, an item's price).
+    The table has one row per line, cells separated by ' | ', and a header line first."""
+    rows = [[cell.strip() for cell in line.split("|")] for line in table.strip().splitlines()]
+    index = [h.lower() for h in rows[0]].index(column.strip().lower())
+    for r in rows[1:]:
+        if r[0].lower() == row.strip().lower():
+            return float(r[index].lstrip("$"))
+    raise ValueError(f"no row {row!r}; rows: {[r[0] for r in rows[1:]]}")
+
+
+def rate_of_change(table: str, column: str, start: int, end: int) -> float:
+    """The change per year of `column` between the years `start` and `end` (first column: the year), rounded to
+    two decimals. The table has one row per line, cells separated by ' | ', and a header line first."""
+    rows = [[cell.strip() for cell in line.split("|")] for line in table.strip().splitlines()]
+    index = [h.lower() for h in rows[0]].index(column.strip().lower())
+    by_year = {int(r[0]): float(r[index]) for r in rows[1:]}
+    return round((by_year[end] - by_year[start]) / (end - start), 2)
+
+
+def upper_bound(problems: int, env: dict[str, str], tmp: str) -> tuple[str, str]:
+    """The untrained agent and the agent with the hand-written functions, on the same held-out problems."""
+    import toolforge as tf
+
+    toolset = tf.Toolset(
+        [tf.ForgedFunction.from_callable(f) for f in (column_stat, count_above, row_value, rate_of_change)]
+    )
+    path = Path(tmp) / "hand-written.json"
+    toolset.save(path)
+    common = [*EVALUATE[:-5], "--limit", str(problems), *EVALUATE[-3:]]
+    _, untrained = toolforge(common, env)
+    _, written = toolforge([*common, "--toolset", str(path)], env)
+    return untrained.strip(), written.strip()
+
+
 def toolforge(args: list[str], env: dict[str, str]) -> tuple[float, str]:
     start = time.perf_counter()
     result = subprocess.run(
@@ -97,7 +157,7 @@ def toolforge(args: list[str], env: dict[str, str]) -> tuple[float, str]:
     return time.perf_counter() - start, result.stdout
 
 
-def demo() -> dict[str, object]:
+def demo(problems: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "DSPY_CACHEDIR": f"{tmp}/dspy", "TOOLFORGE_CACHE_DIR": f"{tmp}/toolforge"}
         first = Path(tmp) / "run1"
@@ -109,6 +169,7 @@ def demo() -> dict[str, object]:
         second = Path(tmp) / "run2"
         t_again, _ = toolforge([*COMPILE, "--out", str(second)], env)
         again = json.loads((second / "report.json").read_text())
+        bound = upper_bound(problems, env, tmp) if problems else None
     hits = sum(s["cache_hits"] for s in again["steps"])
     looked_up = hits + sum(s["cache_misses"] for s in again["steps"])
     return {
@@ -122,15 +183,17 @@ def demo() -> dict[str, object]:
         "again": t_again,
         "again_calls": again["agent_lm_calls"] + again["proposer_lm_calls"],
         "hit_rate": hits / looked_up if looked_up else 0.0,
+        "upper_bound": bound,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--upper-bound", type=int, default=12, help="held-out problems for part 4 (0: skip it)")
     args = parser.parse_args()
     s = speed(args.repeats)
-    d = demo()
+    d = demo(args.upper_bound)
     per_step = "; ".join(f"step {n}: {a} agent + {p} proposer ({o})" for n, a, p, o in d["steps"])  # type: ignore[attr-defined]
     rows = [
         ("measure", "here", "NOTES.md (same kind of machine)"),
@@ -154,6 +217,14 @@ def main() -> None:
         "Install (building llama-cpp-python) took about 4 minutes on this machine when measured by hand; "
         "it is not part of these figures.",
     ]
+    if d["upper_bound"]:
+        untrained, written = d["upper_bound"]  # type: ignore[misc]
+        notes += [
+            "Upper bound, the same held-out problems: the embedded agent with correct functions written by hand "
+            "(column_stat, count_above, row_value, rate_of_change), beside it untrained:",
+            f"  {written}",
+            f"  {untrained}",
+        ]
     _results.report("Embedded LM and the demo (benchmarks/local_lm.py)", rows, notes, width=30)
 
 
