@@ -207,3 +207,99 @@ def test_a_tool_call_written_to_its_schema_reaches_the_function_as_written(kinds
     parsed = call_type.validate_python({"name": "f", "args": written}).args.model_dump(exclude_unset=True)
     assert parsed == arguments
     function.validate_arguments(parsed)
+
+
+code_fragments = st.sampled_from(
+    [
+        "def f(x):\n    return x\n",
+        "def f(x, y=1):\n    return x + y\n",
+        "import os\n",
+        "import nonexistent_package_xyz\n",
+        "from . import x\n",
+        "def g():\n    pass\n",
+        "async def f(x):\n    return x\n",
+        "class f:\n    pass\n",
+        "f = lambda x: x\n",
+        "def f(*args, **kwargs):\n    return 1\n",
+        "def f(x, /, y):\n    return 1\n",
+        "def f(x, *, y):\n    return 1\n",
+        "return 1\n",
+        "def f(x):\n  return (\n",
+        "\x00",
+        "if True:\n    def f(x):\n        return x\n",
+        "@staticmethod\ndef f(x):\n    return x\n",
+    ]
+)
+parameter_schemas = st.one_of(
+    st.just({"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}),
+    st.just({"type": "object", "properties": {"x": {}, "y": {"type": "integer"}}, "required": ["x"]}),
+    st.just({"type": "object", "properties": {}, "required": []}),
+    st.just({"type": "array"}),
+    st.just({"type": "object", "properties": {"x": {"type": "bogus"}}, "required": ["x"]}),
+    st.just({"type": "object", "properties": {"x": {"type": "number"}}, "required": ["z"]}),
+    st.dictionaries(st.text(max_size=5), json_scalars, max_size=3),
+    json_values,
+)
+
+
+@FAST
+@given(
+    name=st.one_of(st.just("f"), st.text(max_size=8)),
+    description=st.text(max_size=20),
+    parameters=parameter_schemas,
+    code=st.lists(code_fragments, min_size=0, max_size=3).map("".join) | st.text(max_size=40),
+    packages=st.lists(st.sampled_from(["json", "numpy", "no_such_pkg", "", "os.path"]), max_size=2),
+)
+def test_a_function_is_valid_or_refused_with_a_function_error(name, description, parameters, code, packages):
+    """Whatever an LM writes, construction either succeeds or raises FunctionError (a reason), nothing else."""
+    try:
+        function = tf.ForgedFunction(name, description, parameters, code, packages=packages)
+    except tf.FunctionError as exc:
+        assert str(exc)
+        return
+    assert function.name == name and function.code_hash and function.interface_hash
+
+
+proposal_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "action": st.sampled_from(["add_function", "revise", "remove_function", "rename", ""]) | st.integers(),
+        "name": st.text(max_size=6) | st.none(),
+        "description": st.text(max_size=10),
+        "parameters": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.text(max_size=4)},
+                optional={
+                    "type": st.sampled_from(["string", "float", "list[int]", "complex"]),
+                    "required": st.booleans(),
+                },
+            ),
+            max_size=3,
+        )
+        | json_values,
+        "code": st.text(max_size=30),
+        "example_arguments": st.lists(
+            st.fixed_dictionaries({"name": st.text(max_size=4), "value": json_values}), max_size=3
+        )
+        | json_values,
+    },
+)
+
+
+@FAST
+@given(st.one_of(proposal_like, json_values))
+def test_any_reply_item_becomes_a_proposal_valid_or_malformed_never_an_exception(item):
+    from pydantic import ValidationError
+
+    from toolforge.proposer import ProposedActionReply
+
+    proposal = ProposedActionReply.model_validate(item)
+    assert isinstance(proposal.summary(), str)
+    proposal.model_dump(mode="json")
+    if proposal.malformed:
+        return
+    proposal.arguments()
+    try:
+        proposal.to_action()
+    except ValidationError:
+        pass
