@@ -303,3 +303,28 @@ def test_any_reply_item_becomes_a_proposal_valid_or_malformed_never_an_exception
         proposal.to_action()
     except ValidationError:
         pass
+
+
+@FAST
+@given(
+    st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "format": st.sampled_from(["toolforge.toolset", "other"]) | json_scalars,
+                "version": st.integers(0, 3) | json_scalars,
+                "functions": st.lists(st.dictionaries(st.sampled_from(["name", "code", "parameters"]), json_values))
+                | json_values,
+                "max_functions": st.integers(-1, 3) | json_scalars,
+            },
+        ),
+    )
+)
+def test_any_saved_toolset_data_loads_or_is_refused_with_a_toolset_error(data):
+    try:
+        toolset = tf.Toolset.from_dict(data)
+    except tf.ToolsetError as exc:
+        assert str(exc)
+        return
+    assert tf.Toolset.from_dict(toolset.to_dict()).fingerprint == toolset.fingerprint
