@@ -440,6 +440,10 @@ def test_bad_input_is_refused_with_the_fix(lm, cache):
         evaluate(make_program(), lm, cache, examples=[{"question": "double 1"}])
     with pytest.raises(tf.ToolforgeError, match="num_threads must be an integer >= 1"):
         tf.Evaluator(exact, num_threads=0)
+    with pytest.raises(tf.ToolforgeError, match=r"Evaluator\(cache=True\): give an EvaluationCache, a directory"):
+        tf.Evaluator(exact, cache=True)
+    with pytest.raises(tf.ToolforgeError, match=r"EvaluationCache\(directory=123\): give a directory path"):
+        tf.EvaluationCache(123)
     with pytest.raises(tf.ToolforgeError, match="cannot read the source of metric .* pass metric_version="):
         tf.Evaluator(max)
     with pytest.raises(tf.ToolforgeError, match="no LM is configured for predictor 'react'"):

@@ -765,6 +765,16 @@ def test_bad_settings_are_refused():
         tf.FunctionOptimizer(exact, patience=0, cache=False)
     with pytest.raises(tf.ToolforgeError, match="max_lm_calls must be a non-negative integer"):
         tf.FunctionOptimizer(exact, max_lm_calls=-1, cache=False)
+    with pytest.raises(tf.ToolforgeError, match=r"FunctionOptimizer\(cache=3\): give an EvaluationCache, a directory"):
+        tf.FunctionOptimizer(exact, cache=3)
+    with pytest.raises(tf.ToolforgeError, match=r"FunctionOptimizer\(log_dir=123\): give a directory path"):
+        tf.FunctionOptimizer(exact, log_dir=123, cache=False)
+
+
+def test_a_cache_may_be_given_as_its_directory(tmp_path):
+    optimizer = tf.FunctionOptimizer(exact, cache=tmp_path / "cache")
+    assert isinstance(optimizer.cache, tf.EvaluationCache) and optimizer.cache.directory == tmp_path / "cache"
+    assert tf.Evaluator(exact, cache=str(tmp_path / "other")).cache.directory == tmp_path / "other"
 
 
 def test_a_proposer_lm_that_is_not_set_up_stops_the_compile_and_resume_keeps_the_work(cache, tmp_path):

@@ -75,6 +75,18 @@ class CacheStats(BaseModel):
         return self.hits / total if total else 0.0
 
 
+def as_cache(cache: Any, owner: str) -> EvaluationCache | None:
+    """`cache` as an EvaluationCache: one as it is, a directory path opened as one, None for none."""
+    if cache is None or isinstance(cache, EvaluationCache):
+        return cache
+    if isinstance(cache, str | os.PathLike):
+        return EvaluationCache(cache)
+    raise ToolforgeError(
+        f"{owner}(cache={cache!r}): give an EvaluationCache, a directory path for one, or None"
+        + (" (False: no cache)" if owner == "FunctionOptimizer" else "")
+    )
+
+
 class EvaluationCache:
     """Evaluation records and function-call results in a diskcache directory.
 
@@ -91,6 +103,11 @@ class EvaluationCache:
     def __init__(self, directory: str | os.PathLike[str] | None = None, *, size_limit_mb: int = 1024) -> None:
         if not isinstance(size_limit_mb, int) or size_limit_mb < 1:
             raise ToolforgeError(f"EvaluationCache(size_limit_mb={size_limit_mb!r}) must be an integer >= 1")
+        if directory is not None and not isinstance(directory, str | os.PathLike):
+            raise ToolforgeError(
+                f"EvaluationCache(directory={directory!r}): give a directory path (str or Path), or None for "
+                "$TOOLFORGE_CACHE_DIR or .toolforge/cache"
+            )
         chosen = directory if directory is not None else os.environ.get("TOOLFORGE_CACHE_DIR") or DEFAULT_DIRECTORY
         self.directory = Path(chosen).expanduser()
         try:

@@ -39,7 +39,7 @@ import tqdm
 from toolforge._hashing import content_hash
 from toolforge._text import one_line
 from toolforge._usage import count_lm_usage
-from toolforge.cache import CACHE_FORMAT, EvaluationCache, use_call_cache
+from toolforge.cache import CACHE_FORMAT, EvaluationCache, as_cache, use_call_cache
 from toolforge.errors import FunctionCallError, ToolforgeError
 from toolforge.function import ForgedFunction
 from toolforge.records import EvaluationRun, ExampleRecord
@@ -62,7 +62,8 @@ class Evaluator:
     Args:
         metric: `metric(example, prediction, trace=None)` returning a bool, a number in [0, 1], or an object with a
             `score` attribute (such as a `dspy.Prediction(score=..., feedback=...)`).
-        cache: Where records live; None evaluates without a cache.
+        cache: Where records live (an `EvaluationCache`, or a directory path for one); None evaluates without a
+            cache.
         num_threads: Examples run at once.
         failure_score: The score of an example whose program (or metric) raised.
         metric_version: Identifies the metric in cache keys instead of its source (for metrics whose source
@@ -80,7 +81,7 @@ class Evaluator:
         self,
         metric: Metric,
         *,
-        cache: EvaluationCache | None = None,
+        cache: EvaluationCache | str | os.PathLike[str] | None = None,
         num_threads: int = 8,
         failure_score: float = 0.0,
         metric_version: str | None = None,
@@ -94,7 +95,7 @@ class Evaluator:
         if not 0.0 <= failure_score <= 1.0:
             raise ToolforgeError(f"Evaluator(failure_score={failure_score!r}): failure_score must be in [0, 1]")
         self.metric = metric
-        self.cache = cache
+        self.cache = as_cache(cache, "Evaluator")
         self.num_threads = num_threads
         self.failure_score = float(failure_score)
         self.display_progress = display_progress

@@ -43,7 +43,7 @@ from toolforge._io import write_json
 from toolforge._text import one_line
 from toolforge._usage import count_lm_usage
 from toolforge.actions import RemoveFunction, validation_reasons
-from toolforge.cache import EvaluationCache
+from toolforge.cache import EvaluationCache, as_cache
 from toolforge.errors import FunctionCallError, FunctionError, ToolforgeError, ToolsetError
 from toolforge.evaluate import Evaluator, check_examples, example_id, fixed_tool_names, program_fingerprint
 from toolforge.lm import resolve_lm
@@ -161,8 +161,8 @@ class FunctionOptimizer(Teleprompter):
         max_lm_calls: Budget of LM requests (agent and proposer; DSPy's cache hits are free); checked between
             phases, so an evaluation that has started finishes. Stops cleanly, keeping the best so far.
         num_threads: Examples evaluated at once.
-        cache: Evaluation cache; None uses `EvaluationCache()` (`$TOOLFORGE_CACHE_DIR` or `.toolforge/cache`),
-            False uses none.
+        cache: Evaluation cache (or a directory path for one); None uses `EvaluationCache()`
+            (`$TOOLFORGE_CACHE_DIR` or `.toolforge/cache`), False uses none.
         log_dir: Where to write `report.json`, `toolset-<step>.json` for every accepted toolset, and a checkpoint
             after every step; a compile with the same `log_dir` resumes after the last finished step. One compile
             at a time holds it (a second one is refused while the first runs).
@@ -199,7 +199,7 @@ class FunctionOptimizer(Teleprompter):
         prune_unused: bool = True,
         max_lm_calls: int | None = None,
         num_threads: int = 8,
-        cache: EvaluationCache | Literal[False] | None = None,
+        cache: EvaluationCache | str | os.PathLike[str] | Literal[False] | None = None,
         log_dir: str | os.PathLike[str] | None = None,
         resume: bool = True,
         seed: int = 0,
@@ -235,7 +235,16 @@ class FunctionOptimizer(Teleprompter):
         self.prune_unused = prune_unused
         self.max_lm_calls = max_lm_calls
         self.num_threads = num_threads
-        self.cache = None if cache is False else cache if cache is not None else EvaluationCache()
+        if cache is False:
+            self.cache: EvaluationCache | None = None
+        elif cache is None:
+            self.cache = EvaluationCache()
+        else:
+            self.cache = as_cache(cache, "FunctionOptimizer")
+        if log_dir is not None and not isinstance(log_dir, str | os.PathLike):
+            raise ToolforgeError(
+                f"FunctionOptimizer(log_dir={log_dir!r}): give a directory path (str or Path), or None"
+            )
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.resume = resume
         self.seed = seed
