@@ -387,6 +387,12 @@ def test_bad_agent_arguments_are_refused():
         tf.ToolAgent("question -> answer", max_iters=0)
     with pytest.raises(tf.ToolforgeError, match=r"fixed tool names \['finish'\] are repeated or reserved"):
         tf.ToolAgent("question -> answer", tools=[dspy.Tool(lambda: 1, name="finish")])
+    with pytest.raises(tf.ToolforgeError, match=r"ToolAgent\(signature=123\): give a signature string"):
+        tf.ToolAgent(123)
+    with pytest.raises(tf.ToolforgeError, match="each tool is a function or a dspy.Tool; not so item 1: int 7"):
+        tf.ToolAgent("question -> answer", tools=[len, 7])
+    with pytest.raises(tf.ToolforgeError, match=r"give a list of tools, e.g. tools=\[python_tool\(\)\]"):
+        tf.ToolAgent("question -> answer", tools=tf.python_tool())
 
 
 def test_agent_toolset_is_a_parameter_and_round_trips_through_program_save(sandbox, tmp_path):

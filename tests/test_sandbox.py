@@ -66,6 +66,13 @@ def test_non_json_arguments_are_refused_before_running(sandbox):
     assert not result.ok and "arguments are not JSON" in result.error
 
 
+def test_a_call_that_is_not_one_is_refused_by_name(sandbox):
+    with pytest.raises(tf.SandboxError, match="Sandbox.call runs a ForgedFunction, got str 'add'"):
+        sandbox.call("add", {"a": 1, "b": 2})
+    with pytest.raises(tf.SandboxError, match=r"Sandbox.call\('add', ...\): arguments must be a dict of named"):
+        sandbox.call(make_function(), [1, 2])
+
+
 def test_parallel_calls_from_threads_are_correct(sandbox):
     f = make_function(code="import time\n\ndef add(a, b):\n    time.sleep(0.01)\n    return a + b\n")
     results = {}

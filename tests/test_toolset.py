@@ -52,6 +52,13 @@ def test_apply_returns_a_new_toolset_and_leaves_the_old_one(toolset):
     assert toolset.names == ["add", "sub"]
 
 
+def test_apply_takes_one_action_or_a_list_and_refuses_text(toolset):
+    assert "sub" not in toolset.apply(tf.RemoveFunction("sub"))
+    assert "sub" not in toolset.apply({"action": "remove_function", "name": "sub"})
+    with pytest.raises(tf.ToolsetError, match="Toolset.apply takes actions .* got str 'remove sub'"):
+        toolset.apply("remove sub")
+
+
 def test_apply_add_of_existing_name_is_refused(toolset):
     with pytest.raises(tf.ToolsetError, match="function 'add' already exists; use ReviseFunction to change it"):
         toolset.apply([add_action("add")])

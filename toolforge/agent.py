@@ -76,6 +76,11 @@ class ToolAgent(dspy.Module):
         super().__init__()
         if not isinstance(max_iters, int) or max_iters < 1:
             raise ToolforgeError(f"ToolAgent(max_iters={max_iters!r}): max_iters must be an integer >= 1")
+        if not (isinstance(signature, str) or (isinstance(signature, type) and issubclass(signature, Signature))):
+            raise ToolforgeError(
+                f"ToolAgent(signature={signature!r:.60}): give a signature string such as 'question -> answer: float'"
+                " or a dspy.Signature class"
+            )
         sig: type[Signature] = ensure_signature(signature)
         self.signature = signature = sig
         if not isinstance(max_observation_chars, int) or max_observation_chars < 100:
@@ -83,6 +88,15 @@ class ToolAgent(dspy.Module):
         self.max_iters = max_iters
         self.max_observation_chars = max_observation_chars
         self.sandbox = sandbox
+        if callable(tools) or not isinstance(tools, list | tuple):
+            raise ToolforgeError(
+                f"ToolAgent(tools={tools!r:.60}): give a list of tools, e.g. tools=[python_tool()], or () for none"
+            )
+        bad = [f"{i}: {type(t).__name__} {t!r:.40}" for i, t in enumerate(tools) if not callable(t)]
+        if bad:
+            raise ToolforgeError(
+                f"ToolAgent(tools=...): each tool is a function or a dspy.Tool; not so item {'; item '.join(bad)}"
+            )
         fixed = [t if isinstance(t, dspy.Tool) else dspy.Tool(t) for t in tools]
         names = [t.name for t in fixed]
         clashes = sorted({n for n in names if names.count(n) > 1} | ({FINISH} & set(names)))

@@ -399,8 +399,19 @@ class Sandbox:
         """Run `function(**arguments)` in a worker. Never raises for anything the code does.
 
         Raises:
-            SandboxError: the sandbox is closed, or a worker cannot start at all.
+            SandboxError: the sandbox is closed, or a worker cannot start at all; or the call itself is not one
+                (`function` not a ForgedFunction, `arguments` not a dict of named arguments).
         """
+        if not isinstance(function, ForgedFunction):
+            raise SandboxError(
+                f"Sandbox.call runs a ForgedFunction, got {type(function).__name__} {function!r:.60}; build one "
+                "with ForgedFunction(...) or ForgedFunction.from_callable(fn)"
+            )
+        if not isinstance(arguments, dict) or not all(isinstance(k, str) for k in arguments):
+            raise SandboxError(
+                f"Sandbox.call({function.name!r}, ...): arguments must be a dict of named arguments, got "
+                f"{type(arguments).__name__} {arguments!r:.60}"
+            )
         request = {"op": "call", "name": function.name, "code_hash": function.code_hash, "arguments": arguments}
         return self._submit(request, function.code)
 

@@ -204,6 +204,11 @@ class Toolset(Parameter):
         """
         if isinstance(actions, AddFunction | ReviseFunction | RemoveFunction | Mapping):
             actions = [actions]
+        if isinstance(actions, str | bytes) or not isinstance(actions, Sequence):
+            raise ToolsetError(
+                f"Toolset.apply takes actions (AddFunction, ReviseFunction, RemoveFunction, or their JSON form as "
+                f"dicts), one or a list of them; got {type(actions).__name__} {actions!r:.80}"
+            )
         functions = list(self._functions)
         index = {f.name: i for i, f in enumerate(functions)}
         for given in actions:
