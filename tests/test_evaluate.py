@@ -440,6 +440,8 @@ def test_bad_input_is_refused_with_the_fix(lm, cache):
         evaluate(make_program(), lm, cache, examples=[{"question": "double 1"}])
     with pytest.raises(tf.ToolforgeError, match="num_threads must be an integer >= 1"):
         tf.Evaluator(exact, num_threads=0)
+    with pytest.raises(tf.ToolforgeError, match="Evaluator.evaluate needs a dspy.Module as program, got str"):
+        tf.Evaluator(exact).evaluate("programs/table_agent.py", make_examples(1))
     with pytest.raises(tf.ToolforgeError, match=r"Evaluator\(cache=True\): give an EvaluationCache, a directory"):
         tf.Evaluator(exact, cache=True)
     with pytest.raises(tf.ToolforgeError, match=r"EvaluationCache\(directory=123\): give a directory path"):

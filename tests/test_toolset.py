@@ -59,6 +59,13 @@ def test_apply_takes_one_action_or_a_list_and_refuses_text(toolset):
         toolset.apply("remove sub")
 
 
+def test_diff_and_merge_take_a_toolset_or_a_list_of_functions(toolset):
+    functions = list(toolset)
+    assert not toolset.diff(functions) and toolset.merge(functions) == toolset
+    with pytest.raises(tf.ToolsetError, match=r"Toolset.diff takes another Toolset .* got str 'b.json'; load"):
+        toolset.diff("b.json")
+
+
 def test_apply_add_of_existing_name_is_refused(toolset):
     with pytest.raises(tf.ToolsetError, match="function 'add' already exists; use ReviseFunction to change it"):
         toolset.apply([add_action("add")])

@@ -107,6 +107,10 @@ class Evaluator:
     ) -> EvaluationRun:
         """Run `program` on every example (or reuse its record), score it, and return the records in order."""
         start = time.perf_counter()
+        if not isinstance(program, dspy.Module):
+            raise ToolforgeError(
+                f"Evaluator.evaluate needs a dspy.Module as program, got {type(program).__name__} {program!r:.60}"
+            )
         examples = list(examples)
         check_examples(examples)
         base = program_fingerprint(program, metric_id=self.metric_id)

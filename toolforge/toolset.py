@@ -244,6 +244,7 @@ class Toolset(Parameter):
 
     def diff(self, other: Toolset) -> ToolsetDiff:
         """What changes from this toolset to `other` (added and removed names, revisions with a code diff)."""
+        other = _as_toolset(other, "diff")
         revised = []
         for name in self.names:
             if name not in other:
@@ -285,6 +286,7 @@ class Toolset(Parameter):
         """
         if on_conflict not in ("error", "ours", "theirs"):
             raise ToolsetError(f"on_conflict={on_conflict!r} must be 'error', 'ours' or 'theirs'")
+        other = _as_toolset(other, "merge")
         conflicts = [f.name for f in other if f.name in self and self[f.name].fingerprint != f.fingerprint]
         if conflicts and on_conflict == "error":
             raise ToolsetError(
@@ -394,6 +396,18 @@ class Toolset(Parameter):
             )
             for function in self._functions
         ]
+
+
+def _as_toolset(other: Any, method: str) -> Toolset:
+    """`other` as a Toolset: one as it is, a list of functions made into one; anything else refused by name."""
+    if isinstance(other, Toolset):
+        return other
+    if isinstance(other, list | tuple) and all(isinstance(f, ForgedFunction) for f in other):
+        return Toolset(other)
+    raise ToolsetError(
+        f"Toolset.{method} takes another Toolset (or a list of ForgedFunctions), got {type(other).__name__} "
+        f"{other!r:.60}; load a saved one with Toolset.load(path)"
+    )
 
 
 _MAX_KEPT_ARGUMENTS = 16_384  # characters of JSON: larger arguments are not kept in evaluation records
