@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import logging
@@ -519,6 +520,8 @@ def test_editing_the_program_s_code_re_runs_it_and_an_identical_file_does_not(ca
         tf.ToolAgent("q -> a", tools=[module.tool])
     )
     assert _user_code(tf.ToolAgent("q -> a", tools=[tf.python_tool()])) == []  # toolforge's own code is versioned
+    partial = functools.partial(module.tool)  # the function inside counts, not functools
+    assert _user_code(tf.ToolAgent("q -> a", tools=[dspy.Tool(partial, name="t", desc="d")]))[0][0] == "user_program"
 
 
 def _file_hash(path):

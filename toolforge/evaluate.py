@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import functools
 import hashlib
 import inspect
 import json
@@ -481,6 +482,8 @@ def _source_identity(target: Any) -> tuple[str, str] | None:
     """(module, hash of its file) for the code of `target`, None for dspy's and toolforge's own code or a builtin;
     (qualified name, hash of its own source, or nothing) when its file cannot be read. The module's name, not the
     file's path, so that a project moved elsewhere keeps its cache."""
+    while isinstance(target, functools.partial):
+        target = target.func
     target = inspect.unwrap(getattr(target, "__func__", target))
     if not (inspect.isclass(target) or inspect.isfunction(target) or inspect.ismethod(target)):
         target = type(target)  # a callable object: the code is its class's
