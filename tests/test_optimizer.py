@@ -61,7 +61,8 @@ def proposer_lm(policy):
     """A proposer whose reply is `policy(inputs)`, with inputs the proposer's rendered input fields."""
 
     def respond(system: str, user: str) -> dict[str, Any]:
-        inputs = {name: field(user, name) for name in ("current_functions", "failure_list", "trajectories", "rejected")}
+        names = ("current_functions", "failure_list", "trajectories", "rejected", "fixed_tools")
+        inputs = {name: field(user, name) for name in names}
         return {"reasoning": "Looking at the failures.", "actions": policy(inputs)}
 
     return scripted_lm(respond, name="proposer")
@@ -125,6 +126,23 @@ def test_the_proposer_is_told_how_the_training_runs_used_each_function(cache):
     compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=2, patience=2)
     assert "### double\n" in seen[0] and "usage: called in 8 of 10 training runs\n" in seen[0]
     assert "usage: called in 2 of 10 training runs\n" in seen[1]  # square, accepted in step 1
+
+
+def test_the_proposer_is_told_what_the_fixed_tools_do():
+    from toolforge.evaluate import describe_fixed_tools
+
+    agent = tf.ToolAgent("question -> answer: float", tools=[tf.python_tool()])
+    text = describe_fixed_tools(agent)
+    assert text.startswith("- python: Run a Python code snippet in a sandbox and return what it prints")
+    assert text.endswith("\n- finish: ends the agent's run, once it can answer")
+    seen = []
+
+    def policy(inputs):
+        seen.append(inputs["fixed_tools"])
+        return []
+
+    compile_with(policy, tf.Toolset([DOUBLE]), max_epochs=1)
+    assert seen == ["- finish: ends the agent's run, once it can answer"]
 
 
 def test_a_metric_s_feedback_reaches_the_proposer(cache):

@@ -48,7 +48,14 @@ from toolforge.sandbox import Sandbox
 from toolforge.toolset import Toolset, _ForgedToolCall
 from toolforge.trace import record_calls
 
-__all__ = ["Evaluator", "check_examples", "example_id", "fixed_tool_names", "program_fingerprint"]
+__all__ = [
+    "Evaluator",
+    "check_examples",
+    "describe_fixed_tools",
+    "example_id",
+    "fixed_tool_names",
+    "program_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -416,6 +423,20 @@ def fixed_tool_names(program: dspy.Module) -> set[str]:
     if any(isinstance(m, ToolAgent) for _, m in _modules(program)):
         names.add(FINISH)
     return names
+
+
+def describe_fixed_tools(program: dspy.Module) -> str:
+    """The program's fixed tools, a line each with what it does, for the proposer: it should know what the agent
+    already has before it forges more (and which names are taken)."""
+    from toolforge.agent import FINISH, ToolAgent
+
+    lines = {
+        tool["name"]: f"- {tool['name']}: {one_line(tool['desc'] or '(no description)', 200)}"
+        for tool in _fixed_tool_interfaces(program)
+    }
+    if any(isinstance(m, ToolAgent) for _, m in _modules(program)):
+        lines.setdefault(FINISH, f"- {FINISH}: ends the agent's run, once it can answer")
+    return "\n".join(lines.values())
 
 
 def _modules(program: dspy.Module) -> list[tuple[str, dspy.Module]]:

@@ -45,7 +45,14 @@ from toolforge._usage import count_lm_usage
 from toolforge.actions import RemoveFunction, validation_reasons
 from toolforge.cache import EvaluationCache, as_cache
 from toolforge.errors import FunctionCallError, FunctionError, ToolforgeError, ToolsetError
-from toolforge.evaluate import Evaluator, check_examples, example_id, fixed_tool_names, program_fingerprint
+from toolforge.evaluate import (
+    Evaluator,
+    check_examples,
+    describe_fixed_tools,
+    example_id,
+    fixed_tool_names,
+    program_fingerprint,
+)
 from toolforge.lm import resolve_lm
 from toolforge.proposer import (
     ProposedAction,
@@ -305,6 +312,7 @@ class FunctionOptimizer(Teleprompter):
         initial = Toolset(initial.functions, max_functions=limit)
         set_attribute_by_name(work, param_name, initial)
         self._fixed = fixed_tool_names(work)
+        self._fixed_text = describe_fixed_tools(work)
         if self.proposer_lm is None and dspy.settings.lm is None:
             self.proposer_lm = resolve_lm("local", role="proposer_lm")
         run = _RunState(self, work, param_name, trainset, valset)
@@ -669,7 +677,7 @@ class _RunState:
             with dspy.context(**context), count_lm_usage() as usage:
                 prediction = opt.proposer(
                     task=_describe_task(self.program),
-                    fixed_tools=", ".join(sorted(opt._fixed)) or "(none)",
+                    fixed_tools=opt._fixed_text or "(none)",
                     current_functions=render_functions(toolset, notes),
                     failure_list=_render_failures(self.failure_list),
                     trajectories=trajectories,

@@ -256,7 +256,9 @@ class ProposeActions(dspy.Signature):
     do not reuse the names of fixed tools."""
 
     task: str = dspy.InputField(desc="what the agent does: its inputs and outputs")
-    fixed_tools: str = dspy.InputField(desc="tools the agent always has; functions must not reuse their names")
+    fixed_tools: str = dspy.InputField(
+        desc="tools the agent always has, and what they do; functions must not reuse their names"
+    )
     current_functions: str = dspy.InputField(
         desc="the agent's current functions, with their full code and how the training runs used them"
     )
