@@ -49,7 +49,7 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
   size, and anything else replaces the worker, but code written to attack the worker can find its objects in
   memory, answer its own call and then every later call on that worker, falsely. "worker" is the default because
   forged code is written by an LM optimizing functions, which makes mistakes, not attacks, and because a call
-  costs 0.2 ms there against about 1 ms (1.7 ms back to back) with "call"; choose "call" where the code may be
+  costs 0.2 ms there against 1 to 2 ms (paced, back to back) with "call"; choose "call" where the code may be
   adversarial (`benchmarks/sandbox_overhead.py` measures both).
 * **Output**: stdout and stderr, Python-level and file-descriptor-level, are captured and capped at
   `max_output_bytes`; a return value that JSON cannot hold comes back as its repr, and the result says so.
@@ -62,8 +62,9 @@ guards writes and the network, which ctypes can bypass (and, as a non-root user,
 entries and the home directory stay readable). Not Linux: only the audit hook, the rlimits and the wall-time
 limit apply.
 
-Guarantees: `Sandbox` is thread-safe; calls run in parallel up to `workers`; a fault in one call never affects
-the caller's process or a later call. The process-wide default sandbox (`default_sandbox()`) is created on first
+Guarantees: `Sandbox` is thread-safe; calls run in parallel up to `workers`; a fault in one call (an exception,
+a timeout, a crash, exhausted memory) never affects the caller's process or a later call. Code written to attack
+the worker is the exception noted above for `isolation="worker"`: it can answer later calls on its worker. The process-wide default sandbox (`default_sandbox()`) is created on first
 use and closed at interpreter exit; any other sandbox that is never closed kills its workers and removes its
 directories when it is garbage-collected, or at exit. A sandbox pickles as its settings (a whole program saved
 with `save_program=True` loads with a new sandbox of the same limits).
@@ -334,8 +335,8 @@ class Sandbox:
         isolation: "worker" (the default) runs calls in the worker itself (about 0.2 ms a call here), undoing
             what a call changed afterwards; code written to attack the worker can then answer the later calls it
             runs (see the module docstring). "call" runs each call in a process of its own, forked from the
-            worker, which never runs forged code: no call can see, spoil or answer another (about 1 ms a call
-            here, 1.7 ms back to back); for code that may be adversarial, not merely wrong.
+            worker, which never runs forged code: no call can see, spoil or answer another (1 to 2 ms a call
+            here, paced or back to back); for code that may be adversarial, not merely wrong.
 
     Examples:
         >>> with Sandbox(workers=1) as sandbox:                 # doctest: +SKIP
