@@ -64,10 +64,11 @@ limit apply.
 
 Guarantees: `Sandbox` is thread-safe; calls run in parallel up to `workers`; a fault in one call (an exception,
 a timeout, a crash, exhausted memory) never affects the caller's process or a later call. Code written to attack
-the worker is the exception noted above for `isolation="worker"`: it can answer later calls on its worker. The process-wide default sandbox (`default_sandbox()`) is created on first
-use and closed at interpreter exit; any other sandbox that is never closed kills its workers and removes its
-directories when it is garbage-collected, or at exit. A sandbox pickles as its settings (a whole program saved
-with `save_program=True` loads with a new sandbox of the same limits).
+the worker is the exception noted above for `isolation="worker"`: it can answer later calls on its worker. The
+process-wide default sandbox (`default_sandbox()`) is created on first use and closed at interpreter exit; any
+other sandbox that is never closed kills its workers and removes its directories when it is garbage-collected,
+or at exit. A sandbox pickles as its settings (a whole program saved with `save_program=True` loads with a new
+sandbox of the same limits).
 """
 
 from __future__ import annotations
