@@ -42,6 +42,21 @@ class Unreachable(dspy.Module):
         raise ConnectionError("the LM at http://localhost:1 refused the connection")
 
 
+class HalfBroken(dspy.Module):
+    """A program that answers doubles and raises on squares."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.toolset = tf.Toolset()
+        self.signature = dspy.Signature("question -> answer: float")
+
+    def forward(self, question: str) -> dspy.Prediction:
+        kind, number = question.split()
+        if kind == "square":
+            raise ValueError(f"no squares here: {question}")
+        return dspy.Prediction(answer=2.0 * int(number))
+
+
 metric = exact
 
 

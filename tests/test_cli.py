@@ -274,6 +274,23 @@ def test_compile_stops_with_one_line_when_every_example_raises(tmp_path):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_evaluate_stops_with_one_line_when_every_example_raises(tmp_path):
+    result = toolforge("evaluate", "tests.cli_fixtures:Unreachable", *AGENT, "--quiet", tmp=tmp_path)
+    assert result.returncode == 2
+    assert "score 0.000 (0/6 correct, 6 errors)" in result.stdout
+    assert result.stderr.strip() == (
+        "toolforge: error: every example raised, e.g. ConnectionError: the LM at http://localhost:1 refused the "
+        "connection; check the program and its LM (--lm, --api-base)"
+    )
+
+
+def test_evaluate_says_how_many_examples_raised(tmp_path):
+    result = toolforge("evaluate", "tests.cli_fixtures:HalfBroken", "--quiet", tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "score 0.500 (3/6 correct, 3 errors)" in result.stdout
+    assert "3 of 6 examples raised (scored 0), e.g. ValueError: no squares here: square " in result.stdout
+
+
 def test_the_console_script_imports_module_attr_from_the_current_directory(tmp_path):
     """`toolforge evaluate mypkg.agent:program` from a project directory, with nothing installed or on PYTHONPATH."""
     package = tmp_path / "project" / "mypkg"

@@ -250,7 +250,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _set_toolset(program, Toolset.load(args.toolset), args.toolset_name)
     examples = _dataset(loaded, program, args.data, args.split, args, args.limit)
     _configure_lm(args.lm, args.api_base)
-    evaluator = Evaluator(loaded.metric, cache=_cache(args), num_threads=args.threads, display_progress=not args.quiet)
+    evaluator = Evaluator(
+        loaded.metric,
+        cache=_cache(args),
+        num_threads=args.threads,
+        display_progress=not args.quiet,
+        warn_errors=False,  # said below, once
+    )
     run = evaluator.evaluate(program, examples)
     correct = sum(1 for r in run.records if r.score >= 1.0)
     label = args.toolset or "no toolset (untrained)"
@@ -259,6 +265,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{len(run.errors)} errors); {run.lm_calls} LM calls, {run.hits} of {len(run.records)} from cache; "
         f"{run.wall_time_s:.1f} s"
     )
+    if run.errors:
+        example_error = one_line(run.errors[0].error, 300)
+        if len(run.errors) == len(run.records):  # a set-up mistake, not a score
+            raise ToolforgeError(
+                f"every example raised, e.g. {example_error}; check the program and its LM (--lm, --api-base)"
+            )
+        _out(f"{len(run.errors)} of {len(run.records)} examples raised (scored 0), e.g. {example_error}")
     failed = [(record, example) for record, example in zip(run.records, examples, strict=True) if record.score < 1.0]
     for record, example in failed[: args.failures]:
         _out()
