@@ -12,6 +12,7 @@ Replies: {"ok", "value", "value_is_repr", "error", "stdout", "notes", "recycle"}
 replace this worker (memory exhausted, threads or processes left running).
 """
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -382,6 +383,7 @@ class _CappedText(io.TextIOBase):
 
 _NOT_PRELOADED = {"this", "antigravity"}  # importing them prints, or opens a browser
 _WARM_UP = {"op": "call", "name": "warm_up", "code_hash": "<warm-up>", "arguments": {"x": 1}}
+_STANDBY = 2  # call processes forked ahead, per worker
 _WARM_UP_CODE = "def warm_up(x):\n    print(x)\n    return [x, str(x)]\n"
 
 
@@ -414,8 +416,8 @@ class Worker:
         self.functions[_WARM_UP["code_hash"]] = ("warm_up", _compile_forged("warm_up", _WARM_UP_CODE))
         self.children = []  # call processes that replied, to reap
         self.sources = {}  # code_hash -> code, for a call's process forked before its code came
-        self.unforked = set()  # code_hashes compiled since the waiting call's process was forked
-        self.standby = None  # (pid, request pipe, reply pipe) of the process that will run the next call
+        # (pid, request pipe, reply pipe, code_hashes it has compiled) of the processes that will run the next calls
+        self.standby = collections.deque()
         self.max_reply = 8 * (config["max_value_bytes"] + config["max_output_bytes"]) + (1 << 20)
         self.signals = {s: signal.getsignal(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, 19)}
         self.recursion_limit = sys.getrecursionlimit()
@@ -453,18 +455,19 @@ class Worker:
         caller's next request nor answer it; at most it spoils its own reply, whose result it controls anyway;
         and the worker is not dumpable, so no process of the same user opens its pipes through /proc. A call's
         process that ends without a reply (os._exit, a crash) takes the worker with it, the same way, so that the
-        caller sees why and replaces the worker. The next call's process is forked while the caller reads this
-        reply, so that a call does not wait for a fork.
+        caller sees why and replaces the worker. The processes of the next calls are forked ahead, while the caller
+        reads this reply, so that a call does not wait for a fork. Each knows the functions compiled before it was
+        forked; a call of a later one brings its code along.
         """
         self._reap()
         try:
             self._prepare(request)
         except BaseException as exc:  # code that does not compile: its error is the call's result
             return self._reply(False, None, _forged_traceback(exc), "", [], False)
-        self.prefork()
-        pid, request_end, reply_end = self.standby
-        self.standby = None
-        if request.get("op") == "call" and request["code_hash"] in self.unforked:  # it predates the code
+        if not self.standby:
+            self.prefork(1)
+        pid, request_end, reply_end, known = self.standby.popleft()
+        if request.get("op") == "call" and request["code_hash"] not in known:  # it predates the code
             request = {**request, "code": self.sources[request["code_hash"]]}
         data = json.dumps(request).encode()
         try:
@@ -499,19 +502,25 @@ class Worker:
         reply["pid"] = os.getpid()
         return reply
 
-    def prefork(self):
-        """Fork the process that will run the next call, unless it is there; it waits for its request."""
-        if self.standby is not None:
-            return
+    def prefork(self, depth=_STANDBY):
+        """Fork processes for the next calls until `depth` wait, each for its request. Two, so that calls back to
+        back find one forked and warmed up while the worker forks the next."""
+        while len(self.standby) < depth:
+            self._fork_one()
+
+    def _fork_one(self):
         request_in, request_end = os.pipe()
         reply_end, reply_out = os.pipe()
         gc.freeze()  # the child's collector then leaves the worker's objects (and their pages) alone
-        self.unforked.clear()  # the new process has every function compiled so far
+        known = frozenset(self.functions)  # the new process has every function compiled so far
         pid = os.fork()
         if pid == 0:  # the call's process: it keeps only its own two pipes
             try:
                 for fd in (self.proto_in, self.proto_out, request_end, reply_end):
                     os.close(fd)
+                for _, other_request, other_reply, _ in self.standby:  # the other waiting processes' pipes
+                    os.close(other_request)
+                    os.close(other_reply)
                 # a call of our own first: the pages a call writes to are copied now, not while the caller waits
                 json.dumps(self.handle(_WARM_UP))
                 chunks = []
@@ -527,7 +536,7 @@ class Worker:
                 os._exit(0)
         os.close(request_in)
         os.close(reply_out)
-        self.standby = (pid, request_end, reply_end)
+        self.standby.append((pid, request_end, reply_end, known))
 
     def _prepare(self, request):
         """Compile a function's code once per worker, and import the standard-library modules the code imports
@@ -539,7 +548,6 @@ class Worker:
         else:
             code = request["code"]
             self.sources[request["code_hash"]] = code
-            self.unforked.add(request["code_hash"])
             self.functions[request["code_hash"]] = (request["name"], _compile_forged(request["name"], code))
         try:
             import ast

@@ -4,8 +4,8 @@ Each worker is a separate Python interpreter (`toolforge/_worker.py`, standard l
 environment and its own scratch directory. Workers are reused across calls, and a worker compiles a function's
 code once per `code_hash`. With `isolation="worker"` (the default), the worker runs calls itself and undoes what a
 call changed. With `isolation="call"`, the worker never runs forged code itself: each call runs in a process of
-its own, forked from the worker (while the previous reply is read, and warmed up by a call of the worker's own,
-so that a call does not wait for either), which ends with the call, so nothing one call leaves behind (module
+its own, forked from the worker (two ahead, while earlier replies are read, each warmed up by a call of the
+worker's own, so that a call does not wait for either), which ends with the call, so nothing one call leaves behind (module
 state, threads, timers, a changed directory) reaches the next. A worker whose call times out, crashes, exits, or
 runs out of memory (or, running calls itself, leaves threads or processes behind) is killed and replaced; the
 caller gets `CallResult(ok=False, error=...)` with the reason.
@@ -49,8 +49,8 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
   size, and anything else replaces the worker, but code written to attack the worker can find its objects in
   memory, answer its own call and then every later call on that worker, falsely. "worker" is the default because
   forged code is written by an LM optimizing functions, which makes mistakes, not attacks, and because a call
-  costs 0.2 ms there against 1 to 2 ms (paced, back to back) with "call"; choose "call" where the code may be
-  adversarial (`benchmarks/sandbox_overhead.py` measures both).
+  costs 0.2 ms there against 0.5 to 1.5 ms (paced, back to back) with "call"; choose "call" where the code
+  may be adversarial (`benchmarks/sandbox_overhead.py` measures both).
 * **Output**: stdout and stderr, Python-level and file-descriptor-level, are captured and capped at
   `max_output_bytes`; a return value that JSON cannot hold comes back as its repr, and the result says so.
 
@@ -336,7 +336,7 @@ class Sandbox:
         isolation: "worker" (the default) runs calls in the worker itself (about 0.2 ms a call here), undoing
             what a call changed afterwards; code written to attack the worker can then answer the later calls it
             runs (see the module docstring). "call" runs each call in a process of its own, forked from the
-            worker, which never runs forged code: no call can see, spoil or answer another (1 to 2 ms a call
+            worker, which never runs forged code: no call can see, spoil or answer another (0.5 to 1.5 ms a call
             here, paced or back to back); for code that may be adversarial, not merely wrong.
 
     Examples:
