@@ -5,10 +5,10 @@ environment and its own scratch directory. Workers are reused across calls, and 
 code once per `code_hash`. With `isolation="worker"` (the default), the worker runs calls itself and undoes what a
 call changed. With `isolation="call"`, the worker never runs forged code itself: each call runs in a process of
 its own, forked from the worker (two ahead, while earlier replies are read, each warmed up by a call of the
-worker's own, so that a call does not wait for either), which ends with the call, so nothing one call leaves behind (module
-state, threads, timers, a changed directory) reaches the next. A worker whose call times out, crashes, exits, or
-runs out of memory (or, running calls itself, leaves threads or processes behind) is killed and replaced; the
-caller gets `CallResult(ok=False, error=...)` with the reason.
+worker's own, so that a call does not wait for either), which ends with the call, so nothing one call leaves
+behind (module state, threads, timers, a changed directory) reaches the next. A worker whose call times out,
+crashes, exits, or runs out of memory (or, running calls itself, leaves threads or processes behind) is killed
+and replaced; the caller gets `CallResult(ok=False, error=...)` with the reason.
 
 What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says which ones held on this machine):
 
