@@ -68,6 +68,9 @@ def test_the_proposer_sees_how_the_runs_used_each_function():
 def test_functions_are_shown_with_their_full_code():
     text = render_functions(tf.Toolset([unary("double", "x * 2")]))
     assert "### double" in text and "def double(x):\n    return x * 2" in text
+    assert "not deterministic" not in text
+    noisy = render_functions(tf.Toolset([unary("jitter", "x", deterministic=False)]))
+    assert "not deterministic: equal arguments gave different results\n" in noisy
     assert render_functions(tf.Toolset()) == "(none yet)"
 
 

@@ -313,6 +313,7 @@ def render_functions(toolset: Toolset, notes: dict[str, str] | None = None) -> s
             + (f"{note}\n" if note else "")
             + f"parameters: {json.dumps(function.parameters)}\n"
             + (f"packages: {', '.join(function.packages)}\n" if function.packages else "")
+            + ("not deterministic: equal arguments gave different results\n" if not function.deterministic else "")
             + f"```python\n{function.code.rstrip()}\n```"
         )
     return "\n\n".join(parts)
