@@ -16,7 +16,14 @@ from toolforge._hashing import content_hash
 from toolforge.evaluate import _jsonable, example_id
 from toolforge.proposer import ExampleArgument, render_trajectories
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The same examples on every run (CI must not turn red by chance); explored with thousands more when written.
+FAST = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 json_scalars = (
     st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats(allow_nan=False, allow_infinity=False)
