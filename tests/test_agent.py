@@ -319,17 +319,18 @@ def test_any_argument_name_or_object_key_parses(sandbox):
             "type": "object",
             "properties": {
                 "_hidden": {"type": "string"},
+                "field_0": {"type": "string"},  # the name a key that cannot be a field's name would get
                 "model_config": {"type": "integer"},
                 "schema": {
                     "type": "object",
                     "properties": {"rainy days": {"type": "number"}, "_x": {"type": "string"}},
                 },
             },
-            "required": ["_hidden", "model_config", "schema"],
+            "required": ["_hidden", "field_0", "model_config", "schema"],
         },
-        "def weird(_hidden, model_config, schema):\n    return [_hidden, model_config, schema]\n",
+        "def weird(_hidden, field_0, model_config, schema):\n    return [_hidden, model_config, schema, field_0]\n",
     )
-    arguments = {"_hidden": "h", "model_config": 3, "schema": {"rainy days": 2.5, "_x": "x"}}
+    arguments = {"_hidden": "h", "field_0": "f", "model_config": 3, "schema": {"rainy days": 2.5, "_x": "x"}}
     lm = DummyLM(
         [
             {"next_thought": "call", "next_tool_call": {"name": "weird", "args": arguments}},
@@ -341,7 +342,7 @@ def test_any_argument_name_or_object_key_parses(sandbox):
     with dspy.context(lm=lm):
         prediction = agent(question="q")
     assert prediction.trajectory["tool_args_0"] == arguments
-    assert prediction.trajectory["observation_0"] == ["h", 3, {"rainy days": 2.5, "_x": "x"}]
+    assert prediction.trajectory["observation_0"] == ["h", 3, {"rainy days": 2.5, "_x": "x"}, "f"]
     _, signature = agent._rendered()
     call = TypeAdapter(signature.output_fields["next_tool_call"].annotation).validate_python(
         {"name": "weird", "args": arguments}

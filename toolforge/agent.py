@@ -399,7 +399,10 @@ def _keyed_model(model_name: str, properties: dict[str, Any]) -> Any:
         schema = schema if isinstance(schema, dict) else {}
         field = Field(default=None, alias=key, description=schema.get("description"))
         usable = key.isidentifier() and not keyword.iskeyword(key) and not key.startswith("_")
-        fields[key if usable and not hasattr(BaseModel, key) else f"field_{index}"] = (_python_type(schema), field)
+        name = key if usable and not hasattr(BaseModel, key) else f"field_{index}"
+        while name in fields or (name != key and name in properties):  # a key may itself be "field_0"
+            name += "_"
+        fields[name] = (_python_type(schema), field)
     config = ConfigDict(extra="allow", serialize_by_alias=True)  # DSPy dumps demos without by_alias
     return create_model(model_name, __config__=config, **fields)
 
