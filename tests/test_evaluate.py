@@ -25,7 +25,7 @@ from tests.evaluation_fixtures import (
     make_program,
     unary,
 )
-from toolforge.evaluate import _user_code
+from toolforge.evaluate import _fixed_tools, _modules, _user_code
 
 N = 10
 N_SQUARE = 2  # examples 0 and 5
@@ -516,12 +516,17 @@ def test_editing_the_program_s_code_re_runs_it_and_an_identical_file_does_not(ca
     module = load_program_module(tmp_path, "3.0", monkeypatch)  # the same text again, with a new modification time
     assert evaluator.evaluate(module.Scaler(), examples).hits == 6
     # a fixed tool's file counts the same way
-    assert ["user_program", _file_hash(tmp_path / "user_program.py")] in _user_code(
+    assert ["user_program", _file_hash(tmp_path / "user_program.py")] in user_code(
         tf.ToolAgent("q -> a", tools=[module.tool])
     )
-    assert _user_code(tf.ToolAgent("q -> a", tools=[tf.python_tool()])) == []  # toolforge's own code is versioned
+    assert user_code(tf.ToolAgent("q -> a", tools=[tf.python_tool()])) == []  # toolforge's own code is versioned
     partial = functools.partial(module.tool)  # the function inside counts, not functools
-    assert _user_code(tf.ToolAgent("q -> a", tools=[dspy.Tool(partial, name="t", desc="d")]))[0][0] == "user_program"
+    assert user_code(tf.ToolAgent("q -> a", tools=[dspy.Tool(partial, name="t", desc="d")]))[0][0] == "user_program"
+
+
+def user_code(program):
+    modules = _modules(program)
+    return _user_code(modules, _fixed_tools(modules))
 
 
 def _file_hash(path):

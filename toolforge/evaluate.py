@@ -383,9 +383,11 @@ def program_fingerprint(program: dspy.Module, *, metric_id: str) -> str:
         if isinstance(p, Toolset)
     ]
     adapter = dspy.settings.adapter
+    modules = _modules(program)
+    tools = _fixed_tools(modules)
     settings = [  # what else shapes a run: e.g. a ToolAgent's max_iters
         {"module": name, "settings": module.cache_settings()}
-        for name, module in _modules(program)
+        for name, module in modules
         if callable(getattr(module, "cache_settings", None))
     ]
     default_lm = dspy.settings.lm  # also what predictors made inside forward() (not attributes) would use
@@ -396,8 +398,11 @@ def program_fingerprint(program: dspy.Module, *, metric_id: str) -> str:
             "predictors": predictors,
             "lm": _lm_identity(default_lm) if default_lm is not None else None,
             "settings": settings,
-            "fixed_tools": _fixed_tool_interfaces(program),
-            "code": _user_code(program),
+            "fixed_tools": [
+                {"module": module_name, "name": tool.name, "desc": tool.desc, "args": _jsonable(tool.args)}
+                for module_name, tool in tools
+            ],
+            "code": _user_code(modules, tools),
             "toolsets": toolsets,
             "adapter": type(adapter).__qualname__ if adapter is not None else None,
             "metric": metric_id,
@@ -417,26 +422,27 @@ def _forged_functions(program: dspy.Module) -> dict[str, ForgedFunction]:
 
 def fixed_tool_names(program: dspy.Module) -> set[str]:
     """Names a forged function must not take: the program's fixed tools (and `finish` for a ToolAgent)."""
-    from toolforge.agent import FINISH, ToolAgent
-
-    names = {tool["name"] for tool in _fixed_tool_interfaces(program)}
-    if any(isinstance(m, ToolAgent) for _, m in _modules(program)):
-        names.add(FINISH)
-    return names
+    return set(_fixed_tool_lines(program))
 
 
 def describe_fixed_tools(program: dspy.Module) -> str:
     """The program's fixed tools, a line each with what it does, for the proposer: it should know what the agent
     already has before it forges more (and which names are taken)."""
+    return "\n".join(_fixed_tool_lines(program).values())
+
+
+def _fixed_tool_lines(program: dspy.Module) -> dict[str, str]:
+    """Each fixed tool's name and its line for the proposer (with `finish` for a ToolAgent)."""
     from toolforge.agent import FINISH, ToolAgent
 
+    modules = _modules(program)
     lines = {
-        tool["name"]: f"- {tool['name']}: {one_line(tool['desc'] or '(no description)', 200)}"
-        for tool in _fixed_tool_interfaces(program)
+        tool.name: f"- {tool.name}: {one_line(tool.desc or '(no description)', 200)}"
+        for _, tool in _fixed_tools(modules)
     }
-    if any(isinstance(m, ToolAgent) for _, m in _modules(program)):
+    if any(isinstance(m, ToolAgent) for _, m in modules):
         lines.setdefault(FINISH, f"- {FINISH}: ends the agent's run, once it can answer")
-    return "\n".join(lines.values())
+    return lines
 
 
 def _modules(program: dspy.Module) -> list[tuple[str, dspy.Module]]:
@@ -465,23 +471,17 @@ def _modules(program: dspy.Module) -> list[tuple[str, dspy.Module]]:
     return found
 
 
-def _fixed_tools(program: dspy.Module) -> list[tuple[str, dspy.Tool]]:
+def _fixed_tools(modules: list[tuple[str, dspy.Module]]) -> list[tuple[str, dspy.Tool]]:
+    """The fixed tools (`dspy.Tool`s in a `tools` list or dict) of the modules `_modules()` found."""
     found = []
-    for module_name, module in _modules(program):
+    for module_name, module in modules:
         tools = getattr(module, "tools", None)
         items = tools.values() if isinstance(tools, dict) else tools if isinstance(tools, list | tuple) else ()
         found += [(module_name, tool) for tool in items if isinstance(tool, dspy.Tool)]
     return found
 
 
-def _fixed_tool_interfaces(program: dspy.Module) -> list[Any]:
-    return [
-        {"module": module_name, "name": tool.name, "desc": tool.desc, "args": _jsonable(tool.args)}
-        for module_name, tool in _fixed_tools(program)
-    ]
-
-
-def _user_code(program: dspy.Module) -> list[list[str]]:
+def _user_code(modules: list[tuple[str, dspy.Module]], tools: list[tuple[str, dspy.Tool]]) -> list[list[str]]:
     """The user's source that a run executes, as (module, content hash) pairs: the files that define the
     program's module classes and its fixed tools' functions, dspy's and toolforge's own left out (their changes
     are versioned by `CACHE_FORMAT` and `cache_settings()`).
@@ -489,8 +489,8 @@ def _user_code(program: dspy.Module) -> list[list[str]]:
     A whole file, so that an edited helper that `forward()` or a tool calls counts too. An edit re-runs the
     program's examples; LM requests that did not change are answered by DSPy's cache, so that costs no LM calls.
     """
-    targets: list[Any] = [type(module) for _, module in _modules(program)]
-    targets += [tool.func for _, tool in _fixed_tools(program)]
+    targets: list[Any] = [type(module) for _, module in modules]
+    targets += [tool.func for _, tool in tools]
     identities: dict[str, str] = {}
     for target in targets:
         identity = _source_identity(target)
