@@ -30,25 +30,24 @@ class TwoAgents(dspy.Module):
         return self.main(question=question)
 
 
-class Unreachable(dspy.Module):
-    """A program whose every run fails, as one behind an LM that cannot be reached does."""
+class _PlainProgram(dspy.Module):
+    """A program without an LM: an empty toolset (so the command finds one) and the task's signature."""
 
     def __init__(self) -> None:
         super().__init__()
         self.toolset = tf.Toolset()
         self.signature = dspy.Signature("question -> answer: float")
+
+
+class Unreachable(_PlainProgram):
+    """A program whose every run fails, as one behind an LM that cannot be reached does."""
 
     def forward(self, question: str) -> dspy.Prediction:
         raise ConnectionError("the LM at http://localhost:1 refused the connection")
 
 
-class HalfBroken(dspy.Module):
+class HalfBroken(_PlainProgram):
     """A program that answers doubles and raises on squares."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.toolset = tf.Toolset()
-        self.signature = dspy.Signature("question -> answer: float")
 
     def forward(self, question: str) -> dspy.Prediction:
         kind, number = question.split()
