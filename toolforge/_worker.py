@@ -1,39 +1,63 @@
-"""A sandbox worker: a persistent process that runs forged code for `toolforge.sandbox.Sandbox`.
+"""A sandbox worker: the fork server behind `toolforge.sandbox.Sandbox`. Standard library only.
 
-Started as `python -s -P -B _worker.py CONFIG_JSON` with a clean environment and its scratch directory as working
-directory. It imports only the standard library (toolforge's own package, and DSPy with it, are never loaded here),
-locks itself down, reports what it could enforce, then answers requests until its stdin closes.
+Started as `python -s -P -B _worker.py CONFIG_JSON` with a clean environment. It locks itself down (a network
+namespace; a mount namespace whose root holds only the system's and Python's directories, read-only), reports what
+holds, then forks call processes until its channel to the host closes. It never runs forged code, and never sees a
+call: each call runs in a process of its own (a *call process*), forked ahead in fresh PID, mount and IPC
+namespaces, which mounts its own /proc and its own scratch tmpfs, opens its own output file, and drops every
+privilege and installs its Landlock rules, seccomp filter and audit hook before it reads its request. The host
+writes the request to the call process and reads its reply directly, over two pipes this worker made and passed on
+(and closed, so no later call process inherits them); then the call process is killed, and everything it started or
+left behind ends with its PID namespace and its mount namespace.
 
-Protocol: 4-byte big-endian length + UTF-8 JSON, over the pipes the worker was started with (they are moved off
-fds 0/1 at once, so that forged code printing to fd 1 cannot corrupt it). Requests:
-    {"op": "call", "name": ..., "code_hash": ..., "code": ... (omitted when this worker has it), "arguments": {...}}
-    {"op": "exec", "code": ...}
-Replies: {"ok", "value", "value_is_repr", "error", "stdout", "notes", "recycle"}; `recycle` asks the parent to
-replace this worker (memory exhausted, threads or processes left running).
+Protocol. With the host: JSON messages over a SOCK_SEQPACKET socket (one message a datagram):
+    worker -> host: {"op": "ready", "ready": true, "enforced": {...}, "missing": {...}} once; then
+        {"op": "standby", "pid": N} with two file descriptors (the call process's request and reply pipes), so that
+        STANDBY + 1 are always on hand; {"op": "ended", "pid": N, "ended": "signal" | "exit", "code": int,
+        "oom": bool} when asked.
+    host -> worker: {"op": "done", "pid": N} (replied, or not needed: end it); {"op": "ended", "pid": N} (it gave no
+        reply: how did it end?); {"op": "preload", "modules": [...]} (standard-library modules to import here, so that
+        call processes forked later find them loaded; names only, which the host reads from the code).
+With a call process, over its pipes: `FRAME` (a 4-byte big-endian length) and that much JSON, once each way:
+    request {"op": "call", "name": ..., "code": ..., "arguments": {...}} or {"op": "exec", "code": ...};
+    reply with the fields `REPLY_FIELDS` (forged code may write its own pipe: the host checks the reply).
 """
 
 import collections
 import contextlib
 import ctypes
 import ctypes.util
+import errno as errno_
 import gc
 import io
 import json
 import linecache
 import os
 import resource
+import select
 import signal
+import socket
 import struct
 import sys
-import threading
+import sysconfig
 import traceback
 import types
 
-_ERRNO_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+FRAME = struct.Struct(">I")  # a request to a call process, and its reply: the length, then that much JSON
+REPLY_FIELDS = ("ok", "value", "value_is_repr", "error", "stdout", "notes")
+STANDBY = 2  # call processes forked ahead
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_GIL_LIBC = ctypes.PyDLL(ctypes.util.find_library("c") or None, use_errno=True)  # keeps the GIL across the call
 _MB = 1024 * 1024
 
+_CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWPID = 0x00020000, 0x08000000, 0x20000000
+_CLONE_NEWUSER, _CLONE_NEWNET, _CLONE_THREAD = 0x10000000, 0x40000000, 0x00010000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
 
-# --------------------------------------------------------------------------------------------- lock-down
+
+# --------------------------------------------------------------------------------------------- kernel calls
 def _libc_call(fn, *args):
     ctypes.set_errno(0)
     result = fn(*args)
@@ -43,14 +67,129 @@ def _libc_call(fn, *args):
     return result
 
 
+def _mount(source, target, fstype, flags, data=None):
+    mount = _LIBC.mount
+    mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    enc = lambda s: None if s is None else os.fsencode(s)  # noqa: E731
+    _libc_call(mount, enc(source), enc(target), enc(fstype), flags, enc(data))
+
+
+def _bind_read_only(source, target):
+    _mount(source, target, None, _MS_BIND | _MS_REC)
+    _mount(None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+
+
+# (audit arch, syscall numbers) by machine. A name missing on a machine (aarch64 has only the *at calls) is skipped.
+# fmt: off
+_SYSCALLS = {
+    "x86_64": (
+        0xC000003E,
+        {
+            "socket": 41, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+            "clone": 56, "clone3": 435, "fork": 57, "vfork": 58, "execve": 59, "execveat": 322, "prctl": 157,
+            "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452, "chown": 92, "fchown": 93, "lchown": 94,
+            "fchownat": 260, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280, "setxattr": 188,
+            "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198, "fremovexattr": 199,
+            "setxattrat": 463, "removexattrat": 466, "memfd_create": 319, "memfd_secret": 447, "shmget": 29,
+            "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "pidfd_open": 434,
+            "pidfd_getfd": 438, "pidfd_send_signal": 424, "unshare": 272, "setns": 308, "mount": 165,
+            "umount2": 166, "pivot_root": 155, "chroot": 161, "mount_setattr": 442, "open_tree": 428,
+            "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "keyctl": 250,
+            "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
+            "name_to_handle_at": 303, "open_by_handle_at": 304,
+        },
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {
+            "socket": 198, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+            "clone": 220, "clone3": 435, "execve": 221, "execveat": 281, "prctl": 167,
+            "fchmod": 52, "fchmodat": 53, "fchmodat2": 452, "fchown": 55, "fchownat": 54, "utimensat": 88,
+            "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15,
+            "fremovexattr": 16, "setxattrat": 463, "removexattrat": 466, "memfd_create": 279, "memfd_secret": 447,
+            "shmget": 194, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272,
+            "pidfd_open": 434, "pidfd_getfd": 438, "pidfd_send_signal": 424, "unshare": 97, "setns": 268,
+            "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "mount_setattr": 442, "open_tree": 428,
+            "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "keyctl": 219,
+            "add_key": 217, "request_key": 218, "bpf": 280, "perf_event_open": 241, "userfaultfd": 282,
+            "name_to_handle_at": 264, "open_by_handle_at": 265,
+        },
+    ),
+}
+_NO_SOCKETS = ("socket", "io_uring_setup", "io_uring_enter", "io_uring_register")
+# fmt: off
+_NO_PROCESSES = ("fork", "vfork", "execve", "execveat")  # and clone without CLONE_THREAD, clone3 (see below)
+_NO_METADATA = (
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "utime", "utimes",
+    "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr",
+    "setxattrat", "removexattrat",
+)
+_NO_HIDDEN_MEMORY = ("memfd_create", "memfd_secret", "shmget")
+_NO_REACHING_OUT = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_getfd", "pidfd_send_signal",
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "mount_setattr", "open_tree", "move_mount",
+    "fsopen", "fsconfig", "fsmount", "fspick", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
+    "userfaultfd", "name_to_handle_at", "open_by_handle_at",
+)
+# fmt: on
+_PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 38, 22, 1, 4
+
+
+def _seccomp_program(denied, *, processes=False):
+    """A seccomp filter, built once (installed by `_install_seccomp` in each call process): the `denied` syscalls
+    fail with EPERM; with `processes`, so do new processes
+    (clone without CLONE_THREAD; clone3, whose flags a filter cannot read, fails with ENOSYS so that the C library
+    falls back to clone for threads) and un-setting the parent-death signal. Syscalls of another ABI (x32, 32-bit)
+    fail too."""
+    arch, numbers = _SYSCALLS.get(os.uname().machine, (None, None))
+    if arch is None:
+        raise OSError(f"no seccomp filter for machine {os.uname().machine}")
+    deny, allow, nosys = 0x00050000 | errno_.EPERM, 0x7FFF0000, 0x00050000 | errno_.ENOSYS
+    load, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, JMP|JEQ, JMP|JGE, JMP|JSET, RET
+    arg0 = 16  # offsetof(struct seccomp_data, args[0]), its low 32 bits on a little-endian machine
+    program = [(load, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, deny), (load, 0, 0, 0), (jge, 0, 1, 0x40000000)]
+    program.append((ret, 0, 0, deny))
+    if processes:
+        program += [
+            (jeq, 0, 4, numbers["clone"]),
+            (load, 0, 0, arg0),
+            (jset, 0, 1, _CLONE_THREAD),
+            (ret, 0, 0, allow),  # a thread
+            (ret, 0, 0, deny),  # a process
+            (jeq, 0, 1, numbers["clone3"]),
+            (ret, 0, 0, nosys),
+            (jeq, 0, 4, numbers["prctl"]),
+            (load, 0, 0, arg0),
+            (jeq, 0, 1, _PR_SET_PDEATHSIG),
+            (ret, 0, 0, deny),
+            (ret, 0, 0, allow),
+        ]
+    for name in denied:
+        if name in numbers:
+            program += [(jeq, 0, 1, numbers[name]), (ret, 0, 0, deny)]
+    program.append((ret, 0, 0, allow))
+    filters = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *op) for op in program))
+    return filters, _SockFprog(len(program), ctypes.cast(filters, ctypes.c_void_p))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _install_seccomp(program):
+    _libc_call(_LIBC.prctl, _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # needed without CAP_SYS_ADMIN
+    _libc_call(_LIBC.prctl, _PR_SET_SECCOMP, 2, ctypes.byref(program[1]), 0, 0)  # SECCOMP_MODE_FILTER
+
+
+# ------------------------------------------------------------------------------------- the worker's lock-down
 def _isolate_network():
-    """A new, empty network namespace: no interface but a down loopback, so every connect fails."""
-    clone_newnet, clone_newuser = 0x40000000, 0x10000000
+    """A new, empty network namespace: no interface but a down loopback, so every connect fails. As non-root,
+    inside a user namespace of its own, which also gives the worker the rights the other namespaces need."""
     if os.geteuid() == 0:
-        _libc_call(_ERRNO_LIBC.unshare, clone_newnet)
+        _libc_call(_LIBC.unshare, _CLONE_NEWNET)
         return "network namespace"
     uid, gid = os.geteuid(), os.getegid()
-    _libc_call(_ERRNO_LIBC.unshare, clone_newuser | clone_newnet)
+    _libc_call(_LIBC.unshare, _CLONE_NEWUSER | _CLONE_NEWNET)
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")
     with open("/proc/self/uid_map", "w") as f:
@@ -60,24 +199,104 @@ def _isolate_network():
     return "user + network namespace"
 
 
-def _private_scratch(scratch, size_mb):
-    """Mount a tmpfs of `size_mb` on the scratch directory, in a mount namespace of this worker's own.
-
-    RLIMIT_FSIZE caps one file; this caps them all, so that forged code cannot fill the caller's disk. The files
-    live in memory while the worker lives, and vanish with it.
-    """
-    clone_newns, ms_nosuid, ms_nodev, ms_rec, ms_private = 0x00020000, 2, 4, 0x4000, 1 << 18
-    _libc_call(_ERRNO_LIBC.unshare, clone_newns)
-    mount = _ERRNO_LIBC.mount
-    mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    _libc_call(mount, None, b"/", None, ms_rec | ms_private, None)  # nothing we mount reaches the caller
-    options = f"size={size_mb}m,mode=0700".encode()
-    _libc_call(mount, b"toolforge", os.fsencode(scratch), b"tmpfs", ms_nosuid | ms_nodev, options)
-    os.chdir(scratch)  # into the new mount (the working directory still pointed below it)
-    return f"a {size_mb} MB tmpfs of its own"
+_ROOT_DIRECTORIES = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
+# secrets /etc holds, readable by root even without capabilities: hidden under an empty file or directory
+_ETC_SECRETS = ("shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d", "ssh", "ssl/private")
+_DEVICES = ("null", "zero", "full", "random", "urandom")
 
 
-# /proc files about the machine, not about another process: forged code may read them (CPU counts, memory)
+def _python_paths():
+    """The directories Python needs: its prefixes and its library directories (never a project directory that
+    happens to be on sys.path)."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    paths |= {p for key, p in sysconfig.get_paths().items() if key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths |= {p for p in sys.path if p.endswith(("site-packages", "dist-packages", "lib-dynload"))}
+    return {os.path.realpath(p) for p in paths if p and os.path.isdir(p)} | {p for p in paths if p and os.path.isdir(p)}
+
+
+def _private_root(new_root, scratch):
+    """Make this process's root a new one that holds only the system directories (/usr, /etc, ...) and Python's,
+    each read-only; a /dev of five harmless devices; an empty /proc and the scratch mount point, both mounted per
+    call. Home directories, /tmp, /var, /run, /sys, other users' files and the caller's project are not there at all.
+    The same kernel calls as bubblewrap's (a mount namespace, bind mounts, pivot_root), made directly."""
+    _libc_call(_LIBC.unshare, _CLONE_NEWNS)
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing mounted here reaches the caller
+    _mount("toolforge", new_root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+    bound = []
+    for name in _ROOT_DIRECTORIES:
+        path = "/" + name
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), new_root + path)
+        elif os.path.isdir(path):
+            os.mkdir(new_root + path)
+            _bind_read_only(path, new_root + path)
+            bound.append(path)
+    for path in sorted(_python_paths()):
+        if any(path == b or path.startswith(b + "/") for b in bound):
+            continue
+        os.makedirs(new_root + path, exist_ok=True)
+        _bind_read_only(path, new_root + path)
+        bound.append(path)
+    for name in _ETC_SECRETS:
+        path = new_root + "/etc/" + name
+        if os.path.isdir(path) and not os.path.islink(path):
+            _mount("toolforge", path, "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=4k,mode=0555")
+        elif os.path.isfile(path):
+            _bind_read_only("/dev/null", path)
+    os.mkdir(new_root + "/dev")
+    _mount("toolforge", new_root + "/dev", "tmpfs", _MS_NOSUID, "size=4k,mode=0755")
+    for name in _DEVICES:
+        open(new_root + "/dev/" + name, "w").close()
+        _mount("/dev/" + name, new_root + "/dev/" + name, None, _MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "fd/0"), ("stdout", "fd/1"), ("stderr", "fd/2")):
+        os.symlink(target, new_root + "/dev/" + name)
+    _mount(None, new_root + "/dev", None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID, "size=4k,mode=0755")
+    os.mkdir(new_root + "/proc")
+    os.mkdir(new_root + "/tmp", 0o1777)
+    os.makedirs(new_root + scratch)
+    os.chdir(new_root)
+    os.mkdir(".old-root")
+    syscall = _LIBC.syscall
+    pivot_root = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
+    _libc_call(syscall, pivot_root, b".", b".old-root")
+    os.chdir("/")
+    _libc_call(_LIBC.umount2, b"/.old-root", 2)  # MNT_DETACH
+    os.rmdir("/.old-root")
+    _mount(None, "/", None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+    return "a root of its own, read-only: system and Python directories only; no home, /tmp, /var or /sys"
+
+
+def _status_field(name):
+    """A field of /proc/self/status (e.g. `VmSize`, `CapEff`), or None."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return line.split()[1]
+    return None
+
+
+def _drop_capabilities():
+    """Give up every capability (as root, or inside the user namespace a non-root worker made for itself), so
+    that namespaces, limits and Landlock cannot be undone."""
+    if os.geteuid() != 0 and not int(_status_field("CapEff") or "0", 16):
+        return "none held"
+    for cap in range(64):
+        if _LIBC.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP until EINVAL past the last capability
+            break
+    _LIBC.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    data = (Data * 2)()
+    _libc_call(_LIBC.capset, ctypes.byref(Header(0x20080522, 0)), data)
+    return "all capabilities dropped"
+
+
+# /proc files about the machine, not about another process: readable where the call has no /proc of its own
 _PROC_READABLE = ("cpuinfo", "meminfo", "stat", "uptime", "loadavg", "version", "filesystems", "sys")
 
 
@@ -110,10 +329,23 @@ def _readable_paths(hidden, exceptions):
     return paths + [e for e in exceptions if any(e == h or e.startswith(h + "/") for h in hidden)]
 
 
-def _landlock(scratch, homes=()):
-    """Forbid writes outside `scratch` (and /dev/null), reading other processes' /proc entries and home
-    directories (but Python's own files there), TCP bind/connect, and signals to outside processes."""
-    syscall = _ERRNO_LIBC.syscall
+def _landlock_rules(scratch, private_root, homes):
+    """(path, access) pairs for Landlock, computed once in the worker. In a root of its own, everything visible may
+    be read; otherwise reads below /proc (but the process's own entries and machine-wide files) and in home
+    directories (but Python's own files there) are refused, and every other top-level tree is allowed by name."""
+    rules = [(scratch, "all"), ("/dev/null", "write")]
+    if private_root:
+        return [("/", "read"), *rules]
+    python = _python_paths() | {os.path.dirname(os.path.abspath(__file__))}
+    exceptions = sorted(python) + ["/proc/self"] + [f"/proc/{name}" for name in _PROC_READABLE]
+    hidden = ["/proc", "/root", "/home", *homes]
+    return [("/", "read_dir"), *rules] + [(path, "read") for path in _readable_paths(hidden, exceptions)]
+
+
+def _landlock(rules):
+    """Apply Landlock rules to this process: no write of any kind outside the `all` paths (and /dev/null), no read
+    outside the `read` ones; with ABI >= 4 no TCP bind/connect, with ABI >= 6 no signal or abstract socket outside."""
+    syscall = _LIBC.syscall
     syscall.restype = ctypes.c_long
     create_ruleset, add_rule, restrict_self = 444, 445, 446
     abi = syscall(create_ruleset, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
@@ -133,113 +365,38 @@ def _landlock(scratch, homes=()):
     ruleset = syscall(create_ruleset, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
-    # Reads stay allowed everywhere but below /proc, where only this process's own entries and the machine-wide
-    # files are readable (another process's environ, cmdline or mem hold the caller's API keys), and in home
-    # directories (~/.ssh, ~/.aws, ~/.netrc, tokens), where only Python's own files stay readable.
-    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(__file__)}
-    python |= {entry for entry in sys.path if entry}
-    exceptions = [os.path.realpath(p) for p in sorted(python)] + ["/proc/self"]
-    exceptions += [f"/proc/{name}" for name in _PROC_READABLE]
-    hidden = ["/proc", "/root", "/home", *homes]
-    rules = [("/", read_dir), (scratch, fs | read), ("/dev/null", write_file | (truncate if abi >= 3 else 0))]
-    rules += [(path, read) for path in _readable_paths(hidden, exceptions)]
+    access = {
+        "all": fs | read,
+        "read": read,
+        "read_dir": read_dir,
+        "write": write_file | (truncate if abi >= 3 else 0),
+    }
     try:
-        for path, rights in rules:
+        for path, kind in rules:
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError:
                 continue  # a dangling link or a file that vanished: nothing to allow
             try:
-                if not os.path.isdir(f"/proc/self/fd/{fd}"):
+                rights = access[kind]
+                if not os.path.isdir(f"/proc/self/fd/{fd}") and not os.path.isdir(path):
                     rights &= write_file | read_file | (truncate if abi >= 3 else 0)  # what a file can be granted
                 rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, fd), 12)
                 if syscall(add_rule, ctypes.c_int(ruleset), ctypes.c_int(1), rule, ctypes.c_uint32(0)) != 0:
                     raise OSError(ctypes.get_errno(), f"landlock_add_rule({path}) failed")
             finally:
                 os.close(fd)
-        _libc_call(_ERRNO_LIBC.prctl, 38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        _libc_call(_LIBC.prctl, _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         if syscall(restrict_self, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
     finally:
         os.close(ruleset)
-    parts = ["filesystem writes", "reading other processes' /proc entries and home directories"]
+    parts = ["no write outside scratch", "reads only where allowed"]
     if net:
-        parts.append("TCP bind/connect")
+        parts.append("no TCP bind/connect")
     if scoped:
-        parts.append("signals and abstract sockets outside the sandbox")
+        parts.append("no signal or abstract socket outside")
     return f"Landlock ABI {abi}: " + ", ".join(parts)
-
-
-# (audit arch, socket syscall number) by machine; io_uring_setup is 425 on both
-_SECCOMP_ARCHES = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
-
-
-def _seccomp_no_sockets():
-    """A seccomp filter: socket(2) and io_uring_setup(2) fail with EPERM, for every address family.
-
-    The network namespace stops TCP and UDP, but not Unix sockets on the filesystem (a Docker daemon's, an SSH
-    agent's, a database's), and the audit hook can be bypassed with ctypes. socketpair(2) stays allowed: it makes
-    a connected pair inside the process, reaching nothing outside. Syscalls of another ABI (x32, 32-bit) fail too.
-    """
-    arch, socket_nr = _SECCOMP_ARCHES.get(os.uname().machine, (None, None))
-    if arch is None:
-        raise OSError(f"no seccomp filter for machine {os.uname().machine}")
-    deny, allow = 0x00050000 | 1, 0x7FFF0000  # SECCOMP_RET_ERRNO | EPERM, SECCOMP_RET_ALLOW
-    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
-    program = [
-        (load, 0, 0, 4),  # 0: the arch
-        (jeq, 1, 0, arch),  # 1: native: go on at 3
-        (ret, 0, 0, deny),  # 2: another ABI
-        (load, 0, 0, 0),  # 3: the syscall number
-        (jge, 3, 0, 0x40000000),  # 4: x32 syscalls: deny
-        (jeq, 2, 0, socket_nr),  # 5: socket: deny
-        (jeq, 1, 0, 425),  # 6: io_uring_setup (it can open and connect sockets itself): deny
-        (ret, 0, 0, allow),  # 7
-        (ret, 0, 0, deny),  # 8
-    ]
-    filters = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *op) for op in program))
-
-    class Program(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    prog = Program(len(program), ctypes.cast(filters, ctypes.c_void_p))
-    _libc_call(_ERRNO_LIBC.prctl, 38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS (needed without CAP_SYS_ADMIN)
-    _libc_call(_ERRNO_LIBC.prctl, 22, 2, ctypes.byref(prog), 0, 0)  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
-    return "seccomp: socket() and io_uring fail, for every address family"
-
-
-def _status_field(name):
-    """A field of /proc/self/status (e.g. `VmSize`, `CapEff`), or None."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return line.split()[1]
-    return None
-
-
-def _drop_capabilities():
-    """Give up every capability (as root, or inside the user namespace a non-root worker made for itself), so
-    that namespaces, limits and Landlock cannot be undone."""
-    if os.geteuid() != 0 and not int(_status_field("CapEff") or "0", 16):
-        return "none held"
-    for cap in range(64):
-        if _ERRNO_LIBC.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP until EINVAL past the last capability
-            break
-    _ERRNO_LIBC.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-    data = (Data * 2)()
-    _libc_call(_ERRNO_LIBC.capset, ctypes.byref(Header(0x20080522, 0)), data)
-    return "all capabilities dropped"
-
-
-def _vm_size_bytes():
-    return int(_status_field("VmSize") or 0) * 1024
 
 
 _FORBIDDEN_EVENTS = {
@@ -270,10 +427,9 @@ _PATH_EVENTS = {
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
-def _install_audit_hook(scratch, forks_calls):
-    """Python-level guard (portable, in addition to the OS-level ones): no processes, no signals, no network,
-    no writes outside the scratch directory. With `forks_calls`, the worker's own process (where forged code
-    then never runs) may fork the process of each call, and end it."""
+def _install_audit_hook(scratch):
+    """Python-level guard (portable, in addition to the OS-level ones, and the one that gives a readable reason):
+    no processes, no signals, no network, no writes outside the scratch directory."""
     scratch = os.path.realpath(scratch)
     devnull = os.path.realpath(os.devnull)
     realpath, fspath, isinstance_, str_, bytes_, int_ = (
@@ -297,11 +453,7 @@ def _install_audit_hook(scratch, forks_calls):
             return False
         return resolved == scratch or resolved.startswith(scratch + os.sep) or resolved == devnull
 
-    zygote, getpid = os.getpid(), os.getpid
-
     def hook(event, args):
-        if forks_calls and event in ("os.fork", "os.kill") and getpid() == zygote:
-            return  # the worker forking (and ending) the process a call runs in; forged code never runs here
         if event in _FORBIDDEN_EVENTS:
             raise PermissionError(f"toolforge sandbox: {_FORBIDDEN_EVENTS[event]} is not allowed ({event})")
         if event == "open":
@@ -327,37 +479,6 @@ def _install_audit_hook(scratch, forks_calls):
     return "audit hook: processes, signals, network, writes outside scratch"
 
 
-def _lock_down(config):
-    scratch = config["scratch"]
-    enforced, missing = {}, {}
-    steps = [
-        ("network", _isolate_network),
-        ("scratch", lambda: _private_scratch(scratch, config["max_scratch_mb"])),
-        ("filesystem", lambda: _landlock(scratch, config.get("homes", ()))),
-        ("capabilities", _drop_capabilities),
-        ("sockets", _seccomp_no_sockets),
-    ]
-    for key, step in steps:
-        try:
-            enforced[key] = step()
-        except Exception as exc:
-            missing[key] = f"{type(exc).__name__}: {exc}"
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    file_limit = config["max_file_mb"] * _MB
-    resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-long write fails with EFBIG instead of killing us
-    nofile = min(256, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    enforced["files"] = f"files up to {config['max_file_mb']} MB, {nofile} open"
-    if os.geteuid() != 0 and config.get("max_processes"):
-        limit = config["max_processes"]
-        resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
-        enforced["processes"] = f"RLIMIT_NPROC {limit}"
-    enforced["python"] = _install_audit_hook(scratch, forks_calls=config.get("isolation", "worker") == "call")
-    return enforced, missing
-
-
-# ------------------------------------------------------------------------------------------------- calls
 class _CappedText(io.TextIOBase):
     """What forged code prints, kept up to a cap; the rest is counted and dropped."""
 
@@ -381,10 +502,9 @@ class _CappedText(io.TextIOBase):
         pass
 
 
+# ------------------------------------------------------------------------------------------------- calls
 _NOT_PRELOADED = {"this", "antigravity"}  # importing them prints, or opens a browser
-_WARM_UP = {"op": "call", "name": "warm_up", "code_hash": "<warm-up>", "arguments": {"x": 1}}
-_STANDBY = 2  # call processes forked ahead, per worker
-_WARM_UP_CODE = "def warm_up(x):\n    print(x)\n    return [x, str(x)]\n"
+_WARM_UP = {"op": "call", "name": "warm_up", "code": "def warm_up(x):\n    print(x)\n    return [x, str(x)]\n"}
 
 
 def _compile_forged(name, code):
@@ -404,180 +524,112 @@ def _forged_traceback(exc):
     return f"{type(exc).__name__}: {exc}"[:2000] + where
 
 
-class Worker:
-    def __init__(self, config, proto_in, proto_out, output_fd, private_scratch=False):
-        self.config = config
-        self.private_scratch = private_scratch
-        self.scratch = config["scratch"]
-        self.proto_in, self.proto_out, self.output_fd = proto_in, proto_out, output_fd
-        self.isolated = config.get("isolation", "worker") == "call"  # each call in a process of its own
-        self.functions = {}  # code_hash -> (name, code object): compiled once per worker
-        self.defined = {}  # code_hash -> function, where the worker runs calls itself (isolation="worker")
-        self.functions[_WARM_UP["code_hash"]] = ("warm_up", _compile_forged("warm_up", _WARM_UP_CODE))
-        self.children = []  # call processes that replied, to reap
-        self.sources = {}  # code_hash -> code, for a call's process forked before its code came
-        # (pid, request pipe, reply pipe, code_hashes it has compiled) of the processes that will run the next calls
-        self.standby = collections.deque()
-        self.max_reply = 8 * (config["max_value_bytes"] + config["max_output_bytes"]) + (1 << 20)
-        self.signals = {s: signal.getsignal(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, 19)}
-        self.recursion_limit = sys.getrecursionlimit()
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
-    # protocol
-    def read(self):
-        header = self._read_exact(4)
-        if header is None:
+
+def _read_exact(fd, n):
+    chunks, got = [], 0
+    while got < n:
+        chunk = os.read(fd, n - got)
+        if not chunk:
             return None
-        body = self._read_exact(struct.unpack(">I", header)[0])
-        return None if body is None else json.loads(body)
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
-    def _read_exact(self, n):
-        chunks, got = [], 0
-        while got < n:
-            chunk = os.read(self.proto_in, n - got)
-            if not chunk:
-                return None
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
 
-    def write(self, message):
+class Call:
+    """The call process's side: lock itself down, read one request, run it, reply, end."""
+
+    def __init__(self, config, request_fd, reply_fd):
+        self.config = config
+        self.scratch = config["scratch"]
+        self.request_fd, self.reply_fd = request_fd, reply_fd
+
+    def lock_down(self, namespaces, private_root, landlock_rules, seccomp):
+        """Everything that must hold before forged code runs; what held, and what could not be applied."""
+        enforced, missing = {}, {}
+        config = self.config
+        if namespaces and not private_root:  # a mount of ours must never propagate to the caller's namespace
+            _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+        if namespaces:
+            try:
+                _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+                enforced["processes"] = "a PID namespace of its own, ended with the call; its own /proc"
+            except OSError as exc:
+                enforced["processes"] = "a PID namespace of its own, ended with the call"
+                missing["proc"] = f"no /proc of its own: {exc}"
+        if private_root:
+            size = config["max_scratch_mb"]
+            _mount("toolforge", self.scratch, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size}m,mode=0700")
+            enforced["scratch"] = f"a {size} MB tmpfs of its own, gone with the call"
+        os.makedirs(os.path.join(self.scratch, "tmp"), exist_ok=True)
+        os.chdir(self.scratch)
+        output = os.memfd_create("toolforge-output") if hasattr(os, "memfd_create") else None
+        if output is None:
+            import tempfile
+
+            output = os.dup(tempfile.TemporaryFile(dir=self.scratch).fileno())
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.close(output)
+        sys.stdout = sys.stderr = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+        self.handle(_WARM_UP)  # the pages a call writes to are copied now, not while the caller waits
+        for key, step in (
+            ("filesystem", lambda: _landlock(landlock_rules)),
+            ("capabilities", _drop_capabilities),
+        ):
+            try:
+                enforced[key] = step()
+            except Exception as exc:
+                missing[key] = f"{type(exc).__name__}: {exc}"
+        memory = config["memory_mb"] * _MB
+        address_space = int(_status_field("VmSize") or 0) * 1024 + memory if os.path.exists("/proc/self") else -1
+        if address_space > 0:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+            enforced["memory"] = f"{config['memory_mb']} MB address space beyond the interpreter's own"
+        try:
+            _install_seccomp(seccomp)
+            enforced["seccomp"] = (
+                "no new process or exec, no socket(), no change of file metadata (chmod, chown, utime, xattrs), "
+                "no memfd or SysV shared memory, no ptrace, mount or namespace calls"
+            )
+        except Exception as exc:
+            missing["seccomp"] = f"{type(exc).__name__}: {exc}"
+        enforced["python"] = _install_audit_hook(self.scratch)
+        return enforced, missing
+
+    def serve(self, namespaces, private_root, landlock_rules, seccomp, expected):
+        """Lock down, then answer the one request (the first call process answers its lock-down report instead)."""
+        try:
+            if isinstance(seccomp, str):
+                raise OSError(seccomp)
+            enforced, missing = self.lock_down(namespaces, private_root, landlock_rules, seccomp)
+        except BaseException as exc:
+            enforced, missing = {}, {"lock-down": f"{type(exc).__name__}: {exc}"}
+        if expected is None:  # the probe: report what holds here
+            return self.reply(True, {"enforced": enforced, "missing": missing}, None, "", [])
+        lost = sorted(set(expected) - set(enforced))
+        header = _read_exact(self.request_fd, FRAME.size)
+        if header is None:
+            return None  # the worker ended before a call came
+        body = _read_exact(self.request_fd, FRAME.unpack(header)[0])
+        if lost:  # fail closed: never run forged code with less than the worker reported
+            return self.reply(False, None, f"sandbox lock-down failed in this call's process: {missing}", "", [])
+        return self.handle(json.loads(body))
+
+    def reply(self, ok, value, error, stdout, notes, value_is_repr=False):
+        message = {"ok": ok, "value": value, "value_is_repr": value_is_repr, "error": error, "stdout": stdout}
+        message["notes"] = notes
         body = json.dumps(message).encode()
-        data = struct.pack(">I", len(body)) + body
-        while data:
-            data = data[os.write(self.proto_out, data) :]
-
-    # work
-    def serve(self, request):
-        """The reply to `request`, run in a process of its own forked from this one.
-
-        Forged code never runs in the worker's own process, which holds the pipes to the caller: the call's
-        process has only a pipe in (its request) and a pipe out (its reply). So forged code can neither read the
-        caller's next request nor answer it; at most it spoils its own reply, whose result it controls anyway;
-        and the worker is not dumpable, so no process of the same user opens its pipes through /proc. A call's
-        process that ends without a reply (os._exit, a crash) takes the worker with it, the same way, so that the
-        caller sees why and replaces the worker. The processes of the next calls are forked ahead, while the caller
-        reads this reply, so that a call does not wait for a fork. Each knows the functions compiled before it was
-        forked; a call of a later one brings its code along.
-        """
-        self._reap()
-        try:
-            self._prepare(request)
-        except BaseException as exc:  # code that does not compile: its error is the call's result
-            return self._reply(False, None, _forged_traceback(exc), "", [], False)
-        if not self.standby:
-            self.prefork(1)
-        pid, request_end, reply_end, known = self.standby.popleft()
-        if request.get("op") == "call" and request["code_hash"] not in known:  # it predates the code
-            request = {**request, "code": self.sources[request["code_hash"]]}
-        data = json.dumps(request).encode()
-        try:
-            while data:
-                data = data[os.write(request_end, data) :]
-        except OSError:
-            pass  # it ended already: what it said (or its exit status) is read below
-        os.close(request_end)
-        chunks, size = [], 0
-        while chunk := os.read(reply_end, 1 << 20):
-            if size <= self.max_reply:  # past that, drained and dropped: no true reply is so long
-                chunks.append(chunk)
-            size += len(chunk)
-        os.close(reply_end)
-        if not size:  # no reply: how did the call's process end? (if it runs on, the caller's timeout ends it)
-            _, status = os.waitpid(pid, 0)
-            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-                return self._reply(False, None, "the code closed the sandbox's pipe; its reply was lost", "", [], False)
-            if os.WIFSIGNALED(status):  # end as the call's process did (a crash), so that the caller can tell why
-                signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
-                signal.raise_signal(os.WTERMSIG(status))
-            os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # it replied (or wrote): nothing of the call may outlive its reply
-        self.children.append(pid)
-        try:
-            reply = json.loads(b"".join(chunks)) if size <= self.max_reply else None
-        except ValueError:
-            reply = None
-        if not isinstance(reply, dict):  # the code wrote to its reply pipe: the reply is lost, the worker is fine
-            return self._reply(False, None, "the code wrote to the sandbox's pipe; its reply was lost", "", [], False)
-        reply["pid"] = os.getpid()
-        return reply
-
-    def prefork(self, depth=_STANDBY):
-        """Fork processes for the next calls until `depth` wait, each for its request. Two, so that calls back to
-        back find one forked and warmed up while the worker forks the next."""
-        while len(self.standby) < depth:
-            self._fork_one()
-
-    def _fork_one(self):
-        request_in, request_end = os.pipe()
-        reply_end, reply_out = os.pipe()
-        gc.freeze()  # the child's collector then leaves the worker's objects (and their pages) alone
-        known = frozenset(self.functions)  # the new process has every function compiled so far
-        pid = os.fork()
-        if pid == 0:  # the call's process: it keeps only its own two pipes
-            try:
-                for fd in (self.proto_in, self.proto_out, request_end, reply_end):
-                    os.close(fd)
-                for _, other_request, other_reply, _ in self.standby:  # the other waiting processes' pipes
-                    os.close(other_request)
-                    os.close(other_reply)
-                # a call of our own first: the pages a call writes to are copied now, not while the caller waits
-                json.dumps(self.handle(_WARM_UP))
-                chunks = []
-                while chunk := os.read(request_in, 1 << 20):
-                    chunks.append(chunk)
-                os.close(request_in)
-                if chunks:  # none: the worker ended before a call came
-                    data = json.dumps(self.handle(json.loads(b"".join(chunks)))).encode()
-                    while data:
-                        data = data[os.write(reply_out, data) :]
-                    os.close(reply_out)  # the reply is complete now, not when the exit has torn the process down
-            finally:
-                os._exit(0)
-        os.close(request_in)
-        os.close(reply_out)
-        self.standby.append((pid, request_end, reply_end, known))
-
-    def _prepare(self, request):
-        """Compile a function's code once per worker, and import the standard-library modules the code imports
-        here, so that each call's process finds them loaded (running nothing the code itself defines)."""
-        if request["op"] == "exec":
-            code = request["code"]
-        elif request["code_hash"] in self.functions or "code" not in request:
-            return
-        else:
-            code = request["code"]
-            self.sources[request["code_hash"]] = code
-            self.functions[request["code_hash"]] = (request["name"], _compile_forged(request["name"], code))
-        try:
-            import ast
-
-            tree = ast.parse(code)
-        except SyntaxError:
-            return
-        for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-            for name in names:
-                top = name.split(".")[0]
-                if top in sys.stdlib_module_names and top not in _NOT_PRELOADED and name not in sys.modules:
-                    try:
-                        __import__(name)
-                    except BaseException:
-                        pass
-
-    def _reap(self):
-        """Collect the call processes that have ended since (each was killed once it replied)."""
-        for pid in list(self.children):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                self.children.remove(pid)
+        _write_all(self.reply_fd, FRAME.pack(len(body)) + body)
+        return message
 
     def handle(self, request):
-        notes, recycle = [], False
+        notes = []
         cap = self.config["max_output_bytes"]
         out = _CappedText(cap)
         saved = sys.stdout, sys.stderr, sys.stdin
@@ -589,60 +641,36 @@ class Worker:
             ok = True
         except MemoryError:
             error = f"exceeded {self.config['memory_mb']} MB memory limit"
-            notes.append("the worker was replaced")
-            recycle = True
         except SystemExit as exc:
             error = f"called sys.exit({exc.code!r}); a forged function must return its result, not exit"
-        except RecursionError as exc:
-            error = _forged_traceback(exc)
         except BaseException as exc:
             error = _forged_traceback(exc)
         finally:
             sys.stdout, sys.stderr, sys.stdin = saved
-            # a call's own process ends with it; a worker that ran the code itself must undo what it changed
-            recycle |= self._scratch_full(notes) if self.isolated else self._restore(notes)
         stdout = "".join(out.parts)
         file_output = self._drain_output(cap - len(stdout.encode()))
         stdout += file_output[0]
         if out.dropped or file_output[1]:
             notes.append(f"output truncated to {cap} bytes")
         value, value_is_repr = self._encode(value, notes) if ok else (None, False)
-        return self._reply(ok, value, error, stdout, notes, recycle, value_is_repr)
+        if request is _WARM_UP:
+            return None
+        return self.reply(ok, value, error, stdout, notes, value_is_repr)
 
     @staticmethod
-    def _reply(ok, value, error, stdout, notes, recycle, value_is_repr=False):
-        return {
-            "ok": ok,
-            "value": value,
-            "value_is_repr": value_is_repr,
-            "error": error,
-            "stdout": stdout,
-            "notes": notes,
-            "recycle": recycle,
-            "pid": os.getpid(),
-        }
-
-    def _run(self, request):
+    def _run(request):
         if request["op"] == "exec":
-            return self._exec_snippet(request["code"])
-        if request["code_hash"] not in self.functions:  # compiled after this process was forked
-            if "code" not in request:
-                raise RuntimeError("worker lost the function's code; call again")
-            self.functions[request["code_hash"]] = (request["name"], _compile_forged(request["name"], request["code"]))
-        fn = self.defined.get(request["code_hash"])
-        if fn is None:
-            name, code = self.functions[request["code_hash"]]
-            module = types.ModuleType(f"forged_{name}")
-            module.__dict__["__builtins__"] = __builtins__
-            try:
-                exec(code, module.__dict__)
-            except BaseException as exc:
-                raise type(exc)(f"defining {name!r} failed: {exc}").with_traceback(exc.__traceback__) from None
-            fn = module.__dict__.get(name)
-            if not callable(fn):
-                raise NameError(f"the code does not define a function {name!r}")
-            if not self.isolated:  # defined once, in the worker that runs the calls itself
-                self.defined[request["code_hash"]] = fn
+            return Call._exec_snippet(request["code"])
+        name = request["name"]
+        module = types.ModuleType(f"forged_{name}")
+        module.__dict__["__builtins__"] = __builtins__
+        try:
+            exec(_compile_forged(name, request["code"]), module.__dict__)
+        except BaseException as exc:
+            raise type(exc)(f"defining {name!r} failed: {exc}").with_traceback(exc.__traceback__) from None
+        fn = module.__dict__.get(name)
+        if not callable(fn):
+            raise NameError(f"the code does not define a function {name!r}")
         return fn(**request["arguments"])
 
     @staticmethod
@@ -659,57 +687,15 @@ class Worker:
             return None
         return eval(compile(ast.Expression(last.value), "<python>", "eval"), namespace)
 
-    def _scratch_full(self, notes):
-        """Whether the scratch directory, which outlives the call, holds so much that the worker must go."""
-        if not self.private_scratch:
-            return False
-        usage = os.statvfs(self.scratch)
-        used_mb = (usage.f_blocks - usage.f_bfree) * usage.f_frsize / _MB
-        if used_mb > self.config["max_scratch_mb"] / 2:  # the tmpfs holds memory: give it back
-            notes.append(f"its scratch directory held {used_mb:.0f} MB; the worker was replaced")
-            return True
-        return False
-
-    def _restore(self, notes):
-        """Undo what forged code may have changed in this process; say whether the worker must be replaced."""
-        recycle = False
-        try:
-            os.chdir(self.scratch)
-        except OSError:
-            recycle = True
-            notes.append("the scratch directory was removed; the worker was replaced")
-        for sig, handler in self.signals.items():
-            try:
-                if signal.getsignal(sig) is not handler:
-                    signal.signal(sig, handler)
-            except (OSError, ValueError, TypeError):
-                pass
-        signal.alarm(0)  # a pending alarm or timer would fire during a later call
-        for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
-            signal.setitimer(timer, 0)
-        sys.setrecursionlimit(self.recursion_limit)
-        recycle |= self._scratch_full(notes)
-        threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
-        if threads > 1:
-            recycle = True
-            notes.append(f"left {threads - 1} thread(s) running; the worker was replaced")
-        try:
-            while os.waitpid(-1, os.WNOHANG) != (0, 0):
-                pass  # reap children that already ended
-            recycle = True
-            notes.append("left child processes running; the worker was replaced")
-        except ChildProcessError:
-            pass  # no children: the usual case
-        return recycle
-
-    def _drain_output(self, room):
-        size = os.lseek(self.output_fd, 0, os.SEEK_END)
+    @staticmethod
+    def _drain_output(room):
+        size = os.lseek(1, 0, os.SEEK_END)
         if size == 0:
             return "", False
-        os.lseek(self.output_fd, 0, os.SEEK_SET)
-        data = os.read(self.output_fd, max(room, 0)) if room > 0 else b""
-        os.ftruncate(self.output_fd, 0)
-        os.lseek(self.output_fd, 0, os.SEEK_SET)
+        os.lseek(1, 0, os.SEEK_SET)
+        data = os.read(1, max(room, 0)) if room > 0 else b""
+        os.ftruncate(1, 0)
+        os.lseek(1, 0, os.SEEK_SET)
         return data.decode(errors="replace"), size > len(data)
 
     def _encode(self, value, notes):
@@ -719,7 +705,7 @@ class Worker:
         except (TypeError, ValueError, RecursionError, OverflowError):
             try:
                 text = repr(value)
-            except Exception as exc:
+            except BaseException as exc:
                 text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
             notes.append(f"the return value ({type(value).__name__}) is not JSON; it is given as its repr")
             if len(text) > limit:
@@ -734,46 +720,265 @@ class Worker:
         return value, False
 
 
+# --------------------------------------------------------------------------------------------- fork server
+def _clone(flags):
+    """fork(2) with `flags` (new namespaces for the child), the way os.fork runs it for Python: the interpreter's
+    before/after-fork steps around the raw clone(2), with the GIL held throughout (this process has one thread)."""
+    number = {"x86_64": 56, "aarch64": 220}[os.uname().machine]
+    syscall = _GIL_LIBC.syscall
+    syscall.restype = ctypes.c_long
+    ctypes.pythonapi.PyOS_BeforeFork()
+    ctypes.set_errno(0)
+    pid = syscall(ctypes.c_long(number), ctypes.c_ulong(flags | signal.SIGCHLD), 0, 0, 0, 0)
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return pid
+
+
+class Slot:
+    """A memory cgroup that one call process at a time is placed in: its `cgroup.procs` and its OOM counter."""
+
+    def __init__(self, spec):
+        self.procs = os.open(spec["procs"], os.O_WRONLY | os.O_CLOEXEC)
+        self.events = os.open(spec["events"], os.O_RDONLY | os.O_CLOEXEC)
+
+    def oom_kills(self):
+        for line in os.pread(self.events, 4096, 0).decode().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+        return 0
+
+
+class ForkServer:
+    """Forks the call processes and hands their pipes to the host; reports how they ended. Never sees a call."""
+
+    def __init__(self, config, channel):
+        self.config = config
+        self.channel = channel  # a SOCK_SEQPACKET socket to the host: one message a datagram, pipes passed along
+        self.slots = [Slot(spec) for spec in config.get("memory_slots", ())]
+        self.free_slots = list(range(len(self.slots)))
+        self.slot_of = {}  # pid -> slot index
+        self.ooms = {}  # pid -> its slot's OOM-kill count when it started
+        self.outstanding = set()  # call processes handed to the host and not yet given back
+        self.ended = collections.deque()  # call processes given back after their reply, to reap
+        self.namespaces = True
+        self.private_root = False
+        self.landlock_rules = []
+        self.seccomp = None
+        self.expected = None
+
+    def send(self, message, fds=()):
+        self.channel.sendmsg(
+            [json.dumps(message).encode()],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))] if fds else [],
+        )
+
+    def receive(self):
+        data = self.channel.recv(1 << 16)
+        return json.loads(data) if data else None
+
+    def prefork(self):
+        """Keep STANDBY + 1 call processes with the host (one may be serving a call), each locked down and waiting
+        for its request; then collect the ones that ended since."""
+        while len(self.outstanding) < STANDBY + 1:
+            pid, request_end, reply_end = self.fork_call()
+            try:
+                self.send({"op": "standby", "pid": pid}, (request_end, reply_end))
+            finally:
+                os.close(request_end)  # the host holds them now: no later call process inherits them
+                os.close(reply_end)
+            self.outstanding.add(pid)
+        self.reap()
+
+    def fork_call(self, expected=True):
+        request_in, request_end = os.pipe()
+        reply_end, reply_out = os.pipe()
+        flags = _CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWIPC if self.namespaces else 0
+        gc.freeze()  # the child's collector then leaves this process's objects (and their pages) alone
+        pid = _clone(flags)
+        if pid == 0:  # the call's process: it keeps only its own two pipes
+            try:
+                _libc_call(_LIBC.prctl, _PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                low, high = sorted((request_in, reply_out))
+                os.closerange(3, low)
+                os.closerange(low + 1, high)
+                os.closerange(high + 1, 1 << 16)
+                call = Call(self.config, request_in, reply_out)
+                call.serve(
+                    self.namespaces,
+                    self.private_root,
+                    self.landlock_rules,
+                    self.seccomp,
+                    self.expected if expected else None,
+                )
+            finally:
+                os._exit(0)
+        os.close(request_in)
+        os.close(reply_out)
+        if self.slots:  # into a memory cgroup of its own before its request comes
+            if not self.free_slots:
+                self.reap(block=True)
+            try:
+                slot = self.free_slots.pop()
+                self.slot_of[pid] = slot
+                os.write(self.slots[slot].procs, str(pid).encode())
+                self.ooms[pid] = self.slots[slot].oom_kills()
+            except (IndexError, OSError):
+                for fd in (request_end, reply_end):
+                    os.close(fd)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                self._free(pid)
+                raise
+        return pid, request_end, reply_end
+
+    def give_back(self, pid):
+        """The host is done with this call process (it replied, or was never used): end it, reap it later."""
+        if pid in self.outstanding:
+            self.outstanding.discard(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # its PID namespace, and all in it, ends with it
+            self.ended.append(pid)
+
+    def report_end(self, pid):
+        """How a call process the host got no reply from ended (the host killed it at its timeout)."""
+        if pid not in self.outstanding:
+            return {"op": "ended", "pid": pid, "ended": "unknown", "code": 0, "oom": False}
+        self.outstanding.discard(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        slot = self.slot_of.get(pid)
+        oom = slot is not None and self.slots[slot].oom_kills() > self.ooms.get(pid, 0)
+        self._free(pid)
+        if os.WIFSIGNALED(status):
+            return {"op": "ended", "pid": pid, "ended": "signal", "code": os.WTERMSIG(status), "oom": oom}
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+        return {"op": "ended", "pid": pid, "ended": "exit", "code": code, "oom": oom}
+
+    def probe(self):
+        """Start one call process that reports what its lock-down achieved here, instead of serving a call."""
+        pid, request_end, reply_end = self.fork_call(expected=False)
+        os.close(request_end)
+        report = None
+        if select.select([reply_end], [], [], 30)[0]:
+            header = _read_exact(reply_end, FRAME.size)
+            body = _read_exact(reply_end, FRAME.unpack(header)[0]) if header else None
+            report = json.loads(body)["value"] if body else None
+        os.close(reply_end)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        self._free(pid)
+        return report
+
+    def _free(self, pid):
+        self.ooms.pop(pid, None)
+        slot = self.slot_of.pop(pid, None)
+        if slot is not None:
+            self.free_slots.append(slot)
+
+    def reap(self, block=False):
+        """Collect the call processes that ended since (each was killed once it replied)."""
+        while self.ended:
+            pid = self.ended[0]
+            try:
+                done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if not done:
+                return
+            self.ended.popleft()
+            self._free(pid)
+            block = False
+
+    def preload(self, modules):
+        """Import standard-library modules that forged code imports, so that call processes forked from now on find
+        them loaded. (The host gives back the ones it holds, which were forked without them.)"""
+        for name in modules:
+            if not isinstance(name, str) or name in sys.modules:
+                continue
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names and top not in _NOT_PRELOADED:
+                with contextlib.suppress(BaseException):
+                    __import__(name)
+
+
+def _lock_down_worker(config):
+    """The worker's own lock-down: what every call process inherits."""
+    enforced, missing = {}, {}
+    private_root = False
+    steps = [("network", _isolate_network), ("root", lambda: _private_root(config["root"], config["scratch"]))]
+    for key, step in steps:
+        try:
+            enforced[key] = step()
+            private_root |= key == "root"
+        except Exception as exc:
+            missing[key] = f"{type(exc).__name__}: {exc}"
+    try:  # not dumpable: no process of the same user opens our pipes or memory through /proc
+        _libc_call(_LIBC.prctl, _PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except OSError as exc:
+        missing["dumpable"] = f"PR_SET_DUMPABLE: {exc}"
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    file_limit = config["max_file_mb"] * _MB
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-long write fails with EFBIG instead of killing us
+    nofile = min(256, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    enforced["files"] = f"files up to {config['max_file_mb']} MB, {nofile} open"
+    return enforced, missing, private_root
+
+
 def main():
     config = json.loads(sys.argv[1])
-    proto_in, proto_out = os.dup(0), os.dup(1)
+    channel = socket.socket(fileno=config["channel_fd"])
     devnull = os.open(os.devnull, os.O_RDWR)
-    output_fd = os.memfd_create("toolforge-output") if hasattr(os, "memfd_create") else None
-    if output_fd is None:
-        import tempfile
-
-        output_fd = tempfile.TemporaryFile().fileno()
-    os.dup2(devnull, 0)
-    os.dup2(output_fd, 1)
-    os.dup2(output_fd, 2)
-    sys.stdout = sys.stderr = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
-    enforced, missing = _lock_down(config)
-    if config.get("isolation", "worker") == "call":
-        try:  # not dumpable: no process of the same user (a call's, included) can open our pipes through /proc
-            _libc_call(_ERRNO_LIBC.prctl, 4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
-            enforced["isolation"] = "each call in a process of its own, apart from the pipes to the caller"
-        except OSError as exc:
-            missing["isolation"] = f"PR_SET_DUMPABLE: {exc}"
-    os.makedirs(os.path.join(config["scratch"], "tmp"), exist_ok=True)  # in the tmpfs, where there is one
-    memory = config["memory_mb"] * _MB
-    address_space = _vm_size_bytes() + memory
-    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-    enforced["memory"] = f"{config['memory_mb']} MB address space beyond the interpreter's own"
-    worker = Worker(config, proto_in, proto_out, output_fd, private_scratch="scratch" in enforced)
-    worker.write({"ready": True, "pid": os.getpid(), "enforced": enforced, "missing": missing})
-    if worker.isolated:
-        worker.prefork()
-    while True:
-        request = worker.read()
-        if request is None:
-            return
-        reply = worker.serve(request) if worker.isolated else worker.handle(request)
-        reply["nonce"] = request.get("nonce")  # so that the parent can tell this reply from one forged code wrote
-        worker.write(reply)
-        if reply["recycle"]:
-            os._exit(0)  # without waiting for threads that forged code left behind
-        if worker.isolated:
-            worker.prefork()  # while the caller reads the reply
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    server = ForkServer(config, channel)  # opens the memory cgroups while they are still visible
+    enforced, missing, private_root = _lock_down_worker(config)
+    server.private_root = private_root
+    server.landlock_rules = _landlock_rules(config["scratch"], private_root, config.get("homes", ()))
+    try:
+        denied = _NO_SOCKETS + _NO_PROCESSES + _NO_METADATA + _NO_HIDDEN_MEMORY + _NO_REACHING_OUT
+        server.seccomp = _seccomp_program(denied, processes=True)
+    except Exception as exc:
+        server.seccomp = f"{type(exc).__name__}: {exc}"
+    Call(config, -1, -1).handle(_WARM_UP)  # once here: each call process then copies fewer pages to warm up
+    report = None
+    try:
+        report = server.probe()
+    except OSError as exc:
+        missing["namespaces"] = f"{exc}; each call runs in a plain child process"
+    if report is None:
+        server.namespaces = False
+        report = server.probe()
+    if report is None:
+        server.send({"op": "ready", "ready": False, "missing": missing})
+        return
+    enforced.update(report["enforced"])
+    missing.update(report["missing"])
+    if server.slots:
+        enforced["memory cgroup"] = f"everything a call holds (memfd, tmpfs, page cache) up to {config['cgroup_mb']} MB"
+    server.expected = sorted(report["enforced"])
+    server.send({"op": "ready", "ready": True, "enforced": enforced, "missing": missing})
+    server.prefork()
+    while (message := server.receive()) is not None:
+        op = message.get("op")
+        if op == "done":
+            server.give_back(message["pid"])
+        elif op == "ended":
+            server.send(server.report_end(message["pid"]))
+        elif op == "preload":
+            server.preload(message.get("modules", []))
+        server.prefork()
 
 
 if __name__ == "__main__":

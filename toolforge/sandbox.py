@@ -73,6 +73,7 @@ sandbox of the same limits).
 
 from __future__ import annotations
 
+import ast
 import atexit
 import collections
 import contextlib
@@ -80,22 +81,24 @@ import functools
 import json
 import logging
 import os
-import secrets
+import re
 import select
 import shutil
 import signal
-import struct
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from toolforge import _worker as protocol
 from toolforge.errors import SandboxError
 from toolforge.function import ForgedFunction
 
@@ -103,8 +106,12 @@ __all__ = ["CallResult", "Sandbox", "default_sandbox"]
 
 logger = logging.getLogger(__name__)
 
-_WORKER_SCRIPT = Path(__file__).with_name("_worker.py")
+_WORKER_SCRIPT = Path(protocol.__file__)
 _START_TIMEOUT_S = 30.0
+_GRACE_S = 10.0  # how long the worker may take to say how a call process ended
+_CGROUP_HEADROOM_MB = 64  # a call process's own pages (copied on write from the worker) beside what it may allocate
+_LEFTOVER_DIRECTORY = re.compile(r"^toolforge-sandbox-(\d+)-")
+_LEFTOVER_CGROUP = re.compile(r"^toolforge-(\d+)-")
 
 
 class CallResult(BaseModel):
@@ -135,46 +142,114 @@ class _WorkerLost(Exception):
     """The worker can no longer answer; the message is the reason for the caller."""
 
 
-def _well_formed(reply: dict[str, Any]) -> bool:
-    """A reply has the worker's fields with their types (one that forged code wrote may not)."""
-    return (
-        isinstance(reply.get("ok"), bool)
-        and isinstance(reply.get("value_is_repr"), bool)
-        and isinstance(reply.get("recycle"), bool)
-        and isinstance(reply.get("error"), str | None)
-        and isinstance(reply.get("stdout"), str)
-        and isinstance(reply.get("notes"), list)
+_LOST_REPLY = "the code wrote to the sandbox's pipe; its reply was lost"
+
+
+def parse_reply(body: bytes) -> dict[str, Any]:
+    """A call process's reply as the fields of a `CallResult`; anything else (forged code can write its own pipe:
+    garbage, a wrong shape, JSON nested beyond any parser's depth) as a failed call saying so. Never raises."""
+    try:
+        reply = json.loads(body)
+    except (ValueError, RecursionError, MemoryError):
+        reply = None
+    if not (
+        isinstance(reply, dict)
+        and set(reply) == set(protocol.REPLY_FIELDS)
+        and isinstance(reply["ok"], bool)
+        and isinstance(reply["value_is_repr"], bool)
+        and isinstance(reply["error"], str | None)
+        and isinstance(reply["stdout"], str)
+        and isinstance(reply["notes"], list)
         and all(isinstance(note, str) for note in reply["notes"])
-        and isinstance(reply.get("pid"), int)
-        and "value" in reply
-    )
+        and (reply["ok"] or reply["error"])  # a failed call says why
+    ):
+        return {"ok": False, "error": _LOST_REPLY}
+    return reply
 
 
-class _StaleReply(_WorkerLost):
-    """The pipe held the reply to an earlier request: that request's code wrote a reply of its own before it.
+def _signal_name(number: int) -> str:
+    """SIGSEGV for 11, SIGRTMIN+6 for 40, "signal 99" for what no name fits (real-time signals have no enum)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        low, high = getattr(signal, "SIGRTMIN", 34), getattr(signal, "SIGRTMAX", 64)
+        if low <= number <= high:
+            return f"SIGRTMIN+{number - low}"
+        return f"signal {number}"
 
-    Forged code runs in the worker's process and can write to its pipe. Each request carries a fresh random nonce
-    that the reply must echo, so a forged reply can only answer the request whose code wrote it (its own result,
-    which it controls anyway); the worker's true reply then arrives late and is caught here, on the next request,
-    which is then run again on a fresh worker.
-    """
+
+_SIGNAL_HINTS = {
+    "SIGSEGV": " (a segmentation fault, or the memory limit hit inside C code)",
+    "SIGABRT": " (aborted; often the memory limit hit inside C code)",
+    "SIGKILL": " (killed from outside)",
+    "SIGBUS": " (a bus error)",
+}
+
+
+def ended_reason(report: Any, timeout_s: float, memory_mb: int) -> str:
+    """Why a call has no reply, from the worker's report of how its process ended. Never raises."""
+    if not isinstance(report, dict):
+        return "the sandbox worker sent a report it should not have; the worker was replaced"
+    ended, code = report.get("ended"), report.get("code")
+    code = code if isinstance(code, int) and not isinstance(code, bool) else -1
+    if ended == "timeout":
+        return f"timed out after {timeout_s} s"
+    if ended == "garbage":
+        return _LOST_REPLY
+    if report.get("oom") is True:
+        return f"exceeded {memory_mb} MB memory limit (the call's memory cgroup)"
+    if ended == "signal":
+        name = _signal_name(code)
+        return f"the call's process crashed with {name}{_SIGNAL_HINTS.get(name, '')}"
+    if ended == "exit":
+        if code == 0:
+            return "the code closed the sandbox's pipe; its reply was lost"
+        return f"the code ended its process (exit status {code}); forged functions must return, not exit"
+    return "the sandbox worker sent a report it should not have; the worker was replaced"
+
+
+def stdlib_imports(code: str) -> list[str]:
+    """The standard-library modules `code` imports (for the worker to load ahead). Never raises."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return sorted(n for n in names if n.split(".")[0] in sys.stdlib_module_names)
 
 
 class _Worker:
-    """One worker process and the parent's end of its pipes."""
+    """One worker (a fork server that never runs forged code or sees a call), its channel, and the call processes
+    it has handed over: each answers one call, over pipes of its own, and is then ended."""
 
     def __init__(self, sandbox: Sandbox, index: int) -> None:
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"worker{index}-", dir=sandbox.root))
+        self.directory = Path(tempfile.mkdtemp(prefix=f"worker{index}-", dir=sandbox.root))
+        root = self.directory / "root"  # the mount point of the worker's own root; empty here
+        root.mkdir()
+        self.scratch = self.directory / "scratch"  # each call's own tmpfs, inside; the scratch itself without one
+        self.scratch.mkdir()
+        self.cgroups = sandbox._cgroups.create(index, sandbox)
+        self.memory_mb = sandbox.memory_mb
+        self.timeout_s = sandbox.timeout_s
+        self.max_reply = 8 * (sandbox.max_value_bytes + sandbox.max_output_bytes) + (1 << 20)
+        self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         config = {
+            "channel_fd": theirs.fileno(),
+            "root": str(root),
             "scratch": str(self.scratch),
             "memory_mb": sandbox.memory_mb,
             "max_output_bytes": sandbox.max_output_bytes,
             "max_value_bytes": sandbox.max_value_bytes,
             "max_file_mb": sandbox.max_file_mb,
             "max_scratch_mb": sandbox.max_scratch_mb,
-            "max_processes": sandbox.max_processes,
-            "isolation": sandbox.isolation,
-            "homes": [str(Path.home())],  # unreadable, but for Python's own files (Landlock)
+            "memory_slots": self.cgroups.slots,
+            "cgroup_mb": sandbox._cgroup_mb,
+            "homes": [str(Path.home())],  # hidden where the worker has no root of its own (Landlock)
         }
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -187,108 +262,200 @@ class _Worker:
             "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
         }
-        self.process = subprocess.Popen(
-            [sys.executable, "-s", "-P", "-B", str(_WORKER_SCRIPT), json.dumps(config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd=self.scratch,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
-        self.cgroup = sandbox._cgroup_for(self.process.pid, index)
-        self.known: set[str] = set()
-        self._buffer = b""
-        self._answered: collections.deque[str] = collections.deque(maxlen=64)  # nonces of past requests
-        self._max_reply = 8 * (sandbox.max_value_bytes + sandbox.max_output_bytes) + (1 << 20)
         try:
-            ready = self._read(time.monotonic() + _START_TIMEOUT_S, "starting")
+            self.process = subprocess.Popen(
+                [sys.executable, "-s", "-P", "-B", str(_WORKER_SCRIPT), json.dumps(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=self.directory,
+                env=env,
+                start_new_session=True,
+                pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
+        self.cgroups.admit(self.process.pid)
+        self.known: set[str] = set()  # code hashes whose standard-library imports the worker has loaded
+        self.standby: collections.deque[tuple[int, int, int]] = collections.deque()  # (pid, request, reply)
+        self.reports: dict[int, dict[str, Any]] = {}
+        try:
+            ready = self._receive(time.monotonic() + _START_TIMEOUT_S)
+            if ready.get("ready") is not True:
+                raise _WorkerLost(f"it could not lock itself down: {ready.get('missing')}")
         except _WorkerLost as exc:
             self.kill()
             raise SandboxError(f"a sandbox worker could not start: {exc}; check that {sys.executable} runs") from None
-        self.pid: int = ready["pid"]
+        self.pid: int = self.process.pid
         self.enforced: dict[str, str] = ready["enforced"]
         self.missing: dict[str, str] = ready["missing"]
 
-    def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        nonce = secrets.token_hex(8)
-        body = json.dumps({**message, "nonce": nonce}, allow_nan=False).encode()
-        assert self.process.stdin is not None
+    # ------------------------------------------------------------------------------------------------ calls
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Run one request in a call process; the fields of its `CallResult` (its reply, or why it has none)."""
+        if message.get("op") == "call" and message["code_hash"] not in self.known:
+            modules = stdlib_imports(message["code"])
+            if modules:  # call processes forked from now on have them loaded; the ones on hand do not
+                self._send({"op": "preload", "modules": modules})
+                self._give_back_standby()
+            self.known.add(message["code_hash"])
+        body = json.dumps(message, allow_nan=False).encode()
+        pid, request_end, reply_end = self._next_call_process()
         try:
-            self.process.stdin.write(struct.pack(">I", len(body)) + body)
-            self.process.stdin.flush()
-        except (BrokenPipeError, OSError):
-            raise _WorkerLost(self._death_reason()) from None
-        reply = self._read(time.monotonic() + timeout_s, f"timed out after {timeout_s} s")
-        answered = reply.get("nonce")
-        if answered != nonce:
-            if answered in self._answered:
-                raise _StaleReply("an earlier call's code wrote to the sandbox's pipe")
-            raise _WorkerLost("the code wrote to the sandbox's pipe; the worker was replaced")
-        self._answered.append(nonce)
-        if not _well_formed(reply):
-            raise _WorkerLost("the code wrote to the sandbox's pipe (a reply of the wrong shape)")
-        return reply
+            with contextlib.suppress(OSError):  # it ended already: why is asked below
+                _write_all(request_end, protocol.FRAME.pack(len(body)) + body)
+            os.close(request_end)
+            request_end = -1
+            outcome, reply = self._read_reply(reply_end, time.monotonic() + self.timeout_s)
+        finally:
+            for fd in (request_end, reply_end):
+                if fd >= 0:
+                    os.close(fd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # nothing of the call outlives its reply: its PID namespace ends with it
+        if outcome == "replied":
+            self._send({"op": "done", "pid": pid})
+            return parse_reply(reply)
+        if outcome == "garbage":
+            self._send({"op": "done", "pid": pid})
+            return {"ok": False, "error": _LOST_REPLY}
+        self._send({"op": "ended", "pid": pid})
+        report = self._report_for(pid)
+        if outcome == "timeout":
+            report = {**report, "ended": "timeout"}
+        return {"ok": False, "error": ended_reason(report, self.timeout_s, self.memory_mb)}
 
-    def _read(self, deadline: float, timeout_reason: str) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        while True:
-            if len(self._buffer) >= 4:
-                size = struct.unpack(">I", self._buffer[:4])[0]
-                if size > self._max_reply:  # no true reply is this long: the code wrote to the pipe
-                    raise _WorkerLost(f"the code wrote to the sandbox's pipe (a {size}-byte frame)")
-                if len(self._buffer) >= 4 + size:
-                    body, self._buffer = self._buffer[4 : 4 + size], self._buffer[4 + size :]
-                    try:
-                        reply = json.loads(body)
-                    except ValueError:
-                        reply = None
-                    if not isinstance(reply, dict):
-                        raise _WorkerLost("the code wrote to the sandbox's pipe (a frame that is not a reply)")
-                    return reply
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _WorkerLost(timeout_reason)
-            readable, _, _ = select.select([fd], [], [], remaining)
-            if not readable:
-                continue
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                raise _WorkerLost(self._death_reason())
-            self._buffer += chunk
+    def _read_reply(self, fd: int, deadline: float) -> tuple[str, bytes]:
+        """("replied", body), or ("garbage" | "timeout" | "none", b"") when the call process gave no reply."""
+        header = _read_exact(fd, protocol.FRAME.size, deadline)
+        if header is None:
+            return ("timeout" if time.monotonic() >= deadline else "none"), b""
+        size = protocol.FRAME.unpack(header)[0]
+        if size > self.max_reply:  # no true reply is this long: forged code wrote to its pipe
+            return "garbage", b""
+        body = _read_exact(fd, size, deadline)
+        if body is None:
+            return ("timeout" if time.monotonic() >= deadline else "none"), b""
+        return "replied", body
+
+    def _next_call_process(self) -> tuple[int, int, int]:
+        self._drain()
+        while not self.standby:
+            self._handle(self._receive(time.monotonic() + _START_TIMEOUT_S))
+        return self.standby.popleft()
+
+    def _give_back_standby(self) -> None:
+        while self.standby:
+            pid, request_end, reply_end = self.standby.popleft()
+            os.close(request_end)
+            os.close(reply_end)
+            self._send({"op": "done", "pid": pid})
+
+    def _report_for(self, pid: int) -> dict[str, Any]:
+        deadline = time.monotonic() + _GRACE_S
+        while pid not in self.reports:
+            self._handle(self._receive(deadline))
+        return self.reports.pop(pid)
+
+    # ----------------------------------------------------------------------------------------- the channel
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            self.channel.sendall(json.dumps(message).encode())
+        except OSError:
+            raise _WorkerLost(self._death_reason()) from None
+
+    def _drain(self) -> None:
+        """Take in what the worker sent meanwhile (call processes it forked), without waiting."""
+        while select.select([self.channel], [], [], 0)[0]:
+            self._handle(self._receive(time.monotonic() + _GRACE_S))
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        if message.get("op") == "standby":
+            self.standby.append((message["pid"], *message["fds"]))
+        elif message.get("op") == "ended":
+            self.reports[message["pid"]] = message
+
+    def _receive(self, deadline: float) -> dict[str, Any]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([self.channel], [], [], remaining)[0]:
+            raise _WorkerLost("the sandbox worker stopped answering")
+        try:
+            data, fds, _, _ = socket.recv_fds(self.channel, 1 << 16, 2)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            raise _WorkerLost(self._death_reason())
+        message = json.loads(data)
+        message["fds"] = fds
+        return message
 
     def _death_reason(self) -> str:
         try:
             code = self.process.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
-            return "the worker stopped answering"
+            return "the sandbox worker stopped answering"
         if code < 0:
-            name = signal.Signals(-code).name
-            hint = {
-                "SIGSEGV": " (a segmentation fault, or the memory limit hit inside C code)",
-                "SIGABRT": " (aborted; often the memory limit hit inside C code)",
-                "SIGKILL": " (killed from outside, e.g. out of memory)",
-                "SIGBUS": " (a bus error)",
-            }.get(name, "")
-            return f"the worker crashed with {name}{hint}"
-        return f"the code ended the worker process (exit status {code}); forged functions must return, not exit"
+            return f"the sandbox worker crashed with {_signal_name(-code)}"
+        return f"the sandbox worker ended (exit status {code})"
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        if self.cgroup is not None:
-            _kill_cgroup(self.cgroup)
+        self.cgroups.kill()
+        for pid, request_end, reply_end in self.standby:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)  # it dies with the worker anyway (parent-death signal)
+            os.close(request_end)
+            os.close(reply_end)
+        self.standby.clear()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5.0)
-        for stream in (self.process.stdin, self.process.stdout):
+        self.channel.close()
+        self.cgroups.remove()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exact(fd: int, n: int, deadline: float) -> bytes | None:
+    """`n` bytes from `fd`, or None at its end or past the deadline."""
+    chunks, got = [], 0
+    while got < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return None
+        chunk = os.read(fd, min(n - got, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+class _WorkerCgroups:
+    """The cgroups of one worker: a pids cgroup for its processes and a memory cgroup per call process (slots
+    that call processes take in turn). Either may be missing where this process may not create cgroups."""
+
+    def __init__(self, pids: Path | None, memory: Path | None, slots: list[dict[str, str]]) -> None:
+        self.pids, self.memory, self.slots = pids, memory, slots
+
+    def admit(self, pid: int) -> None:
+        if self.pids is not None:
             with contextlib.suppress(OSError):
-                stream.close()  # type: ignore[union-attr]
-        if self.cgroup is not None:
-            with contextlib.suppress(OSError):
-                self.cgroup.rmdir()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+                (self.pids / "cgroup.procs").write_text(str(pid))
+
+    def kill(self) -> None:
+        if self.pids is not None:
+            _kill_cgroup(self.pids)
+
+    def remove(self) -> None:
+        for group in (self.pids, self.memory):
+            if group is not None:
+                _remove_cgroup(group)
 
 
 def _kill_cgroup(cgroup: Path) -> None:
@@ -305,19 +472,140 @@ def _kill_cgroup(cgroup: Path) -> None:
         time.sleep(0.01)
 
 
-def _pids_cgroup_base() -> Path | None:
-    """The caller's own pids cgroup directory, if this process may create children in it."""
+def _remove_cgroup(cgroup: Path) -> None:
+    """Remove a cgroup and the ones below it (empty ones: their processes have ended)."""
+    if not cgroup.is_dir():
+        return
+    for child in sorted((p for p in cgroup.iterdir() if p.is_dir()), reverse=True):
+        _remove_cgroup(child)
+    for _ in range(20):  # a memory cgroup may take a moment to let go of its last process
+        try:
+            cgroup.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
+    logger.debug("could not remove cgroup %s", cgroup)
+
+
+class _Cgroups:
+    """Where this process may create cgroups: the pids hierarchy (v1) and a memory controller (v1 or v2)."""
+
+    def __init__(self) -> None:
+        self.pids_base = _cgroup_base("pids")
+        self.memory_base, self.memory_version = _memory_cgroup_base()
+
+    def create(self, index: int, sandbox: Sandbox) -> _WorkerCgroups:
+        name = f"toolforge-{os.getpid()}-{id(sandbox):x}-{index}"
+        pids = self._make(self.pids_base, name, {"pids.max": str(sandbox.max_processes)}) if self.pids_base else None
+        if pids is None:
+            self.pids_base = None
+        memory: Path | None = None
+        slots: list[dict[str, str]] = []
+        if self.memory_base is not None:
+            memory = self._make(self.memory_base, name, {})
+            limit = str(sandbox._cgroup_mb * 1024 * 1024)
+            if self.memory_version == 2:
+                settings, events = {"memory.max": limit, "memory.swap.max": "0"}, "memory.events"
+                if memory is not None:
+                    with contextlib.suppress(OSError):
+                        (memory / "cgroup.subtree_control").write_text("+memory")
+            else:
+                settings = {"memory.limit_in_bytes": limit, "memory.memsw.limit_in_bytes": limit}
+                events = "memory.oom_control"
+            for k in range(protocol.STANDBY + 3) if memory is not None else ():  # on hand, serving, being reaped
+                slot = self._make(memory, f"call-{k}", settings)  # type: ignore[arg-type]
+                if slot is None:
+                    slots = []
+                    break
+                slots.append({"procs": str(slot / "cgroup.procs"), "events": str(slot / events)})
+            if not slots:
+                if memory is not None:
+                    _remove_cgroup(memory)
+                memory, self.memory_base = None, None
+        return _WorkerCgroups(pids, memory, slots)
+
+    @staticmethod
+    def _make(base: Path, name: str, settings: dict[str, str]) -> Path | None:
+        path = base / name
+        try:
+            path.mkdir(exist_ok=True)
+            for key, value in settings.items():
+                if (path / key).exists() or key in ("memory.max", "memory.limit_in_bytes", "pids.max"):
+                    (path / key).write_text(value)
+        except OSError as exc:
+            logger.debug("no cgroup %s: %s", path, exc)
+            _remove_cgroup(path)
+            return None
+        return path
+
+
+def _cgroup_base(controller: str) -> Path | None:
+    """The caller's own cgroup directory in the v1 hierarchy of `controller`, if this process may create children."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
         return None
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        if "pids" in controllers.split(","):
-            base = Path("/sys/fs/cgroup/pids") / path.lstrip("/")
+        if controller in controllers.split(","):
+            base = Path("/sys/fs/cgroup") / controller / path.lstrip("/")
             if os.access(base, os.W_OK) and (base / "cgroup.procs").exists():
                 return base
     return None
+
+
+def _memory_cgroup_base() -> tuple[Path | None, int]:
+    """A directory below which memory cgroups can be made: v1's memory hierarchy, else cgroup v2 where the memory
+    controller can be enabled for children."""
+    v1 = _cgroup_base("memory")
+    if v1 is not None:
+        return v1, 1
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None, 0
+    for line in lines:
+        if line.startswith("0::"):
+            for mount in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+                base = mount / line[3:].lstrip("/")
+                try:
+                    available = (mount / "cgroup.controllers").read_text().split()
+                except OSError:
+                    continue
+                if "memory" in available and os.access(base, os.W_OK):
+                    return base, 2
+    return None, 0
+
+
+def _clean_leftovers(cgroups: _Cgroups) -> None:
+    """Remove what sandboxes of processes that no longer run left behind (a `kill -9` gives them no chance):
+    their scratch directories and their cgroups."""
+    places: list[tuple[Path, re.Pattern[str], Callable[[Path], None]]] = [
+        (Path(tempfile.gettempdir()), _LEFTOVER_DIRECTORY, functools.partial(shutil.rmtree, ignore_errors=True))
+    ]
+    places += [(base, _LEFTOVER_CGROUP, _remove_cgroup) for base in (cgroups.pids_base, cgroups.memory_base) if base]
+    for place, pattern, remove in places:
+        try:
+            entries = list(place.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            match = pattern.match(entry.name)
+            if match and not _alive(int(match.group(1))):
+                remove(entry)
+                logger.info("removed %s, left behind by a sandbox whose process has ended", entry)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Sandbox:
@@ -332,12 +620,10 @@ class Sandbox:
         max_file_mb: Cap on the size of a file the code writes in its scratch directory.
         max_scratch_mb: Cap on all the files in a worker's scratch directory (a tmpfs of that size, held in memory
             while the worker lives).
-        max_processes: Cap on processes and threads of a worker (pids cgroup, or RLIMIT_NPROC as non-root).
-        isolation: "worker" (the default) runs calls in the worker itself (about 0.2 ms a call here), undoing
-            what a call changed afterwards; code written to attack the worker can then answer the later calls it
-            runs (see the module docstring). "call" runs each call in a process of its own, forked from the
-            worker, which never runs forged code: no call can see, spoil or answer another (0.5 to 1.5 ms a call
-            here, paced or back to back); for code that may be adversarial, not merely wrong.
+        max_processes: Cap on the threads of a worker's processes together (pids cgroup, where there is one).
+        isolation: "call", the only mode: each call in a process of its own (see the module docstring). The
+            former "worker" mode, which ran calls in the worker itself, was removed: code written to attack it
+            could answer later calls.
 
     Examples:
         >>> with Sandbox(workers=1) as sandbox:                 # doctest: +SKIP
@@ -356,7 +642,7 @@ class Sandbox:
         max_file_mb: int = 64,
         max_scratch_mb: int = 256,
         max_processes: int = 64,
-        isolation: Literal["worker", "call"] = "worker",
+        isolation: Literal["call"] = "call",
     ) -> None:
         for name, value, low in (
             ("workers", workers, 1),
@@ -371,8 +657,11 @@ class Sandbox:
                 raise SandboxError(f"Sandbox({name}={value!r}): {name} must be an integer >= {low}")
         if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or not timeout_s > 0:
             raise SandboxError(f"Sandbox(timeout_s={timeout_s!r}): timeout_s must be a number of seconds > 0")
-        if isolation not in ("call", "worker"):
-            raise SandboxError(f"Sandbox(isolation={isolation!r}): isolation must be 'call' or 'worker'")
+        if isolation != "call":
+            raise SandboxError(
+                f"Sandbox(isolation={isolation!r}): every call runs in a process of its own now, the only mode "
+                "('worker', which ran calls in a shared process, was removed as unsafe); drop the argument"
+            )
         self.workers = workers
         self.isolation = isolation
         self.timeout_s = float(timeout_s)
@@ -382,14 +671,16 @@ class Sandbox:
         self.max_file_mb = max_file_mb
         self.max_scratch_mb = max_scratch_mb
         self.max_processes = max_processes
-        self.root = Path(tempfile.mkdtemp(prefix="toolforge-sandbox-"))
+        self._cgroup_mb = memory_mb + max_scratch_mb + _CGROUP_HEADROOM_MB
+        self._cgroups = _Cgroups()
+        _clean_leftovers(self._cgroups)
+        self.root = Path(tempfile.mkdtemp(prefix=f"toolforge-sandbox-{os.getpid()}-"))
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._started = 0
         self._starting = 0
         self._closed = False
         self._cond = threading.Condition()
-        self._cgroup_base = _pids_cgroup_base()
         self._enforced: dict[str, str] | None = None
         self._missing: dict[str, str] = {}
         # A sandbox dropped or left open (not closed) still kills its workers and removes its directories: when it
@@ -415,11 +706,11 @@ class Sandbox:
                 f"{type(arguments).__name__} {arguments!r:.60}"
             )
         request = {"op": "call", "name": function.name, "code_hash": function.code_hash, "arguments": arguments}
-        return self._submit(request, function.code)
+        return self._submit({**request, "code": function.code})
 
     def run_code(self, code: str) -> CallResult:
         """Run a Python snippet in a worker; `stdout` holds what it printed and `value` its final expression."""
-        return self._submit({"op": "exec", "code": code}, None)
+        return self._submit({"op": "exec", "code": code})
 
     @property
     def enforced(self) -> dict[str, str]:
@@ -474,58 +765,34 @@ class Sandbox:
     def __repr__(self) -> str:
         return (
             f"Sandbox(workers={self.workers}, timeout_s={self.timeout_s}, memory_mb={self.memory_mb}"
-            f"{', isolation=' + repr(self.isolation) if self.isolation != 'worker' else ''}"
             f"{', closed' if self._closed else ''})"
         )
 
     # ------------------------------------------------------------------------------------------ private
-    def _submit(self, request: dict[str, Any], code: str | None) -> CallResult:
-        try:
-            json.dumps(request, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            return CallResult(ok=False, error=f"arguments are not JSON ({exc}); pass numbers, strings, lists, dicts")
+    def _submit(self, request: dict[str, Any]) -> CallResult:
         start = time.perf_counter()
         try:
-            return self._submit_once(request, code, start)
-        except _StaleReply as exc:  # an earlier call spoiled that worker; this call deserves a clean one
-            logger.info("sandbox worker replaced: %s; running the call again", exc)
-        try:
-            return self._submit_once(request, code, start)
-        except _StaleReply as exc:
-            return CallResult(
-                ok=False, error=str(exc), duration_s=time.perf_counter() - start, notes=("the worker was replaced",)
-            )
-
-    def _submit_once(self, request: dict[str, Any], code: str | None, start: float) -> CallResult:
+            json.dumps(request, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            return CallResult(ok=False, error=f"arguments are not JSON ({exc}); pass numbers, strings, lists, dicts")
         worker = self._acquire()
         healthy = False
         try:
-            if code is not None and request["code_hash"] not in worker.known:
-                request = {**request, "code": code}
-            reply = worker.request(request, self.timeout_s)
-            if reply.get("pid") != worker.pid:  # a process the code forked answered in the worker's place
-                raise _WorkerLost("the code started a process that wrote to the sandbox's pipe; it was killed")
-            if code is not None:
-                worker.known.add(request["code_hash"])
-            healthy = not reply["recycle"]
+            reply = worker.request(request)
+            healthy = True
             return CallResult(
                 ok=reply["ok"],
-                value=reply["value"],
-                error=reply["error"],
-                stdout=reply["stdout"],
+                value=reply.get("value"),
+                error=reply.get("error"),
+                stdout=reply.get("stdout", ""),
                 duration_s=time.perf_counter() - start,
-                value_is_repr=reply["value_is_repr"],
-                notes=tuple(reply["notes"]),
+                value_is_repr=reply.get("value_is_repr", False),
+                notes=tuple(reply.get("notes", ())),
             )
-        except _StaleReply:
-            raise
         except _WorkerLost as exc:
             logger.info("sandbox worker replaced: %s", exc)
             return CallResult(
-                ok=False,
-                error=str(exc),
-                duration_s=time.perf_counter() - start,
-                notes=("the worker was replaced",),
+                ok=False, error=str(exc), duration_s=time.perf_counter() - start, notes=("the worker was replaced",)
             )
         finally:
             self._release(worker, healthy)
@@ -553,8 +820,8 @@ class Sandbox:
                     self._all.add(worker)
                     if self._enforced is None:
                         self._enforced, self._missing = dict(worker.enforced), worker.missing
-                        if worker.cgroup is not None:
-                            self._enforced["processes"] = f"pids cgroup: at most {self.max_processes} tasks per worker"
+                        if worker.cgroups.pids is not None:
+                            self._enforced["process count"] = f"pids cgroup: at most {self.max_processes} per worker"
                         if worker.missing:
                             logger.warning("sandbox protections not available here: %s", worker.missing)
                 closed = self._closed
@@ -575,22 +842,6 @@ class Sandbox:
         if not keep:
             worker.kill()
 
-    def _cgroup_for(self, pid: int, index: int) -> Path | None:
-        if self._cgroup_base is None:
-            return None
-        path = self._cgroup_base / f"toolforge-{os.getpid()}-{id(self):x}-{index}"
-        try:
-            path.mkdir(exist_ok=True)
-            (path / "pids.max").write_text(str(self.max_processes))
-            (path / "cgroup.procs").write_text(str(pid))
-        except OSError as exc:
-            logger.debug("no pids cgroup for sandbox workers: %s", exc)
-            with contextlib.suppress(OSError):
-                path.rmdir()
-            self._cgroup_base = None
-            return None
-        return path
-
 
 def _release_all(workers: set[_Worker], root: Path) -> None:
     """Kill `workers` and remove `root`: what `Sandbox.close` does, for a sandbox that was never closed."""
@@ -605,14 +856,10 @@ _default_lock = threading.Lock()
 
 
 def default_sandbox() -> Sandbox:
-    """The process-wide sandbox: created on first use with default limits, closed at interpreter exit.
-    `TOOLFORGE_SANDBOX_ISOLATION=call` in the environment gives it a process per call (see `Sandbox`)."""
+    """The process-wide sandbox: created on first use with default limits, closed at interpreter exit."""
     global _default
     with _default_lock:
         if _default is None or _default._closed:
-            isolation = os.environ.get("TOOLFORGE_SANDBOX_ISOLATION", "worker").strip() or "worker"
-            if isolation not in ("worker", "call"):
-                raise SandboxError(f"TOOLFORGE_SANDBOX_ISOLATION={isolation!r}: give 'worker' (the default) or 'call'")
-            _default = Sandbox(isolation=isolation)  # type: ignore[arg-type]
+            _default = Sandbox()
             atexit.register(_default.close)
         return _default
