@@ -17,6 +17,14 @@ entry. Record variants are updated in a transaction. An entry that cannot be rea
 logs a warning, and is dropped; it never raises. The directory is kept under `size_limit_mb` by evicting the
 least recently stored entries (reads never write to the disk).
 
+A cache directory is data, never code: every value is JSON text (records, call results) or an integer (counters),
+and `_JSONDisk` refuses to read anything else. diskcache's own `Disk` (and its `JSONDisk` too) unpickles a row
+marked as a pickle, so a row planted in a directory from elsewhere would run code in the evaluating process; here
+such a row, a key that is not text, or a value file outside diskcache's own layout is a miss, and is dropped.
+Opening a directory checks its database first (`PRAGMA quick_check`, about 0.4 ms per MB) and the settings diskcache
+keeps in it (diskcache sets each one as an attribute of its cache object): a damaged or foreign database, a
+directory that is a file or cannot be written, each raises one `CacheError` naming the directory and the fix.
+
 Speed: an evaluation's records are written in batches, one transaction each, together with the function-call
 results made meanwhile; a process dying mid-evaluation loses at most the current batch. Counters (hits, misses,
 savings) are kept in memory and added to the directory's own counters at the end of each evaluation, on `stats()`
@@ -31,6 +39,10 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shutil
+import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -44,7 +56,15 @@ from toolforge._hashing import canonical_json, content_hash
 from toolforge.errors import ToolforgeError
 from toolforge.records import ExampleRecord
 
-__all__ = ["CACHE_FORMAT", "CacheStats", "EvaluationCache", "active_call_cache", "use_call_cache"]
+__all__ = [
+    "CACHE_FORMAT",
+    "CacheError",
+    "CacheStats",
+    "EvaluationCache",
+    "active_call_cache",
+    "discard_cache_files",
+    "use_call_cache",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +74,84 @@ MAX_VARIANTS = 8
 _MEMO_SIZE = 100_000
 _PARSED = "_parsed"  # key, in a remembered variant, of its parsed record (never written to disk)
 _MISSING = object()
+_DATABASE = "cache.db"  # diskcache's database file, with its -wal and -shm beside it
+_VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")  # where diskcache puts a large value
+# the settings diskcache keeps in its database (each becomes an attribute of its Cache object): no others are read
+_KNOWN_SETTINGS = frozenset(diskcache.DEFAULT_SETTINGS) | frozenset(diskcache.core.METADATA)
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26  # SQLite's result codes
+
+
+class CacheError(ToolforgeError):
+    """An evaluation cache directory cannot be used: damaged, foreign, a file, or not writable.
+
+    Attributes:
+        directory: The cache directory.
+        problem: What is wrong, naming the directory (the message without its fix).
+        fix: What to do about it.
+        corrupt: True when the directory's database is damaged or not diskcache's: deleting the directory's cache
+            files (`discard_cache_files`) mends it, losing only cached work.
+    """
+
+    def __init__(self, directory: Path, problem: str, fix: str, *, corrupt: bool = False) -> None:
+        super().__init__(f"{problem}; {fix}")
+        self.directory = directory
+        self.problem = problem
+        self.fix = fix
+        self.corrupt = corrupt
+
+
+class _JSONDisk(diskcache.Disk):
+    """diskcache storage that holds JSON text and integers only, and never unpickles.
+
+    Keys are strings, stored as text; values are the JSON text the cache writes (a large one goes to a file, as
+    diskcache does) or integer counters, kept as SQLite integers so that `Cache.incr` works. Reading refuses a
+    pickled key or value, and a value file outside diskcache's own `ab/cd/<hex>.val` layout, with an `_Refused`
+    error, which the cache treats as a miss.
+    """
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if type(key) is not str:
+            raise TypeError(f"evaluation cache keys are strings, not {type(key).__name__}")
+        return key, True
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw or type(key) is not str:
+            raise _Refused("a key that is not text (a pickle?)")
+        return key
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple[Any, ...]:
+        if read or type(value) not in (str, int):
+            raise TypeError(
+                f"the evaluation cache stores JSON text and integers only, not {type(value).__name__} (never a pickle)"
+            )
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if read:
+            raise _Refused("a request to read an entry as a file")
+        if mode == diskcache.core.MODE_RAW and type(value) in (str, int):
+            return value
+        if mode == diskcache.core.MODE_TEXT and value is None:
+            if not self._own_file(filename):
+                raise _Refused(f"an entry whose value file is not the cache's own ({str(filename)[:80]!r})")
+            return super().fetch(mode, filename, value, read)
+        kind = {diskcache.core.MODE_PICKLE: "a pickle", diskcache.core.MODE_BINARY: "bytes"}.get(mode, "of no kind")
+        raise _Refused(f"an entry that is {kind}, not JSON text (mode {mode!r})")
+
+    def remove(self, file_path: str) -> None:
+        if self._own_file(file_path):  # a planted row naming a file elsewhere never deletes it
+            super().remove(file_path)
+
+    def _own_file(self, filename: Any) -> bool:
+        """Whether `filename` is a value file of diskcache's layout, inside the directory (no link leads out)."""
+        if not isinstance(filename, str) or not _VALUE_FILE.fullmatch(filename):
+            return False
+        root = os.path.realpath(self._directory)
+        return os.path.realpath(os.path.join(root, filename)) == os.path.join(root, filename)
+
+
+class _Refused(Exception):
+    """An entry the cache will not read (see `_JSONDisk`)."""
 
 
 class CacheStats(BaseModel):
@@ -94,6 +192,10 @@ class EvaluationCache:
         directory: Where to keep the cache. Default: `$TOOLFORGE_CACHE_DIR` if set, else `.toolforge/cache`.
         size_limit_mb: The least recently stored entries are evicted beyond this size.
 
+    Raises:
+        CacheError: The directory is a file or cannot be written, or its database is damaged or was not made by
+            toolforge (`error.corrupt`: deleting the directory, or `discard_cache_files(directory)`, mends that).
+
     Examples:
         >>> cache = EvaluationCache(".toolforge/cache")                    # doctest: +SKIP
         >>> Evaluator(metric, cache=cache).evaluate(program, examples)
@@ -110,18 +212,7 @@ class EvaluationCache:
             )
         chosen = directory if directory is not None else os.environ.get("TOOLFORGE_CACHE_DIR") or DEFAULT_DIRECTORY
         self.directory = Path(chosen).expanduser()
-        try:
-            self._cache = diskcache.Cache(
-                str(self.directory),
-                size_limit=size_limit_mb * 1024 * 1024,
-                eviction_policy="least-recently-stored",
-                cull_limit=0,  # no size check on every write: `flush` culls once per batch
-            )
-        except (OSError, diskcache.Timeout) as exc:
-            raise ToolforgeError(
-                f"cannot open the evaluation cache at {str(self.directory)!r} ({exc}); choose a writable directory "
-                "(EvaluationCache(directory) or TOOLFORGE_CACHE_DIR)"
-            ) from None
+        self._cache = _open(self.directory, size_limit_mb)
         self._lock = threading.Lock()
         self._memo: dict[str, list[dict[str, Any]]] = {}
         self._call_memo: dict[str, Any] = {}
@@ -284,7 +375,9 @@ class EvaluationCache:
 
         def counter(name: str) -> int:
             value = self._safe_get(f"stats:{name}")
-            return int(value) if isinstance(value, int) else 0
+            if value is not _MISSING and type(value) is not int:
+                self._drop(f"stats:{name}", "a counter that is not an integer")
+            return value if type(value) is int else 0
 
         try:
             entries, size = len(self._cache), int(self._cache.volume())
@@ -360,6 +453,12 @@ class EvaluationCache:
         with contextlib.suppress(Exception):
             self._cache.delete(key, retry=True)
 
+    def _drop_bad_counters(self, names: Iterator[str] | list[str]) -> None:
+        for name in names:
+            value = self._safe_get(f"stats:{name}")
+            if value is not _MISSING and type(value) is not int:
+                self._drop(f"stats:{name}", "a counter that is not an integer")
+
     def _count(self, name: str, amount: int = 1) -> None:
         """Count in memory; `flush_counts` adds the counts to the directory's counters."""
         if amount:
@@ -372,12 +471,167 @@ class EvaluationCache:
             pending, self._pending = self._pending, {}
         if not pending:
             return
-        try:
-            with self._cache.transact():
-                for name, amount in pending.items():
-                    self._cache.incr(f"stats:{name}", amount, default=0, retry=True)
-        except Exception as exc:
-            logger.warning("could not update the counters of %s: %s", self.directory, exc)
+        for attempt in range(2):
+            try:
+                with self._cache.transact():
+                    for name, amount in pending.items():
+                        self._cache.incr(f"stats:{name}", amount, default=0, retry=True)
+                return
+            except Exception as exc:
+                if attempt == 0 and isinstance(exc, TypeError):  # a counter that is not an integer: drop, retry
+                    self._drop_bad_counters(list(pending))
+                    continue
+                logger.warning("could not update the counters of %s: %s", self.directory, exc)
+                return
+
+
+def _open(directory: Path, size_limit_mb: int) -> diskcache.Cache:
+    """diskcache on `directory` with `_JSONDisk`, after checking its database; a `CacheError` if it cannot be used."""
+    where = repr(str(directory))
+    choose = "choose a writable directory (EvaluationCache(directory) or TOOLFORGE_CACHE_DIR)"
+    if directory.exists() and not directory.is_dir():
+        raise CacheError(directory, f"the evaluation cache directory {where} is a file, not a directory", choose)
+    database = directory / _DATABASE
+    try:
+        mode: int | None = database.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None  # a new cache
+    except OSError as exc:
+        raise CacheError(
+            directory, f"cannot open the evaluation cache at {where} ({exc.strerror or exc})", choose
+        ) from None
+    if mode is not None:
+        if not stat.S_ISREG(mode):
+            raise CacheError(
+                directory,
+                f"the evaluation cache database {str(database)!r} is not a regular file"
+                + (" (a symbolic link)" if stat.S_ISLNK(mode) else ""),
+                _delete_fix(directory),
+                corrupt=True,
+            )
+        _check_database(directory, database)
+    settings = {
+        **diskcache.DEFAULT_SETTINGS,  # every setting given, so that none comes from the database
+        "size_limit": size_limit_mb * 1024 * 1024,
+        "eviction_policy": "least-recently-stored",
+        "cull_limit": 0,  # no size check on every write: `flush` culls once per batch
+    }
+    try:
+        return diskcache.Cache(str(directory), disk=_JSONDisk, **settings)
+    except sqlite3.DatabaseError as exc:
+        raise _sqlite_error(directory, exc) from None
+    except (OSError, diskcache.Timeout) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise CacheError(directory, f"cannot open the evaluation cache at {where} ({reason})", choose) from None
+
+
+def _check_database(directory: Path, database: Path) -> None:
+    """A `CacheError` if `database` is damaged (`PRAGMA quick_check`) or holds settings diskcache never writes."""
+    try:
+        connection = sqlite3.connect(str(database), timeout=60)
+    except sqlite3.Error as exc:
+        raise _sqlite_error(directory, exc) from None
+    try:
+        connection.execute("PRAGMA trusted_schema = OFF")  # no function the database names runs with side effects
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            first = str(problems[0]).replace("*** in database main ***", "").strip().splitlines()
+            raise CacheError(
+                directory,
+                f"the evaluation cache database {str(database)!r} is damaged ({first[0] if first else 'quick_check'})",
+                _delete_fix(directory),
+                corrupt=True,
+            )
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "Settings" in tables:
+            keys = {row[0] for row in connection.execute("SELECT key FROM Settings")}
+            unknown = sorted(str(k) for k in keys - _KNOWN_SETTINGS)
+            if unknown:
+                raise CacheError(
+                    directory,
+                    f"the evaluation cache database {str(database)!r} holds settings diskcache never writes "
+                    f"({', '.join(repr(k[:40]) for k in unknown[:3])}): it was not made by toolforge, or was edited",
+                    _delete_fix(directory),
+                    corrupt=True,
+                )
+    except sqlite3.Error as exc:
+        raise _sqlite_error(directory, exc) from None
+    finally:
+        connection.close()
+
+
+def _sqlite_error(directory: Path, exc: sqlite3.Error) -> CacheError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    message = str(exc) or type(exc).__name__
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or (primary is None and "malformed" in message):
+        return CacheError(
+            directory,
+            f"the evaluation cache database {str(directory / _DATABASE)!r} is damaged ({message})",
+            _delete_fix(directory),
+            corrupt=True,
+        )
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return CacheError(
+            directory,
+            f"the evaluation cache at {str(directory)!r} is locked ({message})",
+            "another process holds it for writing: try again when it is done",
+        )
+    return CacheError(
+        directory,
+        f"cannot write to the evaluation cache at {str(directory)!r} (sqlite: {message})",
+        "make the directory and its files writable, or choose a writable directory (EvaluationCache(directory) or "
+        "TOOLFORGE_CACHE_DIR)",
+    )
+
+
+def _delete_fix(directory: Path) -> str:
+    return (
+        f"delete the directory {str(directory)!r} (or its cache files: toolforge.cache.discard_cache_files): it holds "
+        "only cached evaluations, which are made again as needed"
+    )
+
+
+def discard_cache_files(directory: str | os.PathLike[str]) -> int:
+    """Delete the files diskcache keeps in `directory` (its database and value files), and nothing else.
+
+    For a cache too damaged to open, which `EvaluationCache.clear()` cannot reach. Files of other kinds are left
+    where they are. Returns how many files were deleted; raises `CacheError` when they cannot be.
+    """
+    directory = Path(directory)
+    removed = 0
+    try:
+        for name in (_DATABASE, f"{_DATABASE}-wal", f"{_DATABASE}-shm", f"{_DATABASE}-journal"):
+            path = directory / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+                removed += 1
+            elif path.is_symlink() or path.exists():
+                path.unlink()
+                removed += 1
+        if not directory.is_dir():
+            return removed
+        for outer in directory.iterdir():
+            if not (re.fullmatch(r"[0-9a-f]{2}", outer.name) and outer.is_dir() and not outer.is_symlink()):
+                continue
+            for inner in outer.iterdir():
+                if not (re.fullmatch(r"[0-9a-f]{2}", inner.name) and inner.is_dir() and not inner.is_symlink()):
+                    continue
+                for file in inner.iterdir():
+                    if re.fullmatch(r"[0-9a-f]{28}\.val", file.name) and (file.is_symlink() or file.is_file()):
+                        file.unlink()
+                        removed += 1
+                with contextlib.suppress(OSError):
+                    inner.rmdir()
+            with contextlib.suppress(OSError):
+                outer.rmdir()
+    except OSError as exc:
+        raise CacheError(
+            directory,
+            f"cannot delete the cache files in {str(directory)!r} ({exc.strerror or exc})",
+            "make the directory writable, or delete it yourself",
+        ) from None
+    return removed
 
 
 def _call_key(code_hash: str, arguments: dict[str, Any]) -> str:

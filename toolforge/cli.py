@@ -26,7 +26,7 @@ from typing import Any
 import dspy
 
 from toolforge._text import one_line
-from toolforge.cache import EvaluationCache
+from toolforge.cache import CacheError, EvaluationCache, discard_cache_files
 from toolforge.data import load_jsonl
 from toolforge.errors import ToolforgeError, ToolsetError
 from toolforge.evaluate import Evaluator
@@ -149,7 +149,23 @@ def _configure_lm(spec: str | None, api_base: str | None) -> dspy.BaseLM:
 
 
 def _cache(args: argparse.Namespace) -> EvaluationCache:
-    return EvaluationCache(args.cache_dir) if args.cache_dir else EvaluationCache()
+    try:
+        return EvaluationCache(args.cache_dir) if args.cache_dir else EvaluationCache()
+    except CacheError as exc:
+        raise ToolforgeError(_cache_fix(exc)) from None
+
+
+def _cache_fix(exc: CacheError) -> str:
+    """The library's account of what is wrong with a cache directory, with the fix on the command line."""
+    where = str(exc.directory)
+    if exc.corrupt:
+        fix = (
+            f"run `toolforge cache clear --cache-dir {where}` (or delete that directory): it holds only cached "
+            "evaluations, which are made again as needed"
+        )
+    else:
+        fix = exc.fix.replace("EvaluationCache(directory)", "--cache-dir")
+    return f"{exc.problem}; {fix}"
 
 
 def _set_toolset(program: dspy.Module, toolset: Toolset, name: str | None) -> None:
@@ -325,16 +341,36 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    if args.action == "clear":
+        return _clear_cache(args)
     with _cache(args) as cache:
-        if args.action == "clear":
-            removed = cache.clear()
-            _out(f"cleared {removed} entries from {cache.directory}")
-            return 0
         stats = cache.stats()
     _out(f"cache {stats.directory}: {stats.entries} entries, {stats.size_bytes / 1e6:.1f} MB")
     _out(f"  evaluations: {stats.hits} hits, {stats.misses} misses (hit rate {stats.hit_rate:.1%})")
     _out(f"  saved: {stats.lm_calls_saved} LM calls, {stats.seconds_saved:.1f} s")
     _out(f"  function calls: {stats.call_hits} hits, {stats.call_misses} misses")
+    return 0
+
+
+def _clear_cache(args: argparse.Namespace) -> int:
+    """Empty the cache; one too damaged to open loses its files instead, and an empty one takes its place."""
+    try:
+        cache = EvaluationCache(args.cache_dir) if args.cache_dir else EvaluationCache()
+    except CacheError as exc:
+        if not exc.corrupt:
+            raise ToolforgeError(_cache_fix(exc)) from None
+        damaged = exc
+    else:
+        with cache:
+            removed = cache.clear()
+        _out(f"cleared {removed} entries from {cache.directory}")
+        return 0
+    files = discard_cache_files(damaged.directory)
+    try:
+        EvaluationCache(damaged.directory).close()
+    except CacheError as exc:
+        raise ToolforgeError(_cache_fix(exc)) from None
+    _out(f"{damaged.problem}: deleted its {files} cache file(s); {damaged.directory} now holds an empty cache")
     return 0
 
 
