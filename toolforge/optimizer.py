@@ -39,7 +39,7 @@ from dspy.utils.exceptions import (
 from pydantic import BaseModel, Field, ValidationError
 
 from toolforge._hashing import content_hash
-from toolforge._io import write_json
+from toolforge._io import read_json, write_json
 from toolforge._text import one_line
 from toolforge._usage import count_lm_usage
 from toolforge.actions import RemoveFunction, validation_reasons
@@ -890,13 +890,11 @@ class _RunState:
         path = self.log_dir / "checkpoint.json"
         if not path.exists():
             return None
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ToolforgeError(
-                f"cannot read the checkpoint {str(path)!r} ({exc}); delete it to start this compile afresh"
-            ) from None
-        if data.get("format") != CHECKPOINT_FORMAT or data.get("version") != CHECKPOINT_VERSION:
+        data = read_json(path, "checkpoint", "delete it to start this compile afresh (resume=False)")
+        if not isinstance(data, dict) or (data.get("format"), data.get("version")) != (
+            CHECKPOINT_FORMAT,
+            CHECKPOINT_VERSION,
+        ):
             raise ToolforgeError(f"{str(path)!r} is not a toolforge checkpoint of this version; use another log_dir")
         if data.get("signature") != self.signature:
             raise ToolforgeError(

@@ -7,9 +7,9 @@ accepted step.
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 
+from toolforge._io import read_json
 from toolforge.errors import ToolforgeError
 from toolforge.optimizer import OptimizationReport
 from toolforge.toolset import Toolset
@@ -23,8 +23,9 @@ def load_report(run_dir: str | Path) -> OptimizationReport:
         raise ToolforgeError(
             f"{str(run_dir)!r} has no report.json; run `toolforge compile PROGRAM --out {run_dir}` to completion first"
         )
+    data = read_json(path, "report", "compile again to write it anew (the same command resumes)")
     try:
-        return OptimizationReport.model_validate(json.loads(path.read_text()))
+        return OptimizationReport.model_validate(data)
     except (ValueError, TypeError) as exc:
         raise ToolforgeError(f"{path} is not a toolforge report ({exc.__class__.__name__}); was it edited?") from None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import json
 import logging
 import os
 import time
@@ -22,7 +21,7 @@ from dspy.predict.parameter import Parameter
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from toolforge._hashing import canonical_json, content_hash
-from toolforge._io import write_json
+from toolforge._io import MAX_JSON_DEPTH, json_depth, read_json, write_json
 from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction, parse_action, validation_reasons
 from toolforge.cache import active_call_cache
 from toolforge.errors import FunctionCallError, ToolforgeError, ToolsetError
@@ -312,6 +311,11 @@ class Toolset(Parameter):
         """Rebuild a toolset from `to_dict()` output, validating every function again."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ToolsetError(f'{source} is not a saved toolset (no "format": {FORMAT!r}); save it with Toolset.save')
+        if json_depth(data) > MAX_JSON_DEPTH:
+            raise ToolsetError(
+                f"{source} nests more than {MAX_JSON_DEPTH} levels deep, which no saved toolset does; save it with "
+                "Toolset.save"
+            )
         version = data.get("version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ToolsetError(
@@ -328,6 +332,11 @@ class Toolset(Parameter):
             )
         except TypeError as exc:
             raise ToolsetError(f"{source}: a function entry is malformed ({exc})") from None
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\\ud800"), which JSON can spell and UTF-8 cannot
+            raise ToolsetError(
+                f"{source}: a function holds text that is not Unicode ({exc.object[exc.start : exc.end]!r}, a lone "
+                "surrogate); save it with Toolset.save"
+            ) from None
         except ToolforgeError as exc:
             raise type(exc)(f"{source}: {exc}") from None
         if data.get("fingerprint") not in (None, toolset.fingerprint):
@@ -343,22 +352,17 @@ class Toolset(Parameter):
         """Read a toolset written by `save`.
 
         Raises:
-            ToolsetError: the file is missing, not JSON, or not a toolset; the message names the file.
+            ToolsetError: the file is missing, not UTF-8, not JSON (or nested over 100 levels), or not a toolset; the
+                message names the file.
             FunctionError: a function in it is no longer valid here (e.g. a package is missing).
         """
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ToolsetError(f"toolset file {str(path)!r} does not exist; check the path") from None
-        except OSError as exc:
-            raise ToolsetError(f"cannot read toolset file {str(path)!r}: {exc.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ToolsetError(
-                f"toolset file {str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-            ) from None
+        data = read_json(
+            path,
+            "toolset file",
+            "check the path: a toolset file is the JSON that Toolset.save writes",
+            ToolsetError,
+        )
         return cls.from_dict(data, source=f"toolset file {str(path)!r}")
 
     # --------------------------------------------------------------------------------- the DSPy parameter

@@ -1,9 +1,10 @@
-"""Files from elsewhere are data, never code: a planted or damaged evaluation cache gives a miss, or one clear error
-naming the directory and the fix."""
+"""Files from elsewhere are data, never code: a planted or damaged evaluation cache, toolset, report or checkpoint
+gives a miss or one clear error naming the file and the fix."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -13,9 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import diskcache
+import dspy
 import pytest
 
 import toolforge as tf
+from tests.conftest import make_function
+from tests.evaluation_fixtures import exact, make_examples
+from tests.scripted_lm import scripted_lm
 from tests.test_cli import AGENT, toolforge
 from toolforge.cache import CacheError, discard_cache_files
 
@@ -242,3 +247,76 @@ def test_cache_clear_always_clears_a_damaged_cache_and_keeps_other_files(tmp_pat
         assert cache.stats().entries == 0
     again = toolforge("cache", "clear", "--cache-dir", str(directory), tmp=tmp_path)  # a healthy one: emptied
     assert again.returncode == 0 and f"cleared 0 entries from {directory}" in again.stdout
+
+
+# -------------------------------------------------------------------------------------------- toolset files
+BAD_FILES = {
+    "not UTF-8": (
+        b'{"format": "toolforge.toolset",\n "x": "\xff"}',
+        r"is not UTF-8 text \(byte b'\\xff' at offset 39, line 2\)",
+    ),
+    "nested 100,000 deep": (b"[" * 100_000 + b"]" * 100_000, "nests JSON more than 100 levels deep"),
+    "an integer of 5,000 digits": (b'{"x": ' + b"1" * 5000 + b"}", "is not JSON toolforge reads"),
+    "a lone surrogate": (None, r"a function holds text that is not Unicode \('\\ud800', a lone surrogate\)"),
+}
+
+
+def bad_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / "toolset.json"
+    content = BAD_FILES[kind][0]
+    if content is None:  # a valid toolset file, but for one escape that decodes to no character
+        data = tf.Toolset([make_function()]).to_dict()
+        data["functions"][0]["description"] = "PLACEHOLDER"
+        content = json.dumps(data).replace("PLACEHOLDER", "\\ud800").encode()
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_a_bad_toolset_file_is_one_toolset_error_naming_it(tmp_path, kind):
+    path = bad_file(tmp_path, kind)
+    with pytest.raises(tf.ToolsetError, match=BAD_FILES[kind][1]) as raised:
+        tf.Toolset.load(path)
+    assert str(raised.value).startswith(f"toolset file {str(path)!r}")
+
+
+@pytest.mark.parametrize("kind", ["not UTF-8", "nested 100,000 deep"])
+def test_the_command_says_a_bad_toolset_file_in_one_line(tmp_path, kind):
+    path = bad_file(tmp_path, kind)
+    for args in (
+        ["show", str(path)],
+        ["diff", str(path), str(path)],
+        ["merge", str(path), "--out", str(tmp_path / "m.json")],
+    ):
+        result = toolforge(*args, tmp=tmp_path)
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert f"toolset file {str(path)!r}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_program_state_nested_too_deep_is_one_toolset_error():
+    state: dict = tf.Toolset([make_function()]).to_dict()
+    deep: list = []
+    state["functions"][0]["parameters"]["properties"]["a"]["default"] = deep
+    for _ in range(100_000):  # built without recursion, as a JSON parser with a high limit would
+        deep.append([])
+        deep = deep[0]
+    with pytest.raises(tf.ToolsetError, match="saved program state for a Toolset nests more than 100 levels deep"):
+        tf.Toolset().load_state(state)
+
+
+@pytest.mark.parametrize("name", ["report.json", "checkpoint.json"])
+def test_a_run_directory_file_that_is_not_utf8_or_nests_too_deep_names_itself(tmp_path, name):
+    run = tmp_path / "run"
+    run.mkdir()
+    for content, reason in ((b"\xff", "is not UTF-8 text"), (b"[" * 100_000, "nests JSON more than 100 levels")):
+        (run / name).write_bytes(content)
+        if name == "report.json":
+            result = toolforge("report", str(run), tmp=tmp_path)
+            assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+            assert f"report {str(run / name)!r} {reason}" in result.stderr
+        else:
+            proposer, _ = scripted_lm(lambda system, user: {})
+            optimizer = tf.FunctionOptimizer(exact, cache=False, log_dir=run, proposer_lm=proposer)
+            with pytest.raises(tf.ToolforgeError, match=f"checkpoint '.*checkpoint.json' {reason}.*delete it"):
+                with dspy.context(lm=proposer):
+                    optimizer.compile(tf.ToolAgent("question -> answer: float"), trainset=make_examples(1))
