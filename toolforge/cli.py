@@ -25,7 +25,7 @@ from typing import Any
 
 import dspy
 
-from toolforge._text import one_line
+from toolforge._text import one_line, printable
 from toolforge.cache import CacheError, EvaluationCache, discard_cache_files
 from toolforge.data import load_jsonl
 from toolforge.errors import ToolforgeError, ToolsetError
@@ -41,8 +41,17 @@ logger = logging.getLogger(__name__)
 
 
 def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    """Print a line; control characters other than newline and tab are shown escaped (`\\x1b`), so that text from
+    a file (a function's description or code, a trajectory) cannot drive the terminal."""
+    sys.stdout.write(printable(text) + "\n")
     sys.stdout.flush()
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with their control characters escaped, as `_out` prints them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 
 # ------------------------------------------------------------------------------------------------ programs
@@ -486,9 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # LiteLLM (DSPy's route to some providers) otherwise fetches a price list from GitHub when first used, and
     # warns twice when offline; its bundled copy serves as well.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, handlers=[handler])
     if not args.debug:  # DSPy logs every reply a small LM gets wrong; the compile report records them
         logging.getLogger("dspy").setLevel(logging.ERROR)
     for name, value in vars(args).items():
@@ -516,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _err(message: str) -> None:
-    sys.stderr.write(f"toolforge: error: {message}\n")
+    sys.stderr.write(f"toolforge: error: {printable(message)}\n")
 
 
 if __name__ == "__main__":

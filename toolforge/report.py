@@ -10,6 +10,7 @@ import difflib
 from pathlib import Path
 
 from toolforge._io import read_json
+from toolforge._text import printable
 from toolforge.errors import ToolforgeError
 from toolforge.optimizer import OptimizationReport
 from toolforge.toolset import Toolset
@@ -79,7 +80,9 @@ def learning_curve(report: OptimizationReport, path: str | Path) -> Path:
 
 
 def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
-    """Every step: scores, LM calls, cache hits, and each action with its outcome, reason and code diff."""
+    """Every step: scores, LM calls, cache hits, and each action with its outcome, reason and code diff.
+
+    Control characters (but newline and tab) in what the run recorded are written as escapes (`\\x1b`)."""
     run_dir = Path(run_dir)
     toolsets = {
         int(p.stem.split("-")[1]): Toolset.load(p) for p in run_dir.glob("toolset-*.json") if p.stem[8:].isdigit()
@@ -142,7 +145,7 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
             diff = _action_diff(action.proposal, before)
             if diff:
                 lines += ["", "```diff", diff.rstrip("\n"), "```", ""]
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines) + "\n")  # read on terminals too: no control characters from the run
 
 
 def _toolset_before(toolsets: dict[int, Toolset], step: int) -> Toolset | None:

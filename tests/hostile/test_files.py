@@ -1,5 +1,6 @@
-"""Files from elsewhere are data, never code: a planted or damaged evaluation cache, toolset, report or checkpoint
-gives a miss or one clear error naming the file and the fix."""
+"""Files from elsewhere are data, never code or terminal commands: a planted or damaged evaluation cache, toolset,
+report or checkpoint gives a miss or one clear error naming the file and the fix, and nothing printed from a file
+can drive the terminal."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from tests.evaluation_fixtures import exact, make_examples
 from tests.scripted_lm import scripted_lm
 from tests.test_cli import AGENT, toolforge
 from toolforge.cache import CacheError, discard_cache_files
+from toolforge.optimizer import ActionOutcome, OptimizationReport, StepReport
+from toolforge.report import markdown_report
 
 MARKER_NAME = "pickle-ran"
 
@@ -320,3 +323,45 @@ def test_a_run_directory_file_that_is_not_utf8_or_nests_too_deep_names_itself(tm
             with pytest.raises(tf.ToolforgeError, match=f"checkpoint '.*checkpoint.json' {reason}.*delete it"):
                 with dspy.context(lm=proposer):
                     optimizer.compile(tf.ToolAgent("question -> answer: float"), trainset=make_examples(1))
+
+
+# ------------------------------------------------------------------------------------ nothing drives the terminal
+PLANTED = "Adds.\x1b]0;pwned\x07\x1b[2J\x9b31m\u202e\rhidden"
+ESCAPED = "Adds.\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\u202e\\x0dhidden"
+
+
+def planted_toolset(tmp_path: Path) -> Path:
+    code = 'def add(a, b):\n\t"""Adds.\x1b[2J"""\n\treturn a + b  # \x1b]0;pwned\x07\n'
+    return tf.Toolset([make_function(description=PLANTED, code=code)]).save(tmp_path / "planted.json")
+
+
+def unprintable(text: str) -> list[str]:
+    return [c for c in text if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F or c == "\u202e"]
+
+
+def test_show_and_diff_escape_control_characters_from_a_file(tmp_path):
+    path = planted_toolset(tmp_path)
+    shown = toolforge("show", str(path), tmp=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert unprintable(shown.stdout) == []
+    assert f"  {ESCAPED}\n" in shown.stdout
+    assert '  \t"""Adds.\\x1b[2J"""\n  \treturn a + b  # \\x1b]0;pwned\\x07\n' in shown.stdout  # newline and tab kept
+    empty = tf.Toolset().save(tmp_path / "empty.json")
+    diff = toolforge("diff", str(path), str(empty), tmp=tmp_path)
+    assert diff.returncode == 0 and unprintable(diff.stdout) == [] and "- add" in diff.stdout
+    merged = toolforge("merge", str(path), "--out", str(tmp_path / "m.json"), tmp=tmp_path)
+    assert merged.returncode == 0 and unprintable(merged.stdout) == []
+
+
+def test_the_markdown_report_escapes_control_characters(tmp_path):
+    outcome = ActionOutcome(
+        summary="add add",
+        proposal={"action": "add_function", "name": "add", "code": "x = '\x1b[2J'\n"},
+        status="rejected",
+        reason=PLANTED,
+        trial=1,
+    )
+    step = StepReport(step=1, outcome="no_change", score_before=0.5, actions=[outcome], best_fingerprint="f")
+    report = OptimizationReport(initial_score=0.5, best_score=0.5, stop_reason="max_epochs", steps=[step])
+    text = markdown_report(report, tmp_path)
+    assert unprintable(text) == [] and f"  - reason: {ESCAPED}\n" in text and "+x = '\\x1b[2J'" in text
