@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, ClassVar
 
 import dspy
@@ -14,8 +15,9 @@ import pytest
 import toolforge as tf
 from tests.evaluation_fixtures import exact, unary
 from tests.scripted_lm import field, scripted_lm, tool_agent_script
-from toolforge.report import write_report
+from toolforge.report import markdown_report, write_report
 
+ROOT = Path(__file__).resolve().parent.parent
 DOUBLE = unary("double", "x * 2")
 SQUARE = unary("square", "x * x")
 SQUARE_DESCRIPTION = SQUARE.description
@@ -571,6 +573,7 @@ def test_log_dir_holds_the_report_every_accepted_toolset_and_a_checkpoint(cache,
         ".lock",  # held while a compile runs here
         "report.json",
         "checkpoint.json",
+        "lm-calls.jsonl",  # the LM requests made since the last checkpoint, for the accounting of a resume
         "toolset-0.json",
         "toolset-1.json",
         "toolset-final.json",
@@ -636,6 +639,78 @@ def test_resume_after_an_interruption_gives_the_same_result(cache, tmp_path):
     assert resumed.toolset == reference.toolset
     assert [s.outcome for s in report.steps] == [s.outcome for s in ref_report.steps]
     assert report.best_score == ref_report.best_score
+
+
+KILLABLE_COMPILE = """
+import json, os, signal, sys
+import dspy
+import toolforge as tf
+from tests.test_optimizer import DOUBLE, agent_lm, compile_with, scenario
+
+run, kill_at = sys.argv[1], int(sys.argv[2])
+dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=False, disk_cache_dir=run + "/dspy")
+agent = agent_lm()
+engine, respond = agent[1], agent[1].respond
+
+def killing(system, user):  # the process dies in the middle of its kill_at-th agent LM request
+    if engine.calls + 1 == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return respond(system, user)
+
+engine.respond = killing
+with tf.EvaluationCache(run + "/cache") as cache:
+    _, _, report, _, _ = compile_with(
+        scenario, tf.Toolset([DOUBLE]), cache=cache, agent=agent, max_epochs=4, patience=4, num_threads=1,
+        log_dir=run + "/log",
+    )
+print(json.dumps(report.model_dump(mode="json")))
+"""
+
+
+def test_lm_calls_after_kill_9_and_a_resume_match_an_uninterrupted_compile(tmp_path):
+    """A compile killed in the middle of step 2 (after its proposer call and 9 of the candidate's agent requests)
+    and resumed reports the LM calls an uninterrupted compile does, step by step: the requests the killed run made
+    come from the ledger, and DSPy's cache answers them, free, when the resumed step makes them again."""
+
+    def compile_in_a_process(run: str, kill_at: int = 0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", KILLABLE_COMPILE, str(tmp_path / run), str(kill_at)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    reference = compile_in_a_process("reference")
+    assert reference.returncode == 0, reference.stderr
+    expected = json.loads(reference.stdout.splitlines()[-1])
+    step_calls = [(s["agent_lm_calls"], s["proposer_lm_calls"]) for s in expected["steps"]]
+    baseline = expected["agent_lm_calls"] - sum(agent for agent, _ in step_calls)
+    assert baseline == 28 and step_calls[:2] == [(22, 1), (16, 1)]  # step 2: the proposer, then the candidate
+
+    killed = compile_in_a_process("interrupted", kill_at=28 + 22 + 10)  # the 10th agent request of step 2
+    assert killed.returncode == -9
+    log = tmp_path / "interrupted" / "log"
+    assert json.loads((log / "checkpoint.json").read_text())["step"] == 1
+    assert len((log / "lm-calls.jsonl").read_text().splitlines()) == 1 + 9  # step 2's requests so far
+
+    resumed = compile_in_a_process("interrupted")
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout.splitlines()[-1])
+    assert report["resumed_after_step"] == 1
+    for total in ("agent_lm_calls", "proposer_lm_calls"):
+        assert report[total] == expected[total]
+    assert [(s["agent_lm_calls"], s["proposer_lm_calls"]) for s in report["steps"]] == step_calls
+    for field_name in ("agent_prompt_tokens", "agent_completion_tokens", "proposer_prompt_tokens"):
+        assert [s[field_name] for s in report["steps"]] == [s[field_name] for s in expected["steps"]]
+    assert report["steps"][1]["interrupted_lm_calls"] == report["interrupted_lm_calls"] == 10
+    assert [s["interrupted_lm_calls"] for s in expected["steps"]] == [0] * len(expected["steps"])
+    markdown = markdown_report(tf.OptimizationReport.model_validate(report), log)
+    assert f"- LM calls: {expected['agent_lm_calls']} agent, {expected['proposer_lm_calls']} proposer; " in markdown
+    assert "(including 10 made by runs that were interrupted: a crash, a kill or Ctrl-C; " in markdown
+    assert "## Step 2: rolled_back\n\n_10 of this step's LM calls were made by a run of it that was interrupted._" in (
+        markdown
+    )
 
 
 def test_a_finished_compile_in_the_same_log_dir_returns_its_result_without_work(cache, tmp_path):

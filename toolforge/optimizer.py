@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from dspy.utils.exceptions import (
     LMConfigurationError,
     LMUnsupportedModelError,
 )
+from dspy.utils.usage_tracker import UsageTracker
 from pydantic import BaseModel, Field, ValidationError
 
 from toolforge._hashing import content_hash
@@ -72,6 +74,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "toolforge.checkpoint"
 CHECKPOINT_VERSION = 1
+LEDGER = "lm-calls.jsonl"  # in log_dir: the LM requests made since the last checkpoint (see `_Ledger`)
 
 
 class ActionOutcome(BaseModel):
@@ -104,12 +107,21 @@ class StepReport(BaseModel):
     cache_hits: int = 0
     cache_misses: int = 0
     cache_revalidated: int = 0  # of the hits: records that held for revised code (same outcomes on their calls)
+    interrupted_lm_calls: int = 0  # of the LM calls above, those an interrupted run of this step made (see below)
     wall_time_s: float = 0.0
     note: str | None = None
 
 
 class OptimizationReport(BaseModel):
-    """What a compile did: every step, why it stopped, and what it kept."""
+    """What a compile did: every step, why it stopped, and what it kept.
+
+    LM calls are the requests that reached an LM (DSPy's cache answers the others, free), counted across every
+    run of the compile: those a run made before it was interrupted (a crash, `kill -9`, Ctrl-C) are logged as they
+    are made (`log_dir/lm-calls.jsonl`) and added when it resumes, so with DSPy's cache on, a resumed compile
+    reports what an uninterrupted one does. Not counted: a request in flight when its process died (no answer came
+    back). With DSPy's cache off, requests a resumed step repeats are made, and counted, again.
+    `interrupted_lm_calls` says how many came from interrupted runs.
+    """
 
     initial_score: float
     best_score: float
@@ -128,6 +140,7 @@ class OptimizationReport(BaseModel):
     final_fingerprint: str = ""
     agent_lm_calls: int = 0
     proposer_lm_calls: int = 0
+    interrupted_lm_calls: int = 0  # of the LM calls above, those made by runs that were interrupted (see below)
     resumed_after_step: int | None = None
     wall_time_s: float = 0.0
 
@@ -319,13 +332,16 @@ class FunctionOptimizer(Teleprompter):
         with _exclusive(self.log_dir):
             if self.log_dir is not None and not self.resume:
                 _discard_run(self.log_dir)
-            run.restore_or_start(initial)
             try:
-                run.train()
-            except _BudgetExhausted:
-                run.stop_reason = "budget"
-                run.checkpoint()
-            final, report = run.finish(start)
+                run.restore_or_start(initial)
+                try:
+                    run.train()
+                except _BudgetExhausted:
+                    run.stop_reason = "budget"
+                    run.checkpoint()
+                final, report = run.finish(start)
+            finally:
+                run.close()
         trained = student.deepcopy()
         set_attribute_by_name(trained, param_name, final)
         trained.toolforge_report = report
@@ -367,11 +383,16 @@ class _RunState:
         self.resumed_after: int | None = None
         self.trajectory_budget = optimizer.trajectory_budget_chars  # halved when the proposer's window overflows
         self.log_dir = optimizer.log_dir
+        self.mark = 0  # checkpoints written (by every run of this compile)
+        self.interrupted_lm_calls = 0
+        self._ledger: _Ledger | None = None
+        self._carried: _StepCounts | None = None  # LM calls an interrupted run of the next step made
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def restore_or_start(self, initial: Toolset) -> None:
         self.signature = self._signature(initial)
         checkpoint = self._load_checkpoint()
+        self._open_ledger(checkpoint)
         if checkpoint is not None:
             self.best = Toolset.from_dict(checkpoint["best"], source="checkpoint")
             self.best_score = checkpoint["best_score"]
@@ -387,9 +408,12 @@ class _RunState:
             self.initial_errors = checkpoint.get("initial_errors", 0)
             self.initial_error = checkpoint.get("initial_error")
             self.trajectory_budget = checkpoint.get("trajectory_budget", self.trajectory_budget)
+            self.interrupted_lm_calls += checkpoint.get("interrupted_lm_calls", 0)
+            self._carry(step_runs_next=not checkpoint["finished"])
             self.resumed_after = self.step
             logger.info("resuming the compile in %s after step %d", self.log_dir, self.step)
             return
+        self._carry(step_runs_next=False)  # the calls of an interrupted baseline
         self.best = initial
         baseline = self._evaluate(initial, self.trainset)
         self.initial_score = self.best_score = baseline.score
@@ -473,6 +497,7 @@ class _RunState:
             final_fingerprint=final.fingerprint,
             agent_lm_calls=self.agent_lm_calls,
             proposer_lm_calls=self.proposer_lm_calls,
+            interrupted_lm_calls=self.interrupted_lm_calls,
             resumed_after_step=self.resumed_after,
             wall_time_s=time.perf_counter() - start,
         )
@@ -492,7 +517,7 @@ class _RunState:
     def _one_step(self, step: int) -> StepReport:
         opt = self.opt
         start = time.perf_counter()
-        counts = _StepCounts()
+        counts, self._carried = self._carried or _StepCounts(), None
         best_run = self._evaluate(self.best, self.trainset, counts)
         if best_run.score != self.best_score:
             # Examples that raised before (records of errors are not kept) ran again; a candidate is compared with
@@ -657,6 +682,7 @@ class _RunState:
             cache_hits=counts.hits,
             cache_misses=counts.misses,
             cache_revalidated=counts.revalidated,
+            interrupted_lm_calls=counts.interrupted,
             wall_time_s=time.perf_counter() - start,
         )
 
@@ -674,7 +700,7 @@ class _RunState:
         self._history_mark = _last_entry(opt.proposer_lm or dspy.settings.lm)
         usage = None
         try:
-            with dspy.context(**context), count_lm_usage() as usage:
+            with dspy.context(**context), self._logged("proposer"), count_lm_usage() as usage:
                 prediction = opt.proposer(
                     task=_describe_task(self.program),
                     fixed_tools=opt._fixed_text or "(none)",
@@ -770,7 +796,8 @@ class _RunState:
         self, toolset: Toolset, examples: list[dspy.Example], counts: _StepCounts | None = None
     ) -> EvaluationRun:
         set_attribute_by_name(self.program, self.param_name, toolset)
-        run = self.opt.evaluator.evaluate(self.program, examples, display_progress=False)
+        with self._logged("agent"):
+            run = self.opt.evaluator.evaluate(self.program, examples, display_progress=False)
         self.agent_lm_calls += run.lm_calls
         if counts is not None:  # a step's evaluation (the baseline's errors are reported when it is made)
             if run.errors:
@@ -866,6 +893,8 @@ class _RunState:
                 "format": CHECKPOINT_FORMAT,
                 "version": CHECKPOINT_VERSION,
                 "signature": self.signature,
+                "mark": self.mark + 1,
+                "interrupted_lm_calls": self.interrupted_lm_calls,
                 "step": self.step,
                 "best": self.best.to_dict(),
                 "best_score": self.best_score,
@@ -883,6 +912,44 @@ class _RunState:
             },
             indent=None,  # read by the next run, not by people: report.json is the readable record
         )
+        self.mark += 1
+        if self._ledger is not None:  # the checkpoint counts what the ledger held: empty it
+            self._ledger.restart(self.mark)
+
+    # --------------------------------------------------------------------------------- LM-call ledger
+    def _open_ledger(self, checkpoint: dict[str, Any] | None) -> None:
+        if self.log_dir is None:
+            return
+        self.mark = checkpoint.get("mark", 0) if checkpoint is not None else 0
+        self._ledger = _Ledger(self.log_dir / LEDGER, self.signature, self.mark)
+
+    def _carry(self, *, step_runs_next: bool) -> None:
+        """Add the LM calls an interrupted run made after the last checkpoint (the ledger has them) to the totals,
+        and, when they were made by the step that runs next, to that step's counts."""
+        carried = self._ledger.carried() if self._ledger is not None else None
+        if carried is None or not (carried.agent_calls or carried.proposer_calls):
+            return
+        carried.interrupted = carried.agent_calls + carried.proposer_calls
+        self.agent_lm_calls += carried.agent_calls
+        self.proposer_lm_calls += carried.proposer_calls
+        self.interrupted_lm_calls += carried.interrupted
+        self._carried = carried if step_runs_next else None
+        logger.info(
+            "an interrupted run of this compile made %d agent and %d proposer LM calls after its last checkpoint; "
+            "they are counted",
+            carried.agent_calls,
+            carried.proposer_calls,
+        )
+
+    def _logged(self, role: Literal["agent", "proposer"]) -> contextlib.AbstractContextManager[Any]:
+        """Within the block, each LM request the compile counts is also written to the ledger as it is made."""
+        if self._ledger is None:
+            return contextlib.nullcontext()
+        return dspy.context(usage_tracker=_LedgerTracker(self._ledger, role, dspy.settings.usage_tracker))
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
         if self.log_dir is None:
@@ -896,6 +963,7 @@ class _RunState:
             CHECKPOINT_VERSION,
         ):
             raise ToolforgeError(f"{str(path)!r} is not a toolforge checkpoint of this version; use another log_dir")
+        data["finished"] = data.get("stop_reason") is not None  # as it was written: a run that reached its end
         if data.get("signature") != self.signature:
             raise ToolforgeError(
                 f"log_dir {str(self.log_dir)!r} holds a checkpoint of a different compile (another program, data, "
@@ -920,6 +988,100 @@ class _StepCounts:
         self.hits = 0
         self.misses = 0
         self.revalidated = 0
+        self.interrupted = 0  # of the calls, those made by an interrupted run of the step
+
+
+class _Ledger:
+    """The LM requests of a compile since its last checkpoint, a line each, written as each is answered.
+
+    A checkpoint holds the counts of everything before it, and the ledger is emptied after each one. A run that
+    dies (a crash, `kill -9`, Ctrl-C) leaves the requests of its unfinished step here; the resumed run adds them, so
+    its report counts what an uninterrupted run does, while DSPy's cache answers the requests it repeats for free.
+    Each line names the compile (its signature) and the checkpoint it follows (`mark`), so a line is never counted
+    twice: not after a checkpoint that holds it (a crash between writing the checkpoint and emptying the ledger),
+    and not by another compile in the same directory. One `os.write` to a file opened for appending, per request:
+    the line is whole, and the kernel has it, before the next request starts.
+    """
+
+    def __init__(self, path: Path, signature: str, mark: int) -> None:
+        self.path = path
+        self.tag = signature[:16]
+        self.mark = mark
+        self._lock = threading.Lock()
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def log(self, role: str, usage: dict[str, Any]) -> None:
+        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+        with self._lock:
+            if self._fd is None:
+                return
+            line = json.dumps({"compile": self.tag, "mark": self.mark, "role": role, "tokens": [prompt, completion]})
+            with contextlib.suppress(OSError):  # a full disk costs the count of a crash, not the compile
+                os.write(self._fd, (line + "\n").encode())
+
+    def carried(self) -> _StepCounts:
+        """The counts of the lines this compile wrote since its last checkpoint (`mark`)."""
+        counts = _StepCounts()
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return counts
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+                if entry["compile"] != self.tag or entry["mark"] != self.mark:
+                    continue
+                prompt, completion = (int(t) for t in entry["tokens"])
+                role = entry["role"]
+            except (ValueError, TypeError, KeyError, RecursionError):
+                continue  # a line cut by a crash, or not ours
+            if role == "agent":
+                counts.agent_calls += 1
+                counts.agent_tokens = (counts.agent_tokens[0] + prompt, counts.agent_tokens[1] + completion)
+            elif role == "proposer":
+                counts.proposer_calls += 1
+                counts.proposer_tokens = (counts.proposer_tokens[0] + prompt, counts.proposer_tokens[1] + completion)
+        return counts
+
+    def restart(self, mark: int) -> None:
+        """A checkpoint (number `mark`) now holds every count: empty the ledger."""
+        with self._lock:
+            self.mark = mark
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, 0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+class _LedgerTracker(UsageTracker):
+    """A DSPy usage tracker that writes to the ledger each request the compile counts, and passes every request
+    on to the tracker it replaced.
+
+    The compile counts a request when one of toolforge's own counters (`count_lm_usage`: an example's run, a
+    proposer call) hands it on to here; a request that reaches this tracker directly was not counted (a metric's
+    own LM call, say), and is not written either, so the ledger adds exactly what the counters would have.
+    """
+
+    def __init__(self, ledger: _Ledger, role: str, parent: Any) -> None:
+        super().__init__()
+        self.ledger = ledger
+        self.role = role
+        self.parent = parent
+
+    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
+        if dspy.settings.usage_tracker is not self:
+            self.ledger.log(self.role, usage_entry)
+        if self.parent is not None:
+            self.parent.add_usage(lm, usage_entry)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _LedgerTracker:
+        return self  # one ledger (dspy.Parallel copies the tracker into its threads)
 
 
 def find_toolset(student: dspy.Module, name: str | None = None) -> tuple[str, Toolset]:
@@ -984,7 +1146,8 @@ def _render_failures(failures: list[dict[str, Any]]) -> str:
 
 def _discard_run(log_dir: Path) -> None:
     """Delete the files a compile writes in `log_dir` (nothing else there), so that a new one starts afresh."""
-    for path in [log_dir / "checkpoint.json", log_dir / "report.json", *log_dir.glob("toolset-*.json")]:
+    written = [log_dir / "checkpoint.json", log_dir / "report.json", log_dir / LEDGER]
+    for path in [*written, *log_dir.glob("toolset-*.json")]:
         path.unlink(missing_ok=True)
 
 

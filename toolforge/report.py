@@ -117,7 +117,13 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
     if report.val_scores:
         lines.append("- validation: " + ", ".join(f"step {s}: {v:.3f}" for s, v in sorted(report.val_scores.items())))
     lines += [
-        f"- LM calls: {report.agent_lm_calls} agent, {report.proposer_lm_calls} proposer; {report.wall_time_s:.1f} s",
+        f"- LM calls: {report.agent_lm_calls} agent, {report.proposer_lm_calls} proposer; {report.wall_time_s:.1f} s"
+        + (
+            f" (including {report.interrupted_lm_calls} made by runs that were interrupted: a crash, a kill or Ctrl-C; "
+            "the requests the resumed runs repeated were free, from DSPy's cache, when it is on)"
+            if report.interrupted_lm_calls
+            else ""
+        ),
         "",
         "| step | outcome | score before | score after | actions | agent LM calls | proposer LM calls | cache hits |",
         "|---|---|---|---|---|---|---|---|",
@@ -135,6 +141,11 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
         lines += ["", f"## Step {s.step}: {s.outcome}", ""]
         if s.note:
             lines += [f"_{s.note}_", ""]
+        if s.interrupted_lm_calls:
+            lines += [
+                f"_{s.interrupted_lm_calls} of this step's LM calls were made by a run of it that was interrupted._",
+                "",
+            ]
         before = _toolset_before(toolsets, s.step)
         if not s.actions:
             lines.append("No actions proposed.")
