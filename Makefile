@@ -8,9 +8,17 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# llama.cpp is built for a portable CPU level, not for this machine's (-march=native): a native build used AMX
+# instructions that segfaulted on a virtual machine that reports them, and pip's wheel cache would hand a native
+# wheel built elsewhere to this machine; so it is built here, without that cache.
+LLAMA_CMAKE_ARGS_x86_64 := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_CMAKE_ARGS := $(or $(LLAMA_CMAKE_ARGS_$(shell uname -m)),-DGGML_NATIVE=OFF)
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+		$(BIN)/python -m pip install --quiet --no-cache-dir 'llama-cpp-python>=0.3'
 	$(BIN)/python -m pip install --quiet -e '.[local,report,dev]'
 	touch $(STAMP)
 
