@@ -15,9 +15,8 @@ Protocol. With the host: JSON messages over a SOCK_SEQPACKET socket (one message
         {"op": "standby", "pid": N} with two file descriptors (the call process's request and reply pipes), so that
         STANDBY + 1 are always on hand; {"op": "ended", "pid": N, "ended": "signal" | "exit", "code": int,
         "oom": bool} when asked.
-    host -> worker: {"op": "done", "pid": N} (replied, or not needed: end it); {"op": "ended", "pid": N} (it gave no
-        reply: how did it end?); {"op": "preload", "modules": [...]} (standard-library modules to import here, so that
-        call processes forked later find them loaded; names only, which the host reads from the code).
+    host -> worker: {"op": "done", "pid": N} (replied: end it); {"op": "ended", "pid": N} (it gave no reply: how
+        did it end?).
 With a call process, over its pipes: `FRAME` (a 4-byte big-endian length) and that much JSON, once each way:
     request {"op": "call", "name": ..., "code": ..., "arguments": {...}} or {"op": "exec", "code": ...};
     reply with the fields `REPLY_FIELDS` (forged code may write its own pipe: the host checks the reply).
@@ -86,7 +85,8 @@ _SYSCALLS = {
         0xC000003E,
         {
             "socket": 41, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-            "clone": 56, "clone3": 435, "fork": 57, "vfork": 58, "execve": 59, "execveat": 322, "prctl": 157,
+            "fcntl": 72, "flock": 73, "clone": 56, "clone3": 435, "fork": 57, "vfork": 58, "execve": 59,
+            "execveat": 322, "prctl": 157,
             "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452, "chown": 92, "fchown": 93, "lchown": 94,
             "fchownat": 260, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280, "setxattr": 188,
             "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198, "fremovexattr": 199,
@@ -103,7 +103,7 @@ _SYSCALLS = {
         0xC00000B7,
         {
             "socket": 198, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-            "clone": 220, "clone3": 435, "execve": 221, "execveat": 281, "prctl": 167,
+            "fcntl": 25, "flock": 32, "clone": 220, "clone3": 435, "execve": 221, "execveat": 281, "prctl": 167,
             "fchmod": 52, "fchmodat": 53, "fchmodat2": 452, "fchown": 55, "fchownat": 54, "utimensat": 88,
             "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15,
             "fremovexattr": 16, "setxattrat": 463, "removexattrat": 466, "memfd_create": 279, "memfd_secret": 447,
@@ -125,6 +125,7 @@ _NO_METADATA = (
     "setxattrat", "removexattrat",
 )
 _NO_HIDDEN_MEMORY = ("memfd_create", "memfd_secret", "shmget")
+_NO_BLOCKING_OTHERS = ("flock",)  # a lock on a shared file (read-only fds included) would make others wait
 _NO_REACHING_OUT = (
     "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_getfd", "pidfd_send_signal",
     "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "mount_setattr", "open_tree", "move_mount",
@@ -133,14 +134,14 @@ _NO_REACHING_OUT = (
 )
 # fmt: on
 _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 38, 22, 1, 4
+_F_SETLEASE = 1024
 
 
 def _seccomp_program(denied, *, processes=False):
     """A seccomp filter, built once (installed by `_install_seccomp` in each call process): the `denied` syscalls
-    fail with EPERM; with `processes`, so do new processes
-    (clone without CLONE_THREAD; clone3, whose flags a filter cannot read, fails with ENOSYS so that the C library
-    falls back to clone for threads) and un-setting the parent-death signal. Syscalls of another ABI (x32, 32-bit)
-    fail too."""
+    fail with EPERM; with `processes`, so do new processes (clone without CLONE_THREAD; clone3, whose flags a filter
+    cannot read, fails with ENOSYS so that the C library falls back to clone for threads), un-setting the
+    parent-death signal and taking a lease on a file. Syscalls of another ABI (x32, 32-bit) fail too."""
     arch, numbers = _SYSCALLS.get(os.uname().machine, (None, None))
     if arch is None:
         raise OSError(f"no seccomp filter for machine {os.uname().machine}")
@@ -161,6 +162,11 @@ def _seccomp_program(denied, *, processes=False):
             (jeq, 0, 4, numbers["prctl"]),
             (load, 0, 0, arg0),
             (jeq, 0, 1, _PR_SET_PDEATHSIG),
+            (ret, 0, 0, deny),
+            (ret, 0, 0, allow),
+            (jeq, 0, 4, numbers["fcntl"]),  # a lease on a file it can read would block whoever opens it
+            (load, 0, 0, arg0 + 8),
+            (jeq, 0, 1, _F_SETLEASE),
             (ret, 0, 0, deny),
             (ret, 0, 0, allow),
         ]
@@ -503,7 +509,15 @@ class _CappedText(io.TextIOBase):
 
 
 # ------------------------------------------------------------------------------------------------- calls
-_NOT_PRELOADED = {"this", "antigravity"}  # importing them prints, or opens a browser
+# Standard-library modules forged functions commonly import, loaded once in the worker so that no call pays for
+# them. A fixed list, never names read from forged code: importing a module can run code that changes the state
+# every later call process starts from (lib2to3.__main__ configures logging), and which modules are loaded would
+# tell one function what another imports.
+_PRELOADED = (
+    "math", "cmath", "fractions", "decimal", "statistics", "random", "itertools", "functools", "collections", "re",
+    "json", "datetime", "string", "heapq", "bisect", "operator", "typing", "dataclasses", "enum", "textwrap",
+    "unicodedata", "csv", "copy", "numbers", "ast",
+)  # fmt: skip
 _WARM_UP = {"op": "call", "name": "warm_up", "code": "def warm_up(x):\n    print(x)\n    return [x, str(x)]\n"}
 
 
@@ -519,9 +533,18 @@ def _remember_source(filename, code):
 
 
 def _forged_traceback(exc):
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<")]
-    where = "".join(f"\n  line {f.lineno} in {f.name}" + (f": {f.line}" if f.line else "") for f in frames[-3:])
-    return f"{type(exc).__name__}: {exc}"[:2000] + where
+    """ "ZeroDivisionError: division by zero" and the lines of forged code it passed, whatever the exception does
+    (its __str__ may raise, or its traceback hold anything)."""
+    try:
+        text = str(exc)
+    except BaseException as inner:
+        text = f"<its message could not be made: {type(inner).__name__}>"
+    try:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<")]
+        where = "".join(f"\n  line {f.lineno} in {f.name}" + (f": {f.line}" if f.line else "") for f in frames[-3:])
+    except BaseException:
+        where = ""
+    return f"{type(exc).__name__}: {text}"[:2000] + where
 
 
 def _write_all(fd, data):
@@ -577,6 +600,8 @@ class Call:
         os.dup2(output, 2)
         os.close(output)
         sys.stdout = sys.stderr = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+        if "random" in sys.modules:  # each call its own random numbers, not the worker's state copied to all
+            sys.modules["random"].seed()
         self.handle(_WARM_UP)  # the pages a call writes to are copied now, not while the caller waits
         for key, step in (
             ("filesystem", lambda: _landlock(landlock_rules)),
@@ -595,7 +620,7 @@ class Call:
             _install_seccomp(seccomp)
             enforced["seccomp"] = (
                 "no new process or exec, no socket(), no change of file metadata (chmod, chown, utime, xattrs), "
-                "no memfd or SysV shared memory, no ptrace, mount or namespace calls"
+                "no memfd or SysV shared memory, no lease or flock, no ptrace, mount or namespace calls"
             )
         except Exception as exc:
             missing["seccomp"] = f"{type(exc).__name__}: {exc}"
@@ -624,7 +649,12 @@ class Call:
     def reply(self, ok, value, error, stdout, notes, value_is_repr=False):
         message = {"ok": ok, "value": value, "value_is_repr": value_is_repr, "error": error, "stdout": stdout}
         message["notes"] = notes
-        body = json.dumps(message).encode()
+        try:
+            body = json.dumps(message).encode(errors="surrogatepass")
+        except BaseException as exc:  # a value whose encoding changed between two tries
+            message = {"ok": False, "value": None, "value_is_repr": False, "stdout": "", "notes": []}
+            message["error"] = f"the return value could not be sent: {type(exc).__name__}"
+            body = json.dumps(message).encode()
         _write_all(self.reply_fd, FRAME.pack(len(body)) + body)
         return message
 
@@ -642,13 +672,17 @@ class Call:
         except MemoryError:
             error = f"exceeded {self.config['memory_mb']} MB memory limit"
         except SystemExit as exc:
-            error = f"called sys.exit({exc.code!r}); a forged function must return its result, not exit"
+            try:
+                code = repr(exc.code)[:200]
+            except BaseException:
+                code = "..."
+            error = f"called sys.exit({code}); a forged function must return its result, not exit"
         except BaseException as exc:
             error = _forged_traceback(exc)
         finally:
             sys.stdout, sys.stderr, sys.stdin = saved
         stdout = "".join(out.parts)
-        file_output = self._drain_output(cap - len(stdout.encode()))
+        file_output = self._drain_output(cap - len(stdout.encode(errors="surrogatepass")))
         stdout += file_output[0]
         if out.dropped or file_output[1]:
             notes.append(f"output truncated to {cap} bytes")
@@ -702,7 +736,7 @@ class Call:
         limit = self.config["max_value_bytes"]
         try:
             text = json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError, RecursionError, OverflowError):
+        except BaseException:  # not JSON, or a container whose methods raise
             try:
                 text = repr(value)
             except BaseException as exc:
@@ -898,17 +932,6 @@ class ForkServer:
             self._free(pid)
             block = False
 
-    def preload(self, modules):
-        """Import standard-library modules that forged code imports, so that call processes forked from now on find
-        them loaded. (The host gives back the ones it holds, which were forked without them.)"""
-        for name in modules:
-            if not isinstance(name, str) or name in sys.modules:
-                continue
-            top = name.split(".")[0]
-            if top in sys.stdlib_module_names and top not in _NOT_PRELOADED:
-                with contextlib.suppress(BaseException):
-                    __import__(name)
-
 
 def _lock_down_worker(config):
     """The worker's own lock-down: what every call process inherits."""
@@ -947,10 +970,13 @@ def main():
     server.private_root = private_root
     server.landlock_rules = _landlock_rules(config["scratch"], private_root, config.get("homes", ()))
     try:
-        denied = _NO_SOCKETS + _NO_PROCESSES + _NO_METADATA + _NO_HIDDEN_MEMORY + _NO_REACHING_OUT
+        denied = _NO_SOCKETS + _NO_PROCESSES + _NO_METADATA + _NO_HIDDEN_MEMORY + _NO_BLOCKING_OTHERS + _NO_REACHING_OUT
         server.seccomp = _seccomp_program(denied, processes=True)
     except Exception as exc:
         server.seccomp = f"{type(exc).__name__}: {exc}"
+    for name in _PRELOADED:
+        with contextlib.suppress(ImportError):
+            __import__(name)
     Call(config, -1, -1).handle(_WARM_UP)  # once here: each call process then copies fewer pages to warm up
     report = None
     try:
@@ -976,8 +1002,6 @@ def main():
             server.give_back(message["pid"])
         elif op == "ended":
             server.send(server.report_end(message["pid"]))
-        elif op == "preload":
-            server.preload(message.get("modules", []))
         server.prefork()
 
 

@@ -1,79 +1,79 @@
-"""`Sandbox`: forged code runs in persistent, locked-down worker processes, never in the caller's process.
+"""`Sandbox`: forged code runs in a process of its own for every call, never in the caller's process.
 
 Each worker is a separate Python interpreter (`toolforge/_worker.py`, standard library only) started with a clean
-environment and its own scratch directory. Workers are reused across calls, and a worker compiles a function's
-code once per `code_hash`. With `isolation="worker"` (the default), the worker runs calls itself and undoes what a
-call changed. With `isolation="call"`, the worker never runs forged code itself: each call runs in a process of
-its own, forked from the worker (two ahead, while earlier replies are read, each warmed up by a call of the
-worker's own, so that a call does not wait for either), which ends with the call, so nothing one call leaves
-behind (module state, threads, timers, a changed directory) reaches the next. A worker whose call times out,
-crashes, exits, or runs out of memory (or, running calls itself, leaves threads or processes behind) is killed
-and replaced; the caller gets `CallResult(ok=False, error=...)` with the reason.
+environment. It is a fork server: it never runs forged code and never sees a call. For every call it forks a *call
+process* ahead of time (three are kept on hand, so that a call does not wait for a fork), in new PID, mount and IPC
+namespaces; the caller writes the request to that process and reads its reply over two pipes of its own, and then
+the process is killed, and with it its PID namespace (everything it started), its mount namespace (its scratch
+directory and /proc) and its IPC namespace. So every call starts from the same clean state, in a copy of a worker
+that holds nothing of any other call: no code, no arguments, no output. The caller gets
+`CallResult(ok=False, error=...)` with the reason for anything the code does: an exception, a timeout, a crash by
+any signal, an exit, exhausted memory, a reply of the wrong shape, size or depth. Nothing forged raises in the
+caller, and a call that fails does not cost the worker.
 
-What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says which ones held on this machine):
+What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says which held on this machine and
+`Sandbox.missing` which could not, with the reason):
 
-* **Wall time**: the parent waits `timeout_s` for a reply, then SIGKILLs the worker's whole session (and its
-  pids cgroup, where there is one). Forged code cannot catch or delay this.
-* **Memory**: `RLIMIT_AS` caps the worker's address space at its start-up size plus `memory_mb`. Python-level
-  allocations then fail with MemoryError ("exceeded 512 MB"); a C extension may crash instead, which is a crash.
-* **Processes**: forking, exec, `subprocess`, `os.system` and signals raise PermissionError (a Python audit hook).
-  Below it, a pids cgroup (when the parent may create one, e.g. as root) or `RLIMIT_NPROC` (non-root) bounds
-  what ctypes could start, and the whole session is killed when the worker is replaced.
-* **Network**: the worker enters a new, empty network namespace (`unshare(CLONE_NEWNET)`; as non-root inside a
-  user namespace), so every connect fails with "Network is unreachable". Landlock (ABI >= 4) also denies TCP
-  bind/connect, and the audit hook refuses socket creation, connect, bind and send.
-* **Sockets of any kind**: a seccomp filter (x86_64, aarch64) makes socket(2) and io_uring_setup(2) fail with
-  EPERM, so that even through ctypes no Unix socket on the filesystem is reachable: a Docker daemon's, an SSH
-  agent's or a database's socket, which no network namespace closes. socketpair(2), which reaches nothing
-  outside the process, stays allowed.
-* **Filesystem writes**: Landlock forbids creating, writing, truncating, renaming or removing anything outside
-  the scratch directory (and /dev/null); the audit hook refuses the same at the Python level. Files are capped at
-  `max_file_mb` (RLIMIT_FSIZE) and 256 open descriptors, and all of them together at `max_scratch_mb`: the
-  scratch directory is a tmpfs of that size in the worker's own mount namespace, so the disk cannot be filled
-  (a worker whose scratch holds over half of it after a call is replaced, which gives the memory back).
-* **Secrets on disk and in other processes**: Landlock also forbids reading below /proc, except the worker's own
-  entries and machine-wide files (cpuinfo, meminfo, ...): another process's environ, cmdline or memory, where
-  the caller's API keys live from its start, cannot be read (as root, dropping capabilities already hides
-  environ and mem). It forbids reading the caller's home directory, /root and /home (~/.ssh, ~/.aws, ~/.netrc,
-  tokens, DSPy's LM cache) too, except Python's own files there (its prefix and every `sys.path` entry).
-* **Privileges**: the worker drops every capability (bounding set included), as root or inside the user
-  namespace a non-root worker makes for itself, and sets no_new_privs, so that the namespaces, Landlock and
-  seccomp cannot be undone from inside. (Checked as root and as a non-root user on this kind of machine.)
-* **Environment**: the worker's environment is built from scratch (PATH, HOME and TMPDIR in the scratch
-  directory, a fixed PYTHONHASHSEED): none of the caller's variables, API keys included, reach it.
-* **The pipe to the caller**: with `isolation="call"`, a call's process holds only its own request and reply
-  pipes, and the worker is not dumpable (PR_SET_DUMPABLE), so that no process of the same user, a call's
-  included, opens the worker's pipes through /proc: forged code can neither read another request nor answer one;
-  what it writes to its own pipe loses only its own reply. With `isolation="worker"`, forged code shares the
-  worker's process: a reply must echo the random nonce of its request and have the worker's shape and a bounded
-  size, and anything else replaces the worker, but code written to attack the worker can find its objects in
-  memory, answer its own call and then every later call on that worker, falsely. "worker" is the default because
-  forged code is written by an LM optimizing functions, which makes mistakes, not attacks, and because a call
-  costs 0.2 ms there against 0.5 to 1.5 ms (paced, back to back) with "call"; choose "call" where the code
-  may be adversarial (`benchmarks/sandbox_overhead.py` measures both).
-* **Output**: stdout and stderr, Python-level and file-descriptor-level, are captured and capped at
-  `max_output_bytes`; a return value that JSON cannot hold comes back as its repr, and the result says so.
+* **Filesystem (the worker)**: a mount namespace whose root is a new, read-only one holding only the system
+  directories (/usr, /bin, /lib*, /etc) and Python's own (its prefixes and library directories), each bind-mounted
+  read-only; a /dev of null, zero, full, random and urandom; /etc's secrets (shadow, gshadow, sudoers, ssh, ssl/private)
+  hidden under empty ones. Home directories, /root (but Python's directory inside it, where Python lives there),
+  /tmp, /var, /run, /sys, other users' files and the caller's project are not there at all: not unreadable, absent.
+  The same kernel calls as bubblewrap's (unshare, bind mounts, pivot_root), made directly (no system tool needed).
+* **Scratch (each call)**: a tmpfs of `max_scratch_mb` of its own, the working directory and TMPDIR, the only
+  writable place; gone with the call. Files are capped at `max_file_mb` (RLIMIT_FSIZE), 256 open descriptors.
+* **No write of any kind outside scratch**: the read-only mounts refuse data and metadata alike (EROFS); as a second
+  layer a seccomp filter refuses chmod, chown, utime(s), xattr changes everywhere (scratch included: use
+  `shutil.copyfile`, not `shutil.copy`, there), and Landlock forbids creating, writing, truncating, renaming or
+  removing anything outside scratch and /dev/null; the audit hook refuses the same at the Python level with a
+  readable reason.
+* **No processes**: the seccomp filter refuses fork, vfork, clone without CLONE_THREAD (clone3 answers ENOSYS, so
+  that threads fall back to clone), execve and execveat, below Python (ctypes, `_posixsubprocess`) as above it;
+  threads work and end with the call. The call process is the init of its own PID namespace, so nothing could
+  outlive it, and its /proc shows itself alone: no other process (the caller, the worker, another call) can be seen
+  or signalled. (As the init of its namespace, it ignores a signal it sends itself with the default action:
+  `abort()` ends it with SIGSEGV, `raise_signal` of another signal does nothing.)
+* **Memory**: `RLIMIT_AS` caps the call's address space at its start-up size plus `memory_mb` (Python-level
+  allocations then fail with MemoryError, "exceeded 128 MB"; a C extension may crash instead, which is a crash).
+  What an address space does not count is refused: memfd_create and SysV shared memory (seccomp), /dev/shm (absent).
+  Where this process may create cgroups (v1 memory hierarchy, or v2 with the memory controller), each call process
+  sits in a memory cgroup of its own with `memory_mb + max_scratch_mb + 64` MB, which charges everything it holds
+  (anonymous memory, its tmpfs, page cache); past it the kernel kills the call ("exceeded ... memory cgroup").
+  Without one, kernel buffers (pipes, sockets from socketpair) are bounded only by the descriptor limit.
+* **Network**: the worker enters a new, empty network namespace (as non-root inside a user namespace), so every
+  connect fails; seccomp refuses socket(2) and io_uring for every address family (socketpair(2) stays: it reaches
+  nothing outside); Landlock (ABI >= 4) denies TCP bind/connect; the audit hook refuses sockets at Python level.
+* **Privileges**: the call process drops every capability, bounding set included, and sets no_new_privs; seccomp
+  also refuses ptrace, process_vm_*, pidfd_*, mount and namespace calls, keyctl, bpf, perf_event_open and
+  userfaultfd. The worker is not dumpable.
+* **Environment**: built from scratch (PATH, HOME and TMPDIR in scratch, a fixed PYTHONHASHSEED): none of the
+  caller's variables, API keys included, reach it.
+* **Wall time**: the caller waits `timeout_s` for a reply, then kills the call process (its namespace with it);
+  the worker stays.
+* **Output**: stdout and stderr, Python-level and descriptor-level, go to a file of the call's own and are capped
+  at `max_output_bytes`; a return value that JSON cannot hold comes back as its repr, and the result says so.
 
-What is not enforced: reading files the caller's user may read outside /proc and the home directories (e.g.
-a project's `.env`; what the code reads can only leave through its return value, which the agent's LM sees);
-CPU time beyond the wall-time limit; UDP or Unix sockets where neither the network namespace nor the seccomp
-filter could be applied; and on kernels without Landlock, namespaces or seccomp, only the Python audit hook
-guards writes and the network, which ctypes can bypass (and, as a non-root user, another process's /proc
-entries and the home directory stay readable). Not Linux: only the audit hook, the rlimits and the wall-time
-limit apply.
+What is not enforced: CPU time beyond the wall-time limit; reading what the root shows (the system and Python
+directories: installed packages' files, /etc without its secrets). Where the kernel refuses namespaces, seccomp,
+Landlock or cgroups (`Sandbox.missing` says which), the layers that remain hold; without mount namespaces the call
+sees the real filesystem (Landlock then hides /proc of others and home directories, but Python's files), and without
+a PID namespace /proc shows every process. Not Linux: only the audit hook, the rlimits and the wall-time limit.
+seccomp filters are written for x86_64 and aarch64 (tested on x86_64).
 
-Guarantees: `Sandbox` is thread-safe; calls run in parallel up to `workers`; a fault in one call (an exception,
-a timeout, a crash, exhausted memory) never affects the caller's process or a later call. Code written to attack
-the worker is the exception noted above for `isolation="worker"`: it can answer later calls on its worker. The
-process-wide default sandbox (`default_sandbox()`) is created on first use and closed at interpreter exit; any
-other sandbox that is never closed kills its workers and removes its directories when it is garbage-collected,
-or at exit. A sandbox pickles as its settings (a whole program saved with `save_program=True` loads with a new
-sandbox of the same limits).
+Cost: 0.6 to 1 ms a call paced as an agent's calls come, more back to back on two cores, where forking the next
+call's process competes with the calls (`benchmarks/sandbox_overhead.py`); a fresh `python -c` per call, the
+reference implementation's way, costs about 25 ms.
+
+Guarantees: `Sandbox` is thread-safe; calls run in parallel up to `workers`; a fault in one call never affects the
+caller's process or another call. The process-wide default sandbox (`default_sandbox()`) is created on first use
+and closed at interpreter exit; any other sandbox that is never closed kills its workers and removes its
+directories when it is garbage-collected, or at exit; what a killed caller left behind (directories, cgroups) is
+removed when the next sandbox starts. A sandbox pickles as its settings (a whole program saved with
+`save_program=True` loads with a new sandbox of the same limits).
 """
 
 from __future__ import annotations
 
-import ast
 import atexit
 import collections
 import contextlib
@@ -164,6 +164,9 @@ def parse_reply(body: bytes) -> dict[str, Any]:
         and (reply["ok"] or reply["error"])  # a failed call says why
     ):
         return {"ok": False, "error": _LOST_REPLY}
+    for key in ("stdout", "error"):  # lone surrogates (printed undecodable names) would fail whoever encodes them
+        if reply[key] is not None:
+            reply[key] = reply[key].encode("utf-8", "replace").decode("utf-8")
     return reply
 
 
@@ -206,21 +209,6 @@ def ended_reason(report: Any, timeout_s: float, memory_mb: int) -> str:
             return "the code closed the sandbox's pipe; its reply was lost"
         return f"the code ended its process (exit status {code}); forged functions must return, not exit"
     return "the sandbox worker sent a report it should not have; the worker was replaced"
-
-
-def stdlib_imports(code: str) -> list[str]:
-    """The standard-library modules `code` imports (for the worker to load ahead). Never raises."""
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return []
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-    return sorted(n for n in names if n.split(".")[0] in sys.stdlib_module_names)
 
 
 class _Worker:
@@ -276,7 +264,6 @@ class _Worker:
         finally:
             theirs.close()
         self.cgroups.admit(self.process.pid)
-        self.known: set[str] = set()  # code hashes whose standard-library imports the worker has loaded
         self.standby: collections.deque[tuple[int, int, int]] = collections.deque()  # (pid, request, reply)
         self.reports: dict[int, dict[str, Any]] = {}
         try:
@@ -293,12 +280,6 @@ class _Worker:
     # ------------------------------------------------------------------------------------------------ calls
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """Run one request in a call process; the fields of its `CallResult` (its reply, or why it has none)."""
-        if message.get("op") == "call" and message["code_hash"] not in self.known:
-            modules = stdlib_imports(message["code"])
-            if modules:  # call processes forked from now on have them loaded; the ones on hand do not
-                self._send({"op": "preload", "modules": modules})
-                self._give_back_standby()
-            self.known.add(message["code_hash"])
         body = json.dumps(message, allow_nan=False).encode()
         pid, request_end, reply_end = self._next_call_process()
         try:
@@ -343,13 +324,6 @@ class _Worker:
         while not self.standby:
             self._handle(self._receive(time.monotonic() + _START_TIMEOUT_S))
         return self.standby.popleft()
-
-    def _give_back_standby(self) -> None:
-        while self.standby:
-            pid, request_end, reply_end = self.standby.popleft()
-            os.close(request_end)
-            os.close(reply_end)
-            self._send({"op": "done", "pid": pid})
 
     def _report_for(self, pid: int) -> dict[str, Any]:
         deadline = time.monotonic() + _GRACE_S

@@ -382,3 +382,43 @@ def test_what_a_killed_caller_left_behind_is_cleaned_at_the_next_start():
         assert not Path(left["root"]).exists()
         assert [g for g in left["cgroups"] if Path(g).exists()] == []
         assert_still_works(sandbox)
+
+
+# ------------------------------------------------------------------------ found by red-teaming the rewrite
+def test_a_call_cannot_take_a_lease_or_a_lock_that_would_make_others_wait(box):
+    """A lease on /etc/passwd blocked every process that opened it (the caller included) until the call ended."""
+    require(box, "seccomp")
+    body = (
+        "import errno, fcntl, os\nfd = os.open('/etc/passwd', os.O_RDONLY)\nout = []\n"
+        "for take in (lambda: fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK), "
+        "lambda: fcntl.flock(fd, fcntl.LOCK_EX)):\n"
+        "    try:\n        take()\n        out.append('taken')\n    except OSError as exc:\n"
+        "        out.append(errno.errorcode[exc.errno])\nreturn out"
+    )
+    assert run(box, body).value == ["EPERM", "EPERM"]
+
+
+def test_what_one_function_imports_neither_changes_nor_shows_in_another_functions_calls(box):
+    """The worker once imported the standard-library modules forged code named: lib2to3.__main__ configured logging
+    for every later call, and sys.modules told one function what another imports."""
+    spy = "import logging, sys\nreturn [logging.getLogger().level, 'imaplib' in sys.modules, 'lib2to3' in sys.modules]"
+    before = run(box, spy, name="spy").value
+    for _ in range(4):  # enough calls for every process on hand to be replaced
+        run(box, "import imaplib, sqlite3\nimport lib2to3.__main__\nreturn 1", name="victim")
+        assert run(box, spy, name="spy").value == before == [30, False, False]
+
+
+def test_printing_what_utf_8_cannot_hold_or_raising_what_cannot_be_shown_is_still_a_result(box):
+    printed = run(box, "print('name-\\udc80')\nreturn 1")
+    assert printed.ok and printed.value == 1 and printed.stdout.startswith("name-"), printed
+    odd = "class Odd(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\nraise Odd()"
+    raised = run(box, odd)
+    assert not raised.ok and raised.error.startswith("Odd: <its message could not be made"), raised
+    container = "class Bad(dict):\n    def items(self):\n        raise RuntimeError('no')\nreturn Bad(a=1)"
+    returned = run(box, container)
+    assert returned.ok and returned.value_is_repr, returned
+
+
+def test_every_call_draws_its_own_random_numbers(box):
+    draws = {run(box, "import random\nreturn random.random()").value for _ in range(4)}
+    assert len(draws) == 4
