@@ -281,14 +281,19 @@ def _status_field(name):
     return None
 
 
+def _drop_bounding_set():
+    """Empty the capability bounding set (what an exec could gain), once in the worker: the call processes inherit
+    it. The worker keeps the capabilities it holds, which it needs to give each call its namespaces and mounts."""
+    for cap in range(64):
+        if _LIBC.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP until EINVAL past the last capability
+            break
+
+
 def _drop_capabilities():
     """Give up every capability (as root, or inside the user namespace a non-root worker made for itself), so
     that namespaces, limits and Landlock cannot be undone."""
     if os.geteuid() != 0 and not int(_status_field("CapEff") or "0", 16):
         return "none held"
-    for cap in range(64):
-        if _LIBC.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP until EINVAL past the last capability
-            break
     _LIBC.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
 
     class Header(ctypes.Structure):
@@ -944,6 +949,7 @@ def _lock_down_worker(config):
             private_root |= key == "root"
         except Exception as exc:
             missing[key] = f"{type(exc).__name__}: {exc}"
+    _drop_bounding_set()
     try:  # not dumpable: no process of the same user opens our pipes or memory through /proc
         _libc_call(_LIBC.prctl, _PR_SET_DUMPABLE, 0, 0, 0, 0)
     except OSError as exc:
