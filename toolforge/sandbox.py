@@ -278,9 +278,9 @@ class _Worker:
         self.missing: dict[str, str] = ready["missing"]
 
     # ------------------------------------------------------------------------------------------------ calls
-    def request(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Run one request in a call process; the fields of its `CallResult` (its reply, or why it has none)."""
-        body = json.dumps(message, allow_nan=False).encode()
+    def request(self, body: bytes) -> dict[str, Any]:
+        """Run one request (its JSON) in a call process; the fields of its `CallResult` (its reply, or why it has
+        none)."""
         pid, request_end, reply_end = self._next_call_process()
         try:
             with contextlib.suppress(OSError):  # it ended already: why is asked below
@@ -308,16 +308,17 @@ class _Worker:
 
     def _read_reply(self, fd: int, deadline: float) -> tuple[str, bytes]:
         """("replied", body), or ("garbage" | "timeout" | "none", b"") when the call process gave no reply."""
-        header = _read_exact(fd, protocol.FRAME.size, deadline)
-        if header is None:
-            return ("timeout" if time.monotonic() >= deadline else "none"), b""
-        size = protocol.FRAME.unpack(header)[0]
-        if size > self.max_reply:  # no true reply is this long: forged code wrote to its pipe
-            return "garbage", b""
-        body = _read_exact(fd, size, deadline)
-        if body is None:
-            return ("timeout" if time.monotonic() >= deadline else "none"), b""
-        return "replied", body
+        data, size = b"", None
+        while size is None or len(data) < protocol.FRAME.size + size:
+            chunk = _read_some(fd, deadline)
+            if not chunk:
+                return ("timeout" if time.monotonic() >= deadline else "none"), b""
+            data += chunk
+            if size is None and len(data) >= protocol.FRAME.size:
+                size = protocol.FRAME.unpack(data[: protocol.FRAME.size])[0]
+                if size > self.max_reply:  # no true reply is this long: forged code wrote to its pipe
+                    return "garbage", b""
+        return "replied", data[protocol.FRAME.size : protocol.FRAME.size + size]
 
     def _next_call_process(self) -> tuple[int, int, int]:
         self._drain()
@@ -395,19 +396,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _read_exact(fd: int, n: int, deadline: float) -> bytes | None:
-    """`n` bytes from `fd`, or None at its end or past the deadline."""
-    chunks, got = [], 0
-    while got < n:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            return None
-        chunk = os.read(fd, min(n - got, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
+def _read_some(fd: int, deadline: float) -> bytes:
+    """What `fd` holds (up to 1 MB), waiting until the deadline; b"" at its end or past the deadline."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+        return b""
+    return os.read(fd, 1 << 20)
 
 
 class _WorkerCgroups:
@@ -746,13 +740,13 @@ class Sandbox:
     def _submit(self, request: dict[str, Any]) -> CallResult:
         start = time.perf_counter()
         try:
-            json.dumps(request, allow_nan=False)
+            body = json.dumps(request, allow_nan=False).encode()
         except (TypeError, ValueError, RecursionError) as exc:
             return CallResult(ok=False, error=f"arguments are not JSON ({exc}); pass numbers, strings, lists, dicts")
         worker = self._acquire()
         healthy = False
         try:
-            reply = worker.request(request)
+            reply = worker.request(body)
             healthy = True
             return CallResult(
                 ok=reply["ok"],
