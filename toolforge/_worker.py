@@ -605,8 +605,6 @@ class Call:
         os.dup2(output, 2)
         os.close(output)
         sys.stdout = sys.stderr = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
-        if "random" in sys.modules:  # each call its own random numbers, not the worker's state copied to all
-            sys.modules["random"].seed()
         self.handle(_WARM_UP)  # the pages a call writes to are copied now, not while the caller waits
         for key, step in (
             ("filesystem", lambda: _landlock(landlock_rules)),
@@ -838,6 +836,8 @@ class ForkServer:
         request_in, request_end = os.pipe()
         reply_end, reply_out = os.pipe()
         flags = _CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWIPC if self.namespaces else 0
+        if "random" in sys.modules:  # each call its own random numbers, not one state copied to all
+            sys.modules["random"].seed()
         gc.freeze()  # the child's collector then leaves this process's objects (and their pages) alone
         pid = _clone(flags)
         if pid == 0:  # the call's process: it keeps only its own two pipes

@@ -60,9 +60,10 @@ sees the real filesystem (Landlock then hides /proc of others and home directori
 a PID namespace /proc shows every process. Not Linux: only the audit hook, the rlimits and the wall-time limit.
 seccomp filters are written for x86_64 and aarch64 (tested on x86_64).
 
-Cost: 0.6 to 1 ms a call paced as an agent's calls come, more back to back on two cores, where forking the next
-call's process competes with the calls (`benchmarks/sandbox_overhead.py`); a fresh `python -c` per call, the
-reference implementation's way, costs about 25 ms.
+Cost, measured by `benchmarks/sandbox_overhead.py` on two cores: 0.8 to 1.0 ms a call with 2 ms between calls,
+1.4 to 1.6 ms after 20 ms idle (waking processes up), 2.6 to 2.9 ms back to back, where forking and warming up the
+next call's process (copy-on-write faults, about 3 ms of CPU) competes with the calls; a fresh `python -c` per call,
+the reference implementation's way, costs about 25 ms.
 
 Guarantees: `Sandbox` is thread-safe; calls run in parallel up to `workers`; a fault in one call never affects the
 caller's process or another call. The process-wide default sandbox (`default_sandbox()`) is created on first use
