@@ -258,6 +258,8 @@ def _private_root(new_root, scratch):
         os.symlink(target, new_root + "/dev/" + name)
     _mount(None, new_root + "/dev", None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID, "size=4k,mode=0755")
     os.mkdir(new_root + "/proc")
+    if os.geteuid() != 0:  # in a user namespace a new /proc may be mounted only where one is fully visible
+        _mount("/proc", new_root + "/proc", None, _MS_BIND | _MS_REC)
     os.mkdir(new_root + "/tmp", 0o1777)
     os.makedirs(new_root + scratch)
     os.chdir(new_root)
@@ -272,12 +274,11 @@ def _private_root(new_root, scratch):
     return "a root of its own, read-only: system and Python directories only; no home, /tmp, /var or /sys"
 
 
-def _status_field(name):
-    """A field of /proc/self/status (e.g. `VmSize`, `CapEff`), or None."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return line.split()[1]
+def _status_field(fd, name):
+    """A field (e.g. `VmSize`) of the /proc/<pid>/status file open at `fd`, or None."""
+    for line in os.pread(fd, 1 << 14, 0).decode(errors="replace").splitlines():
+        if line.startswith(name + ":"):
+            return line.split()[1]
     return None
 
 
@@ -292,8 +293,6 @@ def _drop_bounding_set():
 def _drop_capabilities():
     """Give up every capability (as root, or inside the user namespace a non-root worker made for itself), so
     that namespaces, limits and Landlock cannot be undone."""
-    if os.geteuid() != 0 and not int(_status_field("CapEff") or "0", 16):
-        return "none held"
     _LIBC.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
 
     class Header(ctypes.Structure):
@@ -576,6 +575,7 @@ class Call:
         self.config = config
         self.scratch = config["scratch"]
         self.request_fd, self.reply_fd = request_fd, reply_fd
+        self.vm_size = 0  # the worker's address space when it forked this process (then this process's own)
 
     def lock_down(self, namespaces, private_root, landlock_rules, seccomp):
         """Everything that must hold before forged code runs; what held, and what could not be applied."""
@@ -590,6 +590,8 @@ class Call:
             except OSError as exc:
                 enforced["processes"] = "a PID namespace of its own, ended with the call"
                 missing["proc"] = f"no /proc of its own: {exc}"
+                with contextlib.suppress(OSError):  # then none: never the worker's view of every process
+                    _libc_call(_LIBC.umount2, b"/proc", 2)
         if private_root:
             size = config["max_scratch_mb"]
             _mount("toolforge", self.scratch, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size}m,mode=0700")
@@ -615,7 +617,7 @@ class Call:
             except Exception as exc:
                 missing[key] = f"{type(exc).__name__}: {exc}"
         memory = config["memory_mb"] * _MB
-        address_space = int(_status_field("VmSize") or 0) * 1024 + memory if os.path.exists("/proc/self") else -1
+        address_space = self.vm_size + memory + 16 * _MB if self.vm_size else -1  # 16 MB for its warm-up
         if address_space > 0:
             resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
             enforced["memory"] = f"{config['memory_mb']} MB address space beyond the interpreter's own"
@@ -802,6 +804,10 @@ class ForkServer:
         self.slot_of = {}  # pid -> slot index
         self.ooms = {}  # pid -> its slot's OOM-kill count when it started
         self.outstanding = set()  # call processes handed to the host and not yet given back
+        try:  # kept open: after pivot_root this process has no /proc of its own
+            self.status_fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.status_fd = None
         self.ended = collections.deque()  # call processes given back after their reply, to reap
         self.namespaces = True
         self.private_root = False
@@ -838,6 +844,7 @@ class ForkServer:
         flags = _CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWIPC if self.namespaces else 0
         if "random" in sys.modules:  # each call its own random numbers, not one state copied to all
             sys.modules["random"].seed()
+        vm_size = int(_status_field(self.status_fd, "VmSize") or 0) * 1024 if self.status_fd is not None else 0
         gc.freeze()  # the child's collector then leaves this process's objects (and their pages) alone
         pid = _clone(flags)
         if pid == 0:  # the call's process: it keeps only its own two pipes
@@ -848,6 +855,7 @@ class ForkServer:
                 os.closerange(low + 1, high)
                 os.closerange(high + 1, 1 << 16)
                 call = Call(self.config, request_in, reply_out)
+                call.vm_size = vm_size
                 call.serve(
                     self.namespaces,
                     self.private_root,

@@ -791,8 +791,14 @@ class Sandbox:
                         self._enforced, self._missing = dict(worker.enforced), worker.missing
                         if worker.cgroups.pids is not None:
                             self._enforced["process count"] = f"pids cgroup: at most {self.max_processes} per worker"
-                        if worker.missing:
-                            logger.warning("sandbox protections not available here: %s", worker.missing)
+                        if worker.cgroups.memory is None:
+                            self._missing["memory cgroup"] = (
+                                "no cgroup can be made here (needs root or a delegated cgroup v2): RLIMIT_AS, the "
+                                "scratch tmpfs size and seccomp (no memfd, no SysV shared memory) bound what a call "
+                                "holds; kernel buffers are bounded only by the descriptor limit"
+                            )
+                        if self._missing:
+                            logger.warning("sandbox protections not available here: %s", self._missing)
                 closed = self._closed
                 self._cond.notify()
         if closed:
