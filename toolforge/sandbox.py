@@ -54,7 +54,9 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
   at `max_output_bytes`; a return value that JSON cannot hold comes back as its repr, and the result says so.
 
 What is not enforced: CPU time beyond the wall-time limit; reading what the root shows (the system and Python
-directories: installed packages' files, /etc without its secrets). Where the kernel refuses namespaces, seccomp,
+directories: installed packages' files, /etc without its secrets); POSIX record locks (fcntl F_SETLK, which SQLite
+needs for a database file in scratch) on files it can read, which may make another process that locks the same
+file wait until the call ends (leases and flock are refused). Where the kernel refuses namespaces, seccomp,
 Landlock or cgroups (`Sandbox.missing` says which), the layers that remain hold; without mount namespaces the call
 sees the real filesystem (Landlock then hides /proc of others and home directories, but Python's files), and without
 a PID namespace /proc shows every process. Not Linux: only the audit hook, the rlimits and the wall-time limit.
