@@ -45,7 +45,8 @@ from toolforge.errors import FunctionCallError, ToolforgeError
 from toolforge.function import ForgedFunction
 from toolforge.records import EvaluationRun, ExampleRecord
 from toolforge.sandbox import Sandbox
-from toolforge.toolset import Toolset, _ForgedToolCall
+from toolforge.tools import ForgedToolCall
+from toolforge.toolset import Toolset
 from toolforge.trace import record_calls
 
 __all__ = [
@@ -313,7 +314,7 @@ def _still_holds(
                 return None
             with record_calls() as seen:
                 try:
-                    _ForgedToolCall(function, sandbox)(**call.arguments)
+                    ForgedToolCall(function, sandbox)(**call.arguments)
                 except FunctionCallError:
                     pass  # an error is an outcome too: its message is compared
             if not seen or seen[-1].outcome_hash != call.outcome_hash:
