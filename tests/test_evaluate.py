@@ -25,7 +25,8 @@ from tests.evaluation_fixtures import (
     make_program,
     unary,
 )
-from toolforge.evaluate import _fixed_tools, _modules, _user_code
+from toolforge.keys import _user_code
+from toolforge.program import fixed_tools, named_modules
 
 N = 10
 N_SQUARE = 2  # examples 0 and 5
@@ -67,7 +68,7 @@ def test_first_run_scores_every_example_and_records_what_it_called(lm, cache, co
     assert run.records[1].calls[0].name == "double"
     assert all(r.lm_calls == CALLS_PER_EXAMPLE and r.wall_time_s > 0 and not r.cached for r in run.records)
     assert run.records[1].prompt_tokens > 0 and run.records[1].completion_tokens > 0
-    assert [r.example_id for r in run.records] == [tf.evaluate.example_id(e) for e in make_examples(N)]
+    assert [r.example_id for r in run.records] == [tf.keys.example_id(e) for e in make_examples(N)]
 
 
 def test_second_run_makes_no_lm_and_no_sandbox_calls_and_returns_the_same(lm, cache, counting_sandbox):
@@ -87,19 +88,19 @@ def test_second_run_makes_no_lm_and_no_sandbox_calls_and_returns_the_same(lm, ca
 
 def test_example_id_follows_fields_changed_in_place():
     example = dspy.Example(question="q", table=[[1, 2], [3, 4]], answer=1.0).with_inputs("question", "table")
-    first = tf.evaluate.example_id(example)
-    assert tf.evaluate.example_id(example) == first
+    first = tf.keys.example_id(example)
+    assert tf.keys.example_id(example) == first
     example.table[1][0] = 30  # deep inside a field: the memo must not hand back the old id
-    changed = tf.evaluate.example_id(example)
+    changed = tf.keys.example_id(example)
     assert changed != first
-    assert changed == tf.evaluate.example_id(dspy.Example(example.toDict()).with_inputs("question", "table"))
+    assert changed == tf.keys.example_id(dspy.Example(example.toDict()).with_inputs("question", "table"))
     example.table[1][0] = 3
-    assert tf.evaluate.example_id(example) == first
+    assert tf.keys.example_id(example) == first
     tagged = dspy.Example(question="q", tags={"a"}, answer=1.0).with_inputs("question", "tags")
-    before = tf.evaluate.example_id(tagged)
+    before = tf.keys.example_id(tagged)
     tagged.tags.add("b")  # toDict() copies lists and dicts, not other containers
-    assert tf.evaluate.example_id(tagged) != before
-    assert tf.evaluate.example_id(example.with_inputs("question")) != first  # which fields are inputs counts too
+    assert tf.keys.example_id(tagged) != before
+    assert tf.keys.example_id(example.with_inputs("question")) != first  # which fields are inputs counts too
 
 
 def test_code_only_revision_reruns_only_the_examples_that_called_it(lm, cache):
@@ -525,8 +526,8 @@ def test_editing_the_program_s_code_re_runs_it_and_an_identical_file_does_not(ca
 
 
 def user_code(program):
-    modules = _modules(program)
-    return _user_code(modules, _fixed_tools(modules))
+    modules = named_modules(program)
+    return _user_code(modules, fixed_tools(modules))
 
 
 def _file_hash(path):

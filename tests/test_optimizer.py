@@ -131,7 +131,7 @@ def test_the_proposer_is_told_how_the_training_runs_used_each_function(cache):
 
 
 def test_the_proposer_is_told_what_the_fixed_tools_do():
-    from toolforge.evaluate import describe_fixed_tools
+    from toolforge.program import describe_fixed_tools
 
     agent = tf.ToolAgent("question -> answer: float", tools=[tf.python_tool()])
     text = describe_fixed_tools(agent)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import toolforge as tf
 from tests.evaluation_fixtures import unary
 from toolforge._hashing import content_hash
-from toolforge.evaluate import _jsonable, example_id
+from toolforge.keys import example_id, jsonable
 from toolforge.proposer import ExampleArgument, render_trajectories
 
 # The same examples on every run (CI must not turn red by chance); explored with thousands more when written.
@@ -91,9 +91,9 @@ def test_example_argument_values_survive_their_json_text(value):
 @FAST
 @given(python_values)
 def test_record_values_are_plain_json_and_stable(value):
-    plain = _jsonable(value)
+    plain = jsonable(value)
     assert json.loads(json.dumps(plain, allow_nan=False)) == plain
-    assert _jsonable(plain) == plain
+    assert jsonable(plain) == plain
     content_hash(plain)  # and hashable, as keys need
 
 

@@ -6,6 +6,7 @@ area = tf.ForgedFunction.from_callable(area)          # or ForgedFunction(name, 
 agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([area]), tools=[tf.python_tool()])
 """
 
+from toolforge import tools  # noqa: F401  installs the runtime of Toolset.as_tools
 from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction
 from toolforge.agent import ToolAgent, python_tool
 from toolforge.cache import CacheStats, EvaluationCache

@@ -157,6 +157,11 @@ class ToolAgent(dspy.Module):
             "prompt_format": _PROMPT_FORMAT,
         }
 
+    def tool_settings(self) -> dict[str, Any]:
+        """Where this agent's forged functions run, and the tool it offers besides its fixed ones (`finish`);
+        the hook `toolforge.program` reads."""
+        return {"sandbox": self.sandbox, "builtin_tools": {FINISH: "ends the agent's run, once it can answer"}}
+
     # ---------------------------------------------------------------------------------------------- tools
     def current_tools(self) -> dict[str, dspy.Tool]:
         """The tools the LM sees on the next call, in order: fixed tools, forged functions, then `finish`."""

@@ -31,7 +31,8 @@ from toolforge.data import load_jsonl
 from toolforge.errors import ToolforgeError, ToolsetError
 from toolforge.evaluate import Evaluator
 from toolforge.lm import LocalLM, resolve_lm
-from toolforge.optimizer import FunctionOptimizer, OptimizationReport, find_toolset
+from toolforge.optimizer import FunctionOptimizer, OptimizationReport
+from toolforge.program import find_toolset
 from toolforge.proposer import Proposer, render_record
 from toolforge.toolset import Toolset
 

@@ -47,15 +47,10 @@ from toolforge._usage import count_lm_usage
 from toolforge.actions import RemoveFunction, validation_reasons
 from toolforge.cache import EvaluationCache, as_cache
 from toolforge.errors import FunctionCallError, FunctionError, ToolforgeError, ToolsetError
-from toolforge.evaluate import (
-    Evaluator,
-    check_examples,
-    describe_fixed_tools,
-    example_id,
-    fixed_tool_names,
-    program_fingerprint,
-)
+from toolforge.evaluate import Evaluator
+from toolforge.keys import example_id, program_fingerprint
 from toolforge.lm import resolve_lm
+from toolforge.program import check_examples, describe_fixed_tools, find_toolset, fixed_tool_names
 from toolforge.proposer import (
     ProposedAction,
     ProposedActionReply,
@@ -68,7 +63,7 @@ from toolforge.records import EvaluationRun
 from toolforge.sandbox import Sandbox, default_sandbox
 from toolforge.toolset import Toolset
 
-__all__ = ["ActionOutcome", "FunctionOptimizer", "OptimizationReport", "StepReport", "find_toolset"]
+__all__ = ["ActionOutcome", "FunctionOptimizer", "OptimizationReport", "StepReport"]
 
 logger = logging.getLogger(__name__)
 
@@ -1082,29 +1077,6 @@ class _LedgerTracker(UsageTracker):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _LedgerTracker:
         return self  # one ledger (dspy.Parallel copies the tracker into its threads)
-
-
-def find_toolset(student: dspy.Module, name: str | None = None) -> tuple[str, Toolset]:
-    """The (name, toolset) the program holds: the only one, or the one called `name`; a clear error otherwise."""
-    if not isinstance(student, dspy.Module):
-        raise ToolforgeError(f"compile needs a dspy.Module as student, got {type(student).__name__}")
-    found = [(n, p) for n, p in student.named_parameters() if isinstance(p, Toolset)]
-    if not found:
-        raise ToolforgeError(
-            f"the student ({type(student).__name__}) holds no Toolset to train; use tf.ToolAgent(...) or add "
-            "`self.toolset = tf.Toolset()` in its __init__ and pass `self.toolset.as_tools()` to its tools"
-        )
-    if name is None:
-        if len(found) > 1:
-            raise ToolforgeError(
-                f"the student holds several toolsets ({', '.join(n for n, _ in found)}); choose one by name: "
-                "compile(..., toolset='<name>'), or --toolset-name on the command line"
-            )
-        return found[0]
-    for n, p in found:
-        if n == name:
-            return n, p
-    raise ToolforgeError(f"no toolset named {name!r} in the student; it has: {', '.join(n for n, _ in found)}")
 
 
 def _last_entry(lm: Any) -> dict[str, Any] | None:

@@ -9,36 +9,43 @@ place (DSPy's contract), and `reset` undoes it, restoring the functions the tool
 from __future__ import annotations
 
 import difflib
-import functools
 import logging
 import os
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from dspy.predict.parameter import Parameter
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from toolforge._hashing import canonical_json, content_hash
+from toolforge._hashing import content_hash
 from toolforge._io import MAX_JSON_DEPTH, json_depth, read_json, write_json
 from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction, parse_action, validation_reasons
-from toolforge.cache import active_call_cache
-from toolforge.errors import FunctionCallError, ToolforgeError, ToolsetError
+from toolforge.errors import ToolforgeError, ToolsetError
 from toolforge.function import ForgedFunction
-from toolforge.trace import FunctionCall, _record
 
 if TYPE_CHECKING:
     import dspy
 
     from toolforge.sandbox import Sandbox
 
-__all__ = ["FunctionRevision", "Toolset", "ToolsetDiff"]
+    ToolRuntime = Callable[[Sequence[ForgedFunction], Sandbox | None], list[dspy.Tool]]
+
+__all__ = ["FunctionRevision", "Toolset", "ToolsetDiff", "set_tool_runtime"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "toolforge.toolset"
 FORMAT_VERSION = 1
+
+_tool_runtime: ToolRuntime | None = None
+
+
+def set_tool_runtime(runtime: ToolRuntime) -> None:
+    """Install what `Toolset.as_tools` builds its tools with: `toolforge.tools.forged_tools`, which installs itself
+    when imported (the package imports it). So the toolset, a value, never imports the sandbox or the call cache."""
+    global _tool_runtime
+    _tool_runtime = runtime
 
 
 class FunctionRevision(BaseModel):
@@ -387,19 +394,11 @@ class Toolset(Parameter):
         Each tool validates its arguments against the function's JSON Schema, runs the code in `sandbox`
         (default: the process-wide one), records the call for `toolforge.trace.record_calls`, and returns the
         value. A failure raises `FunctionCallError` with the reason, which DSPy's ReAct shows the LM as an
-        observation.
+        observation. The tools are built by `toolforge.tools`.
         """
-        tool_class = _forged_tool_class()
-        return [
-            tool_class(
-                func=_ForgedToolCall(function, sandbox),
-                name=function.name,
-                desc=function.description,
-                args=dict(function.parameters["properties"]),
-                arg_types=dict.fromkeys(function.parameters["properties"], Any),
-            )
-            for function in self._functions
-        ]
+        if _tool_runtime is None:
+            raise ToolforgeError("no tool runtime is installed; import toolforge (it installs toolforge.tools)")
+        return _tool_runtime(self._functions, sandbox)
 
 
 def _as_toolset(other: Any, method: str) -> Toolset:
@@ -412,89 +411,3 @@ def _as_toolset(other: Any, method: str) -> Toolset:
         f"Toolset.{method} takes another Toolset (or a list of ForgedFunctions), got {type(other).__name__} "
         f"{other!r:.60}; load a saved one with Toolset.load(path)"
     )
-
-
-_MAX_KEPT_ARGUMENTS = 16_384  # characters of JSON: larger arguments are not kept in evaluation records
-
-
-def _kept_arguments(arguments: dict[str, Any]) -> dict[str, Any] | None:
-    """The arguments, to keep in the call's record; None when they are large or not JSON."""
-    try:
-        size = len(canonical_json(arguments))
-    except (TypeError, ValueError):
-        return None
-    return dict(arguments) if size <= _MAX_KEPT_ARGUMENTS else None
-
-
-def _outcome_hash(ok: bool, outcome: Any) -> str | None:
-    """A hash of what the caller of a forged function saw: its value, or the message of the error it raised."""
-    try:
-        return content_hash([ok, outcome])
-    except (TypeError, ValueError):
-        return None
-
-
-@functools.cache
-def _forged_tool_class() -> type[dspy.Tool]:
-    import dspy
-
-    class ForgedTool(dspy.Tool):
-        """A dspy.Tool whose arguments are checked once, against the whole schema, by the function itself."""
-
-        def _validate_and_parse_args(self, **kwargs: Any) -> dict[str, Any]:
-            return kwargs  # _ForgedToolCall validates with the function's cached JSON Schema validator
-
-    return ForgedTool
-
-
-class _ForgedToolCall:
-    """The callable behind a forged function's `dspy.Tool`."""
-
-    def __init__(self, function: ForgedFunction, sandbox: Sandbox | None) -> None:
-        self.function = function
-        self.sandbox = sandbox
-        self.__name__ = function.name
-        self.__doc__ = function.description
-
-    def __call__(self, **arguments: Any) -> Any:
-        from toolforge.sandbox import default_sandbox
-
-        function = self.function
-        start = time.perf_counter()
-        kept = _kept_arguments(arguments)
-
-        def record(ok: bool, outcome: Any, error: str | None = None, cached: bool = False) -> None:
-            _record(
-                FunctionCall(
-                    name=function.name,
-                    code_hash=function.code_hash,
-                    ok=ok,
-                    error=error,
-                    duration_s=time.perf_counter() - start,
-                    cached=cached,
-                    arguments=kept,
-                    outcome_hash=_outcome_hash(ok, outcome),
-                )
-            )
-
-        try:
-            arguments = function.validate_arguments(arguments)
-        except FunctionCallError as exc:
-            record(False, str(exc), error=str(exc))
-            raise
-        cache = active_call_cache() if function.deterministic else None
-        if cache is not None:
-            value = cache.get_call(function.code_hash, arguments)
-            if value is not cache.MISSING:
-                record(True, value, cached=True)
-                return value
-        result = (self.sandbox or default_sandbox()).call(function, arguments)
-        if not result.ok:
-            printed = f"\nIt printed: {result.stdout[-500:]}" if result.stdout else ""
-            message = f"{function.name} failed: {result.error}{printed}"
-            record(False, message, error=result.error)
-            raise FunctionCallError(message)
-        record(True, result.value)
-        if cache is not None and not result.value_is_repr:
-            cache.put_call(function.code_hash, arguments, result.value)
-        return result.value
