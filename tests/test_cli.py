@@ -342,7 +342,7 @@ def test_the_console_script_imports_module_attr_from_the_current_directory(tmp_p
             "--proposer-lm 'nonexistent/model': neither DSPy nor LiteLLM knows a provider called 'nonexistent'",
         ),
         (["evaluate", "tests/cli_fixtures.py", "--toolset", "nope.json", *AGENT], "toolset file 'nope.json' does not"),
-        (["report", "nowhere"], "'nowhere' has no report.json"),
+        (["report", "nowhere"], "'nowhere' has no report.json; run `toolforge compile PROGRAM --out nowhere` to"),
         (["compile", "tests/cli_fixtures.py", "--epochs", "-1"], "--epochs -1: must be a positive number"),
         (
             ["evaluate", "tests/cli_fixtures.py", "--api-base", "localhost:8000"],
@@ -395,4 +395,18 @@ def test_missing_field_says_how_to_map_it(tmp_path):
     data.write_text('{"problem": "double 1", "answer": 2}\n')
     result = toolforge("evaluate", "tests/cli_fixtures.py", "--data", str(data), *AGENT, tmp=tmp_path)
     assert result.returncode == 2
-    assert "no 'question' field (it has: problem, answer); map your field names with --input-keys" in result.stderr
+    fix = "no 'question' field (it has: problem, answer); map your field names with --input-keys and --label-key\n"
+    assert fix in result.stderr
+
+
+def test_library_messages_name_parameters_and_the_command_its_flags(tmp_path):
+    """The library says what to pass in Python; the command replaces that with its flags (tests above)."""
+    from toolforge.data import load_jsonl
+    from toolforge.report import load_report
+
+    data = tmp_path / "other.jsonl"
+    data.write_text('{"problem": "double 1", "answer": 2}\n')
+    with pytest.raises(tf.ToolforgeError, match=r"with load_jsonl\(input_keys=\.\.\., label_key=\.\.\.\)$"):
+        load_jsonl(data, fields=["question"])
+    with pytest.raises(tf.ToolforgeError, match=r"run FunctionOptimizer\(\.\.\., log_dir=\.\.\.\)\.compile"):
+        load_report(tmp_path / "nowhere")

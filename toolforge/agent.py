@@ -9,30 +9,20 @@ description and argument schema, never its code; the code runs in the sandbox.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import json
-import keyword
 import logging
 import typing
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Any
 
 import dspy
 from dspy.signatures.signature import Signature, ensure_signature
 from dspy.utils.exceptions import AdapterParseError, ContextWindowExceededError
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    GetJsonSchemaHandler,
-    TypeAdapter,
-    WithJsonSchema,
-    create_model,
-)
 
 from toolforge.errors import FunctionCallError, ToolforgeError
 from toolforge.sandbox import Sandbox, default_sandbox
+from toolforge.schema import call_type
+from toolforge.schema import rebuild_call as _rebuild_call  # noqa: F401  (pickled calls name it here)
 from toolforge.toolset import Toolset
 
 __all__ = ["ToolAgent", "python_tool"]
@@ -192,7 +182,7 @@ class ToolAgent(dspy.Module):
             )
         listing.append('next_tool_call is {"name": <a tool name>, "args": {<that tool\'s arguments>}}.')
         fields = {name: (field.annotation, field) for name, field in base.fields.items()}
-        fields["next_tool_call"] = (_call_type(tools), base.fields["next_tool_call"])
+        fields["next_tool_call"] = (call_type(tools), base.fields["next_tool_call"])
         signature: type[Signature] = dspy.Signature(fields, base.instructions + "\n\n" + "\n".join(listing))
         return signature
 
@@ -360,150 +350,6 @@ def _truncate(trajectory: dict[str, Any]) -> bool:
     for key in list(trajectory)[:4]:
         trajectory.pop(key)
     return True
-
-
-_JSON_TYPES: dict[str, Any] = {"string": str, "number": float, "integer": int, "boolean": bool, "null": type(None)}
-
-
-def _python_type(schema: dict[str, Any]) -> Any:
-    """A Python type for a JSON Schema (the common cases; anything else is `Any`)."""
-    if schema.get("enum"):
-        return Literal[tuple(schema["enum"])]
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        members = tuple(_python_type({**schema, "type": k}) for k in kind)
-        return Union[members] if len(members) > 1 else members[0]  # noqa: UP007
-    if kind == "array":
-        items = schema.get("items")
-        return list[_python_type(items if isinstance(items, dict) else {})]  # type: ignore[misc]
-    if kind == "object":
-        properties = schema.get("properties")
-        if isinstance(properties, dict) and properties:
-            return _object_model(json.dumps(properties, sort_keys=True))
-        values = schema.get("additionalProperties")
-        return _mapping_type(json.dumps(values if isinstance(values, dict) else {}, sort_keys=True))
-    return _JSON_TYPES.get(kind, Any) if isinstance(kind, str) else Any
-
-
-@functools.lru_cache(maxsize=256)
-def _object_model(properties_json: str) -> Any:
-    """An object argument with declared properties, as a model of its own (so that its schema lists them)."""
-    return _keyed_model("Object", json.loads(properties_json))
-
-
-def _keyed_model(model_name: str, properties: dict[str, Any]) -> Any:
-    """A model with a field per property, each named by its key as an alias: a key is any string (`rainy days`,
-    `_x`, `model_config`), which a pydantic field name cannot always be (such a field gets a name of its own; the
-    others keep the key, so `args.principal` reads as expected). Dumps use the keys.
-
-    No field is required when parsing: a missing argument reaches the tool, whose error the agent sees as an
-    observation. DSPy's structured-output schema still requires every property.
-    """
-    fields: dict[str, Any] = {}
-    for index, (key, schema) in enumerate(properties.items()):
-        schema = schema if isinstance(schema, dict) else {}
-        field = Field(default=None, alias=key, description=schema.get("description"))
-        usable = key.isidentifier() and not keyword.iskeyword(key) and not key.startswith("_")
-        name = key if usable and not hasattr(BaseModel, key) else f"field_{index}"
-        while name in fields or (name != key and name in properties):  # a key may itself be "field_0"
-            name += "_"
-        fields[name] = (_python_type(schema), field)
-    config = ConfigDict(extra="allow", serialize_by_alias=True)  # DSPy dumps demos without by_alias
-    return create_model(model_name, __config__=config, **fields)
-
-
-@functools.lru_cache(maxsize=256)
-def _mapping_type(values_json: str) -> Any:
-    """An open mapping argument (an object without declared properties, such as `dict[str, float]`).
-
-    Structured outputs close every object schema (DSPy's, like OpenAI's strict mode, sets `additionalProperties:
-    false` and requires the properties listed), which leaves an open mapping room for `{}` alone. So the LM writes
-    it as a list of `{"key": ..., "value": ...}` entries, which any schema can say, and the function gets the dict
-    back; a dict written as such (an LM without structured outputs, a demo) is taken too.
-    """
-    value_type = _python_type(json.loads(values_json))
-    entry = create_model("Entry", key=(str, ...), value=(value_type, ...))
-    schema = _inline_refs(TypeAdapter(list[entry]).json_schema())  # type: ignore[valid-type]
-    schema["description"] = 'a mapping, written as a list of {"key": ..., "value": ...} entries'
-
-    def from_entries(value: Any) -> Any:
-        if isinstance(value, list) and all(
-            isinstance(item, dict) and {"key", "value"} <= item.keys() for item in value
-        ):
-            return {str(item["key"]): item["value"] for item in value}
-        return value
-
-    return Annotated[dict[str, value_type], BeforeValidator(from_entries), WithJsonSchema(schema)]  # type: ignore[valid-type]
-
-
-def _call_type(tools: dict[str, dspy.Tool]) -> Any:
-    """One closed model per tool, `{"name": Literal[tool], "args": <its arguments>}`, and their union.
-
-    Tying each tool's name to its own argument model means a schema-constrained LM can only write valid calls.
-    """
-    calls = [_tool_call_model(tool.name, json.dumps(tool.args or {}, sort_keys=True)) for tool in tools.values()]
-    return Union[tuple(calls)] if len(calls) > 1 else calls[0]  # noqa: UP007
-
-
-class _ToolCall(BaseModel):
-    """Base of the per-tool call models. They are made at run time, so pickle cannot find them by name; an instance
-    pickles as the tool's interface and its data instead (DSPy's optimizers hash and copy demos with pickle)."""
-
-    model_config = ConfigDict(extra="forbid")
-    _interface: ClassVar[tuple[str, str]] = ("", "{}")
-    _json_schema: ClassVar[str | None] = None
-
-    @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
-        # DSPy's adapters generate a field type's JSON schema anew for every request; for the union of call models
-        # that was most of a request's CPU time. Each model's is made once, with its arguments' model inlined, and
-        # kept as JSON text: every use gets its own copy (DSPy's structured-output code edits schemas in place).
-        cached = cls.__dict__.get("_json_schema")
-        schema: dict[str, Any] = handler(core_schema) if cached is None else json.loads(cached)
-        return schema
-
-    def __reduce__(self) -> tuple[Any, tuple[str, str, dict[str, Any]]]:
-        name, args_json = self._interface
-        return _rebuild_call, (name, args_json, self.model_dump(exclude_unset=True, by_alias=True))
-
-
-def _rebuild_call(name: str, args_json: str, data: dict[str, Any]) -> Any:
-    return _tool_call_model(name, args_json).model_validate(data)
-
-
-@functools.lru_cache(maxsize=512)
-def _tool_call_model(name: str, args_json: str) -> Any:
-    """The call model of one tool (cached by its interface: a revised toolset mostly repeats its tools)."""
-    stem = "".join(part.capitalize() for part in name.split("_")) or "Tool"
-    args_model = _keyed_model(f"{stem}Args", json.loads(args_json))
-    model = create_model(
-        f"{stem}Call",
-        __base__=_ToolCall,
-        name=(Literal[name], ...),  # type: ignore[arg-type]
-        args=(args_model, Field(default_factory=args_model)),
-    )
-    model._interface = (name, args_json)
-    model._json_schema = json.dumps(_inline_refs(model.model_json_schema()))
-    return model
-
-
-def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` with every `{"$ref": "#/$defs/X"}` replaced by X itself (the call models do not recurse)."""
-    definitions = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):  # with its siblings (a field's default, description) kept beside it
-                siblings = {key: inline(value) for key, value in node.items() if key != "$ref"}
-                return {**inline(definitions[ref.removeprefix("#/$defs/")]), **siblings}
-            return {key: inline(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [inline(item) for item in node]
-        return node
-
-    inlined: dict[str, Any] = inline(schema)
-    return inlined
 
 
 def _format_trajectory(trajectory: dict[str, Any]) -> str:

@@ -52,6 +52,7 @@ from typing import Any
 import diskcache
 from pydantic import BaseModel, ValidationError
 
+from toolforge._checks import check_int
 from toolforge._hashing import canonical_json, content_hash
 from toolforge.errors import ToolforgeError
 from toolforge.records import ExampleRecord
@@ -203,8 +204,14 @@ class EvaluationCache:
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, *, size_limit_mb: int = 1024) -> None:
-        if not isinstance(size_limit_mb, int) or size_limit_mb < 1:
-            raise ToolforgeError(f"EvaluationCache(size_limit_mb={size_limit_mb!r}) must be an integer >= 1")
+        check_int(
+            "EvaluationCache",
+            "size_limit_mb",
+            size_limit_mb,
+            1,
+            allow_bool=True,
+            message="{owner}({name}={value!r}) must be an integer >= {low}",
+        )
         if directory is not None and not isinstance(directory, str | os.PathLike):
             raise ToolforgeError(
                 f"EvaluationCache(directory={directory!r}): give a directory path (str or Path), or None for "

@@ -142,9 +142,13 @@ def _dataset(
     fields, label = loaded.fields(program)
     if path:
         input_keys = [k.strip() for k in args.input_keys.split(",")] if args.input_keys else None
-        return load_jsonl(
-            path, input_keys=input_keys, label_key=args.label_key, fields=fields, label=label, limit=limit
-        )
+        try:
+            return load_jsonl(
+                path, input_keys=input_keys, label_key=args.label_key, fields=fields, label=label, limit=limit
+            )
+        except ToolforgeError as exc:  # the library names its parameters; the command, its flags
+            fix = str(exc).replace("load_jsonl(input_keys=..., label_key=...)", "--input-keys and --label-key")
+            raise ToolforgeError(fix) from None
     if loaded.load_dataset is None:
         raise ToolforgeError(f"{loaded.name!r} has no load_dataset(split); pass a JSONL file (--train / --data)")
     examples = loaded.load_dataset(split, limit=limit)
@@ -387,7 +391,11 @@ def _clear_cache(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from toolforge.report import write_report
 
-    png, md = write_report(args.run_dir)
+    try:
+        png, md = write_report(args.run_dir)
+    except ToolforgeError as exc:  # the library says how to compile in Python; the command, on the command line
+        how = f"`toolforge compile PROGRAM --out {Path(args.run_dir)}`"
+        raise ToolforgeError(str(exc).replace("FunctionOptimizer(..., log_dir=...).compile(...)", how)) from None
     _out(f"learning curve: {png}")
     _out(f"report: {md}")
     return 0

@@ -71,7 +71,7 @@ def load_jsonl(
         if missing:
             raise ToolforgeError(
                 f"{path}:{number}: no {', '.join(repr(k) for k in missing)} field (it has: {', '.join(row)}); "
-                "map your field names with --input-keys and --label-key"
+                "map your field names with load_jsonl(input_keys=..., label_key=...)"
             )
         data = {name: row[key] for name, key in zip(names, inputs, strict=True)}
         data[label] = row[source_label]

@@ -147,7 +147,7 @@ class _BudgetExhausted(Exception):
 class _Pruning(NamedTuple):
     toolset: Toolset  # the final toolset
     pruned: list[str] = []  # noqa: RUF012 - a NamedTuple default, never mutated
-    kept_unused: list[str] = []  # noqa: RUF012
+    unused_kept: list[str] = []  # noqa: RUF012
     score: float | None = None  # training score without the unused functions, where that was tried
     val_score: float | None = None  # and validation score
 
@@ -487,7 +487,7 @@ class _RunState:
             pruned=pruning.pruned,
             pruned_score=pruning.score,
             pruned_val_score=pruning.val_score,
-            unused_kept=pruning.kept_unused,
+            unused_kept=pruning.unused_kept,
             final_functions=final.names,
             final_fingerprint=final.fingerprint,
             agent_lm_calls=self.agent_lm_calls,
@@ -826,7 +826,7 @@ class _RunState:
             logger.warning(
                 "not pruning %s: the LM-call budget is spent, so the smaller toolset cannot be checked", unused
             )
-            return _Pruning(toolset, kept_unused=unused)
+            return _Pruning(toolset, unused_kept=unused)
         score = self._evaluate(smaller, self.trainset).score
         holds, smaller_val = score >= run.score, None
         if holds and val_score is not None:
@@ -836,7 +836,7 @@ class _RunState:
             logger.info("pruned %s: no training run called them successfully", unused)
             return _Pruning(smaller, pruned=unused, score=score, val_score=smaller_val)
         logger.info("keeping %s although unused: the score falls without them", unused)
-        return _Pruning(toolset, kept_unused=unused, score=score, val_score=smaller_val)
+        return _Pruning(toolset, unused_kept=unused, score=score, val_score=smaller_val)
 
     def _prune(self, toolset: Toolset, run: EvaluationRun) -> tuple[Toolset, list[str]]:
         if len(run.errors) == len(run.records):  # no run got far enough to call anything: no evidence either way

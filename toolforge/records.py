@@ -91,10 +91,6 @@ class EvaluationRun(BaseModel):
     wall_time_s: float = 0.0
 
     @property
-    def scores(self) -> list[float]:
-        return [r.score for r in self.records]
-
-    @property
     def errors(self) -> list[ExampleRecord]:
         """Records of examples where the program or the metric raised."""
         return [r for r in self.records if r.error is not None]

@@ -22,7 +22,8 @@ def load_report(run_dir: str | Path) -> OptimizationReport:
     path = Path(run_dir) / "report.json"
     if not path.exists():
         raise ToolforgeError(
-            f"{str(run_dir)!r} has no report.json; run `toolforge compile PROGRAM --out {run_dir}` to completion first"
+            f"{str(run_dir)!r} has no report.json; run FunctionOptimizer(..., log_dir=...).compile(...) to completion "
+            "first"
         )
     data = read_json(path, "report", "compile again to write it anew (the same command resumes)")
     try:

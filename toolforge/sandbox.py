@@ -102,6 +102,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from toolforge import _worker as protocol
+from toolforge._checks import check_int
 from toolforge.errors import SandboxError
 from toolforge.function import ForgedFunction
 
@@ -624,8 +625,7 @@ class Sandbox:
             ("max_scratch_mb", max_scratch_mb, 1),
             ("max_processes", max_processes, 1),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise SandboxError(f"Sandbox({name}={value!r}): {name} must be an integer >= {low}")
+            check_int("Sandbox", name, value, low, error=SandboxError)
         if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or not timeout_s > 0:
             raise SandboxError(f"Sandbox(timeout_s={timeout_s!r}): timeout_s must be a number of seconds > 0")
         if isolation != "call":
