@@ -38,15 +38,15 @@ from dspy.utils.exceptions import (
     LMUnsupportedModelError,
 )
 from dspy.utils.usage_tracker import UsageTracker
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from toolforge._hashing import content_hash
 from toolforge._io import read_json, write_json
 from toolforge._text import one_line
 from toolforge._usage import count_lm_usage
-from toolforge.actions import RemoveFunction, validation_reasons
+from toolforge.actions import RemoveFunction
 from toolforge.cache import EvaluationCache, as_cache
-from toolforge.errors import FunctionCallError, FunctionError, ToolforgeError, ToolsetError
+from toolforge.errors import ToolforgeError
 from toolforge.evaluate import (
     Evaluator,
     check_examples,
@@ -65,8 +65,9 @@ from toolforge.proposer import (
     usage_notes,
 )
 from toolforge.records import EvaluationRun
-from toolforge.sandbox import Sandbox, default_sandbox
+from toolforge.sandbox import Sandbox
 from toolforge.toolset import Toolset
+from toolforge.validator import check_proposal
 
 __all__ = ["ActionOutcome", "FunctionOptimizer", "OptimizationReport", "StepReport", "find_toolset"]
 
@@ -747,49 +748,7 @@ class _RunState:
 
     def _check(self, proposal: ProposedAction, candidate: Toolset) -> tuple[str | None, Toolset]:
         """None and the new candidate, or the reason the proposal is rejected and the unchanged candidate."""
-        if proposal.malformed:
-            return f"the action is malformed: {proposal.malformed}", candidate
-        try:
-            action = proposal.to_action()
-        except ValidationError as exc:
-            return f"the action is malformed: {validation_reasons(exc)}", candidate
-        if action.name in self.opt._fixed:
-            return (
-                f"{action.name!r} is the name of a fixed tool of the agent; choose another name",
-                candidate,
-            )
-        try:
-            updated = candidate.apply([action])
-        except (ToolsetError, FunctionError) as exc:
-            return str(exc), candidate
-        if isinstance(action, RemoveFunction):
-            return None, updated
-        function = updated[action.name]
-        try:
-            arguments = function.validate_arguments(proposal.arguments())
-        except FunctionCallError as exc:
-            return f"example_arguments do not fit: {exc}", candidate
-        sandbox = self.opt.sandbox or default_sandbox()
-        result = sandbox.call(function, arguments)
-        if not result.ok:
-            return (
-                f"the smoke call {action.name}({json.dumps(arguments)}) failed: {result.error}"
-                + (f" (it printed: {result.stdout[-300:]})" if result.stdout else ""),
-                candidate,
-            )
-        if function.deterministic:  # a second call tells randomness, the clock or state apart, before any caching
-            again = sandbox.call(function, arguments)
-            if (again.ok, again.value, again.error) != (result.ok, result.value, result.error):
-                logger.info(
-                    "step %d: %s: two smoke calls with the same arguments gave %s and %s; it is marked not "
-                    "deterministic, so its results are never cached",
-                    self.step + 1,
-                    proposal.summary(),
-                    one_line(repr(result.value), 80),
-                    one_line(repr(again.value) if again.ok else again.error, 80),
-                )
-                updated = candidate.apply([action.model_copy(update={"deterministic": False})])
-        return None, updated
+        return check_proposal(proposal, candidate, fixed=self.opt._fixed, sandbox=self.opt.sandbox, step=self.step + 1)
 
     # ------------------------------------------------------------------------------------------ helpers
     def _evaluate(
