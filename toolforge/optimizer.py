@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import dspy
 import tqdm
@@ -38,13 +38,13 @@ from dspy.utils.exceptions import (
     LMUnsupportedModelError,
 )
 from dspy.utils.usage_tracker import UsageTracker
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from toolforge._hashing import content_hash
 from toolforge._io import read_json, write_json
 from toolforge._text import one_line
 from toolforge._usage import count_lm_usage
-from toolforge.actions import RemoveFunction
+from toolforge.actions import RemoveFunction, validation_reasons
 from toolforge.cache import EvaluationCache, as_cache
 from toolforge.errors import ToolforgeError
 from toolforge.evaluate import (
@@ -69,11 +69,20 @@ from toolforge.sandbox import Sandbox
 from toolforge.toolset import Toolset
 from toolforge.validator import check_proposal
 
-__all__ = ["ActionOutcome", "FunctionOptimizer", "OptimizationReport", "StepReport", "find_toolset"]
+__all__ = [
+    "AcceptedToolset",
+    "ActionOutcome",
+    "Checkpoint",
+    "FailedCandidate",
+    "FunctionOptimizer",
+    "OptimizationReport",
+    "StepReport",
+    "find_toolset",
+]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "toolforge.checkpoint"
+CHECKPOINT_FORMAT: Final = "toolforge.checkpoint"
 CHECKPOINT_VERSION = 1
 LEDGER = "lm-calls.jsonl"  # in log_dir: the LM requests made since the last checkpoint (see `_Ledger`)
 
@@ -144,6 +153,69 @@ class OptimizationReport(BaseModel):
     interrupted_lm_calls: int = 0  # of the LM calls above, those made by runs that were interrupted (see below)
     resumed_after_step: int | None = None
     wall_time_s: float = 0.0
+
+
+class FailedCandidate(BaseModel):
+    """An entry of the failure list: a candidate that scored lower than the best toolset, and the actions that
+    built it. The proposer sees the list until a candidate is accepted; a step that would rebuild one is sent back."""
+
+    step: int
+    score: float
+    best_score: float  # what the best toolset scored then
+    actions: list[dict[str, Any]]  # the proposals (`ProposedAction` dumps) that built the candidate
+    fingerprint: str | None  # the candidate's; None only in an entry migrated from an early version-1 checkpoint
+
+
+class AcceptedToolset(BaseModel):
+    """An accepted toolset (step 0: the initial one) with its training score; the final one is chosen among them."""
+
+    step: int
+    score: float
+    toolset: dict[str, Any]  # `Toolset.to_dict()`
+
+
+class Checkpoint(BaseModel):
+    """What `log_dir/checkpoint.json` holds after each step: everything a compile needs to resume after it.
+
+    Written as this model's JSON (field order is the file's); read through `_MIGRATIONS`, by `version`."""
+
+    format: Literal["toolforge.checkpoint"]
+    version: int
+    signature: str  # the compile's: program, data, metric, LM, settings (see `_RunState._signature`)
+    mark: int  # checkpoints written by every run of the compile, which tags the ledger's lines
+    interrupted_lm_calls: int
+    step: int
+    best: dict[str, Any]  # `Toolset.to_dict()`
+    best_score: float
+    initial_score: float
+    stale: int  # steps since the last improvement
+    failure_list: list[FailedCandidate]
+    accepted: list[AcceptedToolset]
+    steps: list[StepReport]
+    agent_lm_calls: int
+    proposer_lm_calls: int
+    stop_reason: Literal["max_epochs", "early_stop", "budget"] | None
+    initial_errors: int
+    initial_error: str | None
+    trajectory_budget: int
+
+
+def _complete_v1(data: dict[str, Any], *, trajectory_budget: int) -> dict[str, Any]:
+    """A version-1 checkpoint in the current layout. Version 1 gained fields without a version bump (the ledger's
+    `mark` and `interrupted_lm_calls`, `initial_errors` and `initial_error`, `trajectory_budget`, a failure's
+    `fingerprint`); one written before has none of them, and gets the values its run had: no ledger yet, no
+    errors counted, the configured trajectory budget, and no fingerprint (so no step is sent back as repeating it)."""
+    early = {"mark": 0, "interrupted_lm_calls": 0, "initial_errors": 0, "initial_error": None}
+    completed = early | {"trajectory_budget": trajectory_budget} | data
+    failures = data.get("failure_list")
+    if isinstance(failures, list):
+        completed["failure_list"] = [{"fingerprint": None} | f if isinstance(f, dict) else f for f in failures]
+    return completed
+
+
+# The checkpoint versions this toolforge reads, each with the step that brings it to the current layout; any other
+# version is refused, with the fix.
+_MIGRATIONS = {1: _complete_v1}
 
 
 class _BudgetExhausted(Exception):
@@ -372,8 +444,8 @@ class _RunState:
         self.step = 0
         self.stale = 0
         self._history_mark: dict[str, Any] | None = None  # the proposer LM's newest history entry before a proposal
-        self.failure_list: list[dict[str, Any]] = []
-        self.accepted: list[dict[str, Any]] = []
+        self.failure_list: list[FailedCandidate] = []
+        self.accepted: list[AcceptedToolset] = []
         self._toolsets: dict[int, Toolset] = {}  # accepted toolsets by step, as objects (the checkpoint has dicts)
         self.steps: list[StepReport] = []
         self.agent_lm_calls = 0
@@ -395,22 +467,25 @@ class _RunState:
         checkpoint = self._load_checkpoint()
         self._open_ledger(checkpoint)
         if checkpoint is not None:
-            self.best = Toolset.from_dict(checkpoint["best"], source="checkpoint")
-            self.best_score = checkpoint["best_score"]
-            self.initial_score = checkpoint["initial_score"]
-            self.step = checkpoint["step"]
-            self.stale = checkpoint["stale"]
-            self.failure_list = checkpoint["failure_list"]
-            self.accepted = checkpoint["accepted"]
-            self.steps = [StepReport.model_validate(s) for s in checkpoint["steps"]]
-            self.agent_lm_calls = checkpoint["agent_lm_calls"]
-            self.proposer_lm_calls = checkpoint["proposer_lm_calls"]
-            self.stop_reason = checkpoint["stop_reason"]
-            self.initial_errors = checkpoint.get("initial_errors", 0)
-            self.initial_error = checkpoint.get("initial_error")
-            self.trajectory_budget = checkpoint.get("trajectory_budget", self.trajectory_budget)
-            self.interrupted_lm_calls += checkpoint.get("interrupted_lm_calls", 0)
-            self._carry(step_runs_next=not checkpoint["finished"])
+            finished = checkpoint.stop_reason is not None  # as it was written: a run that reached its end
+            self.best = Toolset.from_dict(checkpoint.best, source="checkpoint")
+            self.best_score = checkpoint.best_score
+            self.initial_score = checkpoint.initial_score
+            self.step = checkpoint.step
+            self.stale = checkpoint.stale
+            self.failure_list = checkpoint.failure_list
+            self.accepted = checkpoint.accepted
+            self.steps = checkpoint.steps
+            self.agent_lm_calls = checkpoint.agent_lm_calls
+            self.proposer_lm_calls = checkpoint.proposer_lm_calls
+            self.stop_reason = checkpoint.stop_reason
+            if self.stop_reason == "max_epochs" and self.step < self.opt.max_epochs:
+                self.stop_reason = None  # asked for more epochs this time: continue
+            self.initial_errors = checkpoint.initial_errors
+            self.initial_error = checkpoint.initial_error
+            self.trajectory_budget = checkpoint.trajectory_budget
+            self.interrupted_lm_calls += checkpoint.interrupted_lm_calls
+            self._carry(step_runs_next=not finished)
             self.resumed_after = self.step
             logger.info("resuming the compile in %s after step %d", self.log_dir, self.step)
             return
@@ -433,7 +508,7 @@ class _RunState:
                 len(baseline.records),
                 self.initial_error,
             )
-        self.accepted = [{"step": 0, "score": baseline.score, "toolset": initial.to_dict()}]
+        self.accepted = [AcceptedToolset(step=0, score=baseline.score, toolset=initial.to_dict())]
         self._toolsets[0] = initial
         self._save_toolset(0, initial)
         self.checkpoint()
@@ -464,9 +539,9 @@ class _RunState:
     def finish(self, start: float) -> tuple[Toolset, OptimizationReport]:
         candidates = [
             (
-                entry["step"],
-                self._toolsets.get(entry["step"]) or Toolset.from_dict(entry["toolset"], source="checkpoint"),
-                entry["score"],
+                entry.step,
+                self._toolsets.get(entry.step) or Toolset.from_dict(entry.toolset, source="checkpoint"),
+                entry.score,
             )
             for entry in self.accepted
         ]
@@ -643,18 +718,18 @@ class _RunState:
         if accept:
             self.best, self.best_score = candidate, score
             self.failure_list = []
-            self.accepted.append({"step": step, "score": score, "toolset": candidate.to_dict()})
+            self.accepted.append(AcceptedToolset(step=step, score=score, toolset=candidate.to_dict()))
             self._toolsets[step] = candidate
             self._save_toolset(step, candidate)
         else:
             self.failure_list.append(
-                {
-                    "step": step,
-                    "score": score,
-                    "best_score": self.best_score,
-                    "actions": [outcomes[i].proposal for i in kept],
-                    "fingerprint": candidate.fingerprint,
-                }
+                FailedCandidate(
+                    step=step,
+                    score=score,
+                    best_score=self.best_score,
+                    actions=[outcomes[i].proposal for i in kept],
+                    fingerprint=candidate.fingerprint,
+                )
             )
         self.stale = 0 if improved else self.stale + 1
         return self._step_report(
@@ -739,10 +814,10 @@ class _RunState:
         if candidate.fingerprint == self.best.fingerprint:
             return "together, the actions leave the functions exactly as they are; change something"
         for failure in self.failure_list:
-            if failure.get("fingerprint") == candidate.fingerprint:
+            if failure.fingerprint == candidate.fingerprint:
                 return (
-                    f"together, the actions give the function set that scored {failure['score']:.3f} at step "
-                    f"{failure['step']} (see the failure list); propose something different"
+                    f"together, the actions give the function set that scored {failure.score:.3f} at step "
+                    f"{failure.step} (see the failure list); propose something different"
                 )
         return None
 
@@ -846,29 +921,30 @@ class _RunState:
     def checkpoint(self) -> None:
         if self.log_dir is None:
             return
+        checkpoint = Checkpoint(
+            format=CHECKPOINT_FORMAT,
+            version=CHECKPOINT_VERSION,
+            signature=self.signature,
+            mark=self.mark + 1,
+            interrupted_lm_calls=self.interrupted_lm_calls,
+            step=self.step,
+            best=self.best.to_dict(),
+            best_score=self.best_score,
+            initial_score=self.initial_score,
+            stale=self.stale,
+            failure_list=self.failure_list,
+            accepted=self.accepted,
+            steps=self.steps,
+            agent_lm_calls=self.agent_lm_calls,
+            proposer_lm_calls=self.proposer_lm_calls,
+            stop_reason=self.stop_reason,
+            initial_errors=self.initial_errors,
+            initial_error=self.initial_error,
+            trajectory_budget=self.trajectory_budget,
+        )
         write_json(
             self.log_dir / "checkpoint.json",
-            {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
-                "signature": self.signature,
-                "mark": self.mark + 1,
-                "interrupted_lm_calls": self.interrupted_lm_calls,
-                "step": self.step,
-                "best": self.best.to_dict(),
-                "best_score": self.best_score,
-                "initial_score": self.initial_score,
-                "stale": self.stale,
-                "failure_list": self.failure_list,
-                "accepted": self.accepted,
-                "steps": [s.model_dump(mode="json") for s in self.steps],
-                "agent_lm_calls": self.agent_lm_calls,
-                "proposer_lm_calls": self.proposer_lm_calls,
-                "stop_reason": self.stop_reason,
-                "initial_errors": self.initial_errors,
-                "initial_error": self.initial_error,
-                "trajectory_budget": self.trajectory_budget,
-            },
+            checkpoint.model_dump(mode="json"),
             indent=None,  # read by the next run, not by people: report.json is the readable record
         )
         self.mark += 1
@@ -876,10 +952,10 @@ class _RunState:
             self._ledger.restart(self.mark)
 
     # --------------------------------------------------------------------------------- LM-call ledger
-    def _open_ledger(self, checkpoint: dict[str, Any] | None) -> None:
+    def _open_ledger(self, checkpoint: Checkpoint | None) -> None:
         if self.log_dir is None:
             return
-        self.mark = checkpoint.get("mark", 0) if checkpoint is not None else 0
+        self.mark = checkpoint.mark if checkpoint is not None else 0
         self._ledger = _Ledger(self.log_dir / LEDGER, self.signature, self.mark)
 
     def _carry(self, *, step_runs_next: bool) -> None:
@@ -910,28 +986,36 @@ class _RunState:
         if self._ledger is not None:
             self._ledger.close()
 
-    def _load_checkpoint(self) -> dict[str, Any] | None:
+    def _load_checkpoint(self) -> Checkpoint | None:
         if self.log_dir is None:
             return None
         path = self.log_dir / "checkpoint.json"
         if not path.exists():
             return None
         data = read_json(path, "checkpoint", "delete it to start this compile afresh (resume=False)")
-        if not isinstance(data, dict) or (data.get("format"), data.get("version")) != (
-            CHECKPOINT_FORMAT,
-            CHECKPOINT_VERSION,
-        ):
+        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
             raise ToolforgeError(f"{str(path)!r} is not a toolforge checkpoint of this version; use another log_dir")
-        data["finished"] = data.get("stop_reason") is not None  # as it was written: a run that reached its end
+        version = data.get("version")
+        migrate = _MIGRATIONS.get(version) if type(version) is int else None
+        if migrate is None:
+            raise ToolforgeError(
+                f"{str(path)!r} is a toolforge checkpoint of version {one_line(repr(version), 40)}, which this "
+                f"toolforge does not read (it reads version {', '.join(map(str, _MIGRATIONS))}); delete it to start "
+                "this compile afresh (resume=False), or use another log_dir"
+            )
         if data.get("signature") != self.signature:
             raise ToolforgeError(
                 f"log_dir {str(self.log_dir)!r} holds a checkpoint of a different compile (another program, data, "
                 "metric, LM, settings or toolforge version); use another log_dir (--out on the command line), or "
                 "start afresh in it with resume=False (--restart)"
             )
-        if data["stop_reason"] == "max_epochs" and data["step"] < self.opt.max_epochs:
-            data["stop_reason"] = None  # asked for more epochs this time: continue
-        return data
+        try:
+            return Checkpoint.model_validate(migrate(data, trajectory_budget=self.opt.trajectory_budget_chars))
+        except ValidationError as exc:
+            raise ToolforgeError(
+                f"{str(path)!r} is not a valid toolforge checkpoint of version {version}: {validation_reasons(exc)}; "
+                "delete it to start this compile afresh (resume=False)"
+            ) from None
 
     def _save_toolset(self, step: int, toolset: Toolset) -> None:
         if self.log_dir is not None:
@@ -1081,16 +1165,16 @@ def _describe_task(program: dspy.Module) -> str:
     return f"{type(program).__name__} with predictors " + "; ".join(parts)
 
 
-def _render_failures(failures: list[dict[str, Any]]) -> str:
+def _render_failures(failures: list[FailedCandidate]) -> str:
     if not failures:
         return "(none)"
     parts = []
     for failure in failures:
         lines = [
-            f"Step {failure['step']}: scored {failure['score']:.3f} (the current functions score "
-            f"{failure['best_score']:.3f}) after:"
+            f"Step {failure.step}: scored {failure.score:.3f} (the current functions score "
+            f"{failure.best_score:.3f}) after:"
         ]
-        for action in failure["actions"]:
+        for action in failure.actions:
             lines.append(f"- {action['action']} {action['name']}")
             if action.get("code"):
                 code = action["code"].strip()
