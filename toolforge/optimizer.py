@@ -60,7 +60,7 @@ from toolforge.proposer import (
     ProposedAction,
     ProposedActionReply,
     Proposer,
-    render_functions,
+    proposer_inputs,
     render_trajectories,
     usage_notes,
 )
@@ -778,13 +778,16 @@ class _RunState:
         try:
             with dspy.context(**context), self._logged("proposer"), count_lm_usage() as usage:
                 prediction = opt.proposer(
-                    task=_describe_task(self.program),
-                    fixed_tools=opt._fixed_text or "(none)",
-                    current_functions=render_functions(toolset, notes),
-                    failure_list=_render_failures(self.failure_list),
-                    trajectories=trajectories,
-                    rejected="\n".join(feedback) or "(none)",
-                    max_actions=need,
+                    **proposer_inputs(
+                        program=self.program,
+                        fixed_tools=opt._fixed_text,
+                        toolset=toolset,
+                        notes=notes,
+                        failures=self.failure_list,
+                        trajectories=trajectories,
+                        rejected=feedback,
+                        max_actions=need,
+                    )
                 )
         finally:
             calls = usage.calls if usage is not None else 0
@@ -1154,37 +1157,6 @@ def _last_entry(lm: Any) -> dict[str, Any] | None:
     """The newest entry of an LM's request history, if it keeps one."""
     history = getattr(lm, "history", None)
     return history[-1] if isinstance(history, list) and history else None
-
-
-def _describe_task(program: dspy.Module) -> str:
-    signature = getattr(program, "signature", None)
-    if signature is not None and hasattr(signature, "signature"):
-        text = f"{signature.signature}"
-        return f"{text}\n{signature.instructions}" if signature.instructions else text
-    parts = [f"{name}: {p.signature.signature}" for name, p in program.named_predictors()]
-    return f"{type(program).__name__} with predictors " + "; ".join(parts)
-
-
-def _render_failures(failures: list[FailedCandidate]) -> str:
-    if not failures:
-        return "(none)"
-    parts = []
-    for failure in failures:
-        lines = [
-            f"Step {failure.step}: scored {failure.score:.3f} (the current functions score "
-            f"{failure.best_score:.3f}) after:"
-        ]
-        for action in failure.actions:
-            lines.append(f"- {action['action']} {action['name']}")
-            if action.get("code"):
-                code = action["code"].strip()
-                lines.append(
-                    "  ```python\n  "
-                    + (code if len(code) < 1500 else code[:1500] + "\n  ...").replace("\n", "\n  ")
-                    + "\n  ```"
-                )
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts)
 
 
 def _discard_run(log_dir: Path) -> None:
