@@ -397,11 +397,10 @@ class FunctionOptimizer(Teleprompter):
         limit = self.max_functions if self.max_functions is not None else initial.max_functions
         initial = Toolset(initial.functions, max_functions=limit)
         set_attribute_by_name(work, param_name, initial)
-        self._fixed = fixed_tool_names(work)
-        self._fixed_text = describe_fixed_tools(work)
-        if self.proposer_lm is None and dspy.settings.lm is None:
-            self.proposer_lm = resolve_lm("local", role="proposer_lm")
-        run = _RunState(self, work, param_name, trainset, valset)
+        proposer_lm = self.proposer_lm
+        if proposer_lm is None and dspy.settings.lm is None:
+            proposer_lm = resolve_lm("local", role="proposer_lm")
+        run = _RunState(self, work, param_name, trainset, valset, proposer_lm)
         with _exclusive(self.log_dir):
             if self.log_dir is not None and not self.resume:
                 _discard_run(self.log_dir)
@@ -423,7 +422,8 @@ class FunctionOptimizer(Teleprompter):
 
 
 class _RunState:
-    """The state of one compile: what a checkpoint holds, and the steps that move it."""
+    """The state of one compile: what a checkpoint holds, and the steps that move it. The optimizer holds only
+    its settings, which a run reads and never writes: one optimizer can compile again, or in two threads at once."""
 
     def __init__(
         self,
@@ -432,9 +432,13 @@ class _RunState:
         param_name: str,
         trainset: list[dspy.Example],
         valset: list[dspy.Example] | None,
+        proposer_lm: dspy.BaseLM | None,
     ) -> None:
         self.opt = optimizer
         self.program = program
+        self.proposer_lm = proposer_lm  # None: the configured LM
+        self.fixed = fixed_tool_names(program)  # names a function must not take
+        self.fixed_text = describe_fixed_tools(program)  # and what those tools do, for the proposer
         self.param_name = param_name
         self.trainset = list(trainset)
         self.valset = list(valset) if valset else None
@@ -772,15 +776,15 @@ class _RunState:
         counts: _StepCounts,
     ) -> list[ProposedAction]:
         opt = self.opt
-        context: dict[str, Any] = {} if opt.proposer_lm is None else {"lm": opt.proposer_lm}
-        self._history_mark = _last_entry(opt.proposer_lm or dspy.settings.lm)
+        context: dict[str, Any] = {} if self.proposer_lm is None else {"lm": self.proposer_lm}
+        self._history_mark = _last_entry(self.proposer_lm or dspy.settings.lm)
         usage = None
         try:
             with dspy.context(**context), self._logged("proposer"), count_lm_usage() as usage:
                 prediction = opt.proposer(
                     **proposer_inputs(
                         program=self.program,
-                        fixed_tools=opt._fixed_text,
+                        fixed_tools=self.fixed_text,
                         toolset=toolset,
                         notes=notes,
                         failures=self.failure_list,
@@ -801,7 +805,7 @@ class _RunState:
     def _reply_cut(self) -> bool:
         """Whether the proposer LM's last reply, made by the last `_propose`, stopped at its token limit (which
         leaves its last action, or the whole reply, incomplete)."""
-        lm = self.opt.proposer_lm or dspy.settings.lm
+        lm = self.proposer_lm or dspy.settings.lm
         entry = _last_entry(lm)
         if entry is None or entry is self._history_mark:  # the call made no request (it failed before)
             return False
@@ -826,7 +830,7 @@ class _RunState:
 
     def _check(self, proposal: ProposedAction, candidate: Toolset) -> tuple[str | None, Toolset]:
         """None and the new candidate, or the reason the proposal is rejected and the unchanged candidate."""
-        return check_proposal(proposal, candidate, fixed=self.opt._fixed, sandbox=self.opt.sandbox, step=self.step + 1)
+        return check_proposal(proposal, candidate, fixed=self.fixed, sandbox=self.opt.sandbox, step=self.step + 1)
 
     # ------------------------------------------------------------------------------------------ helpers
     def _evaluate(
@@ -908,7 +912,7 @@ class _RunState:
                 "max_functions": initial.max_functions,
                 "train": [example_id(e) for e in self.trainset],
                 "val": [example_id(e) for e in self.valset] if self.valset else None,
-                "proposer": _lm_name(opt.proposer_lm),
+                "proposer": _lm_name(self.proposer_lm),
                 "settings": [
                     opt.max_actions_per_step,
                     opt.max_trials,
