@@ -218,6 +218,16 @@ def _complete_v1(data: dict[str, Any], *, trajectory_budget: int) -> dict[str, A
 _MIGRATIONS = {1: _complete_v1}
 
 
+class _Gathered(NamedTuple):
+    """What a step's proposals came to, before the candidate is evaluated."""
+
+    outcomes: list[ActionOutcome]
+    kept: list[int]  # indices into outcomes of the accepted actions
+    candidate: Toolset  # the toolset they build
+    note: str | None
+    last_call_failed: bool  # the last proposer call raised
+
+
 class _BudgetExhausted(Exception):
     pass
 
@@ -595,7 +605,6 @@ class _RunState:
 
     # -------------------------------------------------------------------------------------------- a step
     def _one_step(self, step: int) -> StepReport:
-        opt = self.opt
         start = time.perf_counter()
         counts, self._carried = self._carried or _StepCounts(), None
         best_run = self._evaluate(self.best, self.trainset, counts)
@@ -609,7 +618,13 @@ class _RunState:
                 self.best_score,
             )
             self.best_score = best_run.score
-        score_before = best_run.score
+        gathered = self._gather_actions(step, best_run, counts)
+        return self._judge(step, best_run.score, gathered, counts, start)
+
+    def _gather_actions(self, step: int, best_run: EvaluationRun, counts: _StepCounts) -> _Gathered:
+        """Ask the proposer for actions and check each, sending rejected ones back with their reason, up to
+        `max_trials` calls: the candidate the accepted actions build, and what became of every action."""
+        opt = self.opt
         outcomes: list[ActionOutcome] = []
         kept: list[int] = []  # indices into outcomes
         candidate = self.best
@@ -705,6 +720,15 @@ class _RunState:
                 for o in outcomes
             ]
 
+        return _Gathered(outcomes, kept, candidate, note, last_call_failed)
+
+    def _judge(
+        self, step: int, score_before: float, gathered: _Gathered, counts: _StepCounts, start: float
+    ) -> StepReport:
+        """Evaluate the candidate the step's actions built, and accept it (it becomes the best toolset) or roll it
+        back (it joins the failure list)."""
+        opt = self.opt
+        outcomes, kept, candidate, note, last_call_failed = gathered
         base = dict(step=step, score_before=score_before, actions=outcomes, note=note)
         if not kept:
             self.stale += 1
