@@ -164,3 +164,34 @@ def test_python_type_names_and_action_verbs_are_read_as_meant():
         tf.ProposedAction(action="rename", name="f")
     with pytest.raises(ValidationError, match="string"):
         ParameterSpec(name="a", type="complex")
+
+
+def test_the_proposer_inputs_are_gathered_in_one_place():
+    from toolforge.optimizer import FailedCandidate
+    from toolforge.proposer import proposer_inputs
+
+    triple = unary("triple", "x * 3")
+    failure = FailedCandidate(
+        step=2,
+        score=0.5,
+        best_score=0.8,
+        actions=[tf.ProposedAction.of("add_function", triple).model_dump(mode="json")],
+        fingerprint="f",
+    )
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([triple]))
+    inputs = proposer_inputs(
+        program=agent,
+        fixed_tools="",
+        toolset=agent.toolset,
+        notes={"triple": "usage: called in 1 of 2 training runs"},
+        failures=[failure],
+        trajectories="2 runs",
+        rejected=[],
+        max_actions=2,
+    )
+    assert set(inputs) == set(ProposeActions.input_fields)
+    assert inputs["task"].startswith("question -> answer\n")
+    assert (inputs["fixed_tools"], inputs["rejected"], inputs["max_actions"]) == ("(none)", "(none)", 2)
+    assert "### triple\n" in inputs["current_functions"] and "usage: called in 1 of 2" in inputs["current_functions"]
+    assert inputs["failure_list"].startswith("Step 2: scored 0.500 (the current functions score 0.800) after:\n")
+    assert "- add_function triple\n  ```python\n  def triple(x):\n      return x * 3\n  ```" in inputs["failure_list"]

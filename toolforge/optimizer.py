@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import dspy
 import tqdm
@@ -46,7 +46,7 @@ from toolforge._text import one_line
 from toolforge._usage import count_lm_usage
 from toolforge.actions import RemoveFunction, validation_reasons
 from toolforge.cache import EvaluationCache, as_cache
-from toolforge.errors import FunctionCallError, FunctionError, ToolforgeError, ToolsetError
+from toolforge.errors import ToolforgeError
 from toolforge.evaluate import Evaluator
 from toolforge.keys import example_id, program_fingerprint
 from toolforge.lm import resolve_lm
@@ -55,19 +55,28 @@ from toolforge.proposer import (
     ProposedAction,
     ProposedActionReply,
     Proposer,
-    render_functions,
+    proposer_inputs,
     render_trajectories,
     usage_notes,
 )
 from toolforge.records import EvaluationRun
-from toolforge.sandbox import Sandbox, default_sandbox
+from toolforge.sandbox import Sandbox
 from toolforge.toolset import Toolset
+from toolforge.validator import check_proposal
 
-__all__ = ["ActionOutcome", "FunctionOptimizer", "OptimizationReport", "StepReport"]
+__all__ = [
+    "AcceptedToolset",
+    "ActionOutcome",
+    "Checkpoint",
+    "FailedCandidate",
+    "FunctionOptimizer",
+    "OptimizationReport",
+    "StepReport",
+]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "toolforge.checkpoint"
+CHECKPOINT_FORMAT: Final = "toolforge.checkpoint"
 CHECKPOINT_VERSION = 1
 LEDGER = "lm-calls.jsonl"  # in log_dir: the LM requests made since the last checkpoint (see `_Ledger`)
 
@@ -138,6 +147,79 @@ class OptimizationReport(BaseModel):
     interrupted_lm_calls: int = 0  # of the LM calls above, those made by runs that were interrupted (see below)
     resumed_after_step: int | None = None
     wall_time_s: float = 0.0
+
+
+class FailedCandidate(BaseModel):
+    """An entry of the failure list: a candidate that scored lower than the best toolset, and the actions that
+    built it. The proposer sees the list until a candidate is accepted; a step that would rebuild one is sent back."""
+
+    step: int
+    score: float
+    best_score: float  # what the best toolset scored then
+    actions: list[dict[str, Any]]  # the proposals (`ProposedAction` dumps) that built the candidate
+    fingerprint: str | None  # the candidate's; None only in an entry migrated from an early version-1 checkpoint
+
+
+class AcceptedToolset(BaseModel):
+    """An accepted toolset (step 0: the initial one) with its training score; the final one is chosen among them."""
+
+    step: int
+    score: float
+    toolset: dict[str, Any]  # `Toolset.to_dict()`
+
+
+class Checkpoint(BaseModel):
+    """What `log_dir/checkpoint.json` holds after each step: everything a compile needs to resume after it.
+
+    Written as this model's JSON (field order is the file's); read through `_MIGRATIONS`, by `version`."""
+
+    format: Literal["toolforge.checkpoint"]
+    version: int
+    signature: str  # the compile's: program, data, metric, LM, settings (see `_RunState._signature`)
+    mark: int  # checkpoints written by every run of the compile, which tags the ledger's lines
+    interrupted_lm_calls: int
+    step: int
+    best: dict[str, Any]  # `Toolset.to_dict()`
+    best_score: float
+    initial_score: float
+    stale: int  # steps since the last improvement
+    failure_list: list[FailedCandidate]
+    accepted: list[AcceptedToolset]
+    steps: list[StepReport]
+    agent_lm_calls: int
+    proposer_lm_calls: int
+    stop_reason: Literal["max_epochs", "early_stop", "budget"] | None
+    initial_errors: int
+    initial_error: str | None
+    trajectory_budget: int
+
+
+def _complete_v1(data: dict[str, Any], *, trajectory_budget: int) -> dict[str, Any]:
+    """A version-1 checkpoint in the current layout. Version 1 gained fields without a version bump (the ledger's
+    `mark` and `interrupted_lm_calls`, `initial_errors` and `initial_error`, `trajectory_budget`, a failure's
+    `fingerprint`); one written before has none of them, and gets the values its run had: no ledger yet, no
+    errors counted, the configured trajectory budget, and no fingerprint (so no step is sent back as repeating it)."""
+    early = {"mark": 0, "interrupted_lm_calls": 0, "initial_errors": 0, "initial_error": None}
+    completed = early | {"trajectory_budget": trajectory_budget} | data
+    failures = data.get("failure_list")
+    if isinstance(failures, list):
+        completed["failure_list"] = [{"fingerprint": None} | f if isinstance(f, dict) else f for f in failures]
+    return completed
+
+
+# The checkpoint versions this toolforge reads, each with the step that brings it to the current layout; any other
+# version is refused, with the fix.
+_MIGRATIONS = {1: _complete_v1}
+
+
+class _Gathered(NamedTuple):
+    """What a step's proposals came to, before the candidate is evaluated."""
+
+    outcomes: list[ActionOutcome]
+    kept: list[int]  # indices into outcomes of the accepted actions
+    candidate: Toolset  # the toolset they build
+    note: str | None
+    last_call_failed: bool  # the last proposer call raised
 
 
 class _BudgetExhausted(Exception):
@@ -319,11 +401,10 @@ class FunctionOptimizer(Teleprompter):
         limit = self.max_functions if self.max_functions is not None else initial.max_functions
         initial = Toolset(initial.functions, max_functions=limit)
         set_attribute_by_name(work, param_name, initial)
-        self._fixed = fixed_tool_names(work)
-        self._fixed_text = describe_fixed_tools(work)
-        if self.proposer_lm is None and dspy.settings.lm is None:
-            self.proposer_lm = resolve_lm("local", role="proposer_lm")
-        run = _RunState(self, work, param_name, trainset, valset)
+        proposer_lm = self.proposer_lm
+        if proposer_lm is None and dspy.settings.lm is None:
+            proposer_lm = resolve_lm("local", role="proposer_lm")
+        run = _RunState(self, work, param_name, trainset, valset, proposer_lm)
         with _exclusive(self.log_dir):
             if self.log_dir is not None and not self.resume:
                 _discard_run(self.log_dir)
@@ -345,7 +426,8 @@ class FunctionOptimizer(Teleprompter):
 
 
 class _RunState:
-    """The state of one compile: what a checkpoint holds, and the steps that move it."""
+    """The state of one compile: what a checkpoint holds, and the steps that move it. The optimizer holds only
+    its settings, which a run reads and never writes: one optimizer can compile again, or in two threads at once."""
 
     def __init__(
         self,
@@ -354,9 +436,13 @@ class _RunState:
         param_name: str,
         trainset: list[dspy.Example],
         valset: list[dspy.Example] | None,
+        proposer_lm: dspy.BaseLM | None,
     ) -> None:
         self.opt = optimizer
         self.program = program
+        self.proposer_lm = proposer_lm  # None: the configured LM
+        self.fixed = fixed_tool_names(program)  # names a function must not take
+        self.fixed_text = describe_fixed_tools(program)  # and what those tools do, for the proposer
         self.param_name = param_name
         self.trainset = list(trainset)
         self.valset = list(valset) if valset else None
@@ -366,8 +452,8 @@ class _RunState:
         self.step = 0
         self.stale = 0
         self._history_mark: dict[str, Any] | None = None  # the proposer LM's newest history entry before a proposal
-        self.failure_list: list[dict[str, Any]] = []
-        self.accepted: list[dict[str, Any]] = []
+        self.failure_list: list[FailedCandidate] = []
+        self.accepted: list[AcceptedToolset] = []
         self._toolsets: dict[int, Toolset] = {}  # accepted toolsets by step, as objects (the checkpoint has dicts)
         self.steps: list[StepReport] = []
         self.agent_lm_calls = 0
@@ -389,22 +475,25 @@ class _RunState:
         checkpoint = self._load_checkpoint()
         self._open_ledger(checkpoint)
         if checkpoint is not None:
-            self.best = Toolset.from_dict(checkpoint["best"], source="checkpoint")
-            self.best_score = checkpoint["best_score"]
-            self.initial_score = checkpoint["initial_score"]
-            self.step = checkpoint["step"]
-            self.stale = checkpoint["stale"]
-            self.failure_list = checkpoint["failure_list"]
-            self.accepted = checkpoint["accepted"]
-            self.steps = [StepReport.model_validate(s) for s in checkpoint["steps"]]
-            self.agent_lm_calls = checkpoint["agent_lm_calls"]
-            self.proposer_lm_calls = checkpoint["proposer_lm_calls"]
-            self.stop_reason = checkpoint["stop_reason"]
-            self.initial_errors = checkpoint.get("initial_errors", 0)
-            self.initial_error = checkpoint.get("initial_error")
-            self.trajectory_budget = checkpoint.get("trajectory_budget", self.trajectory_budget)
-            self.interrupted_lm_calls += checkpoint.get("interrupted_lm_calls", 0)
-            self._carry(step_runs_next=not checkpoint["finished"])
+            finished = checkpoint.stop_reason is not None  # as it was written: a run that reached its end
+            self.best = Toolset.from_dict(checkpoint.best, source="checkpoint")
+            self.best_score = checkpoint.best_score
+            self.initial_score = checkpoint.initial_score
+            self.step = checkpoint.step
+            self.stale = checkpoint.stale
+            self.failure_list = checkpoint.failure_list
+            self.accepted = checkpoint.accepted
+            self.steps = checkpoint.steps
+            self.agent_lm_calls = checkpoint.agent_lm_calls
+            self.proposer_lm_calls = checkpoint.proposer_lm_calls
+            self.stop_reason = checkpoint.stop_reason
+            if self.stop_reason == "max_epochs" and self.step < self.opt.max_epochs:
+                self.stop_reason = None  # asked for more epochs this time: continue
+            self.initial_errors = checkpoint.initial_errors
+            self.initial_error = checkpoint.initial_error
+            self.trajectory_budget = checkpoint.trajectory_budget
+            self.interrupted_lm_calls += checkpoint.interrupted_lm_calls
+            self._carry(step_runs_next=not finished)
             self.resumed_after = self.step
             logger.info("resuming the compile in %s after step %d", self.log_dir, self.step)
             return
@@ -427,7 +516,7 @@ class _RunState:
                 len(baseline.records),
                 self.initial_error,
             )
-        self.accepted = [{"step": 0, "score": baseline.score, "toolset": initial.to_dict()}]
+        self.accepted = [AcceptedToolset(step=0, score=baseline.score, toolset=initial.to_dict())]
         self._toolsets[0] = initial
         self._save_toolset(0, initial)
         self.checkpoint()
@@ -458,9 +547,9 @@ class _RunState:
     def finish(self, start: float) -> tuple[Toolset, OptimizationReport]:
         candidates = [
             (
-                entry["step"],
-                self._toolsets.get(entry["step"]) or Toolset.from_dict(entry["toolset"], source="checkpoint"),
-                entry["score"],
+                entry.step,
+                self._toolsets.get(entry.step) or Toolset.from_dict(entry.toolset, source="checkpoint"),
+                entry.score,
             )
             for entry in self.accepted
         ]
@@ -510,7 +599,6 @@ class _RunState:
 
     # -------------------------------------------------------------------------------------------- a step
     def _one_step(self, step: int) -> StepReport:
-        opt = self.opt
         start = time.perf_counter()
         counts, self._carried = self._carried or _StepCounts(), None
         best_run = self._evaluate(self.best, self.trainset, counts)
@@ -524,7 +612,13 @@ class _RunState:
                 self.best_score,
             )
             self.best_score = best_run.score
-        score_before = best_run.score
+        gathered = self._gather_actions(step, best_run, counts)
+        return self._judge(step, best_run.score, gathered, counts, start)
+
+    def _gather_actions(self, step: int, best_run: EvaluationRun, counts: _StepCounts) -> _Gathered:
+        """Ask the proposer for actions and check each, sending rejected ones back with their reason, up to
+        `max_trials` calls: the candidate the accepted actions build, and what became of every action."""
+        opt = self.opt
         outcomes: list[ActionOutcome] = []
         kept: list[int] = []  # indices into outcomes
         candidate = self.best
@@ -620,6 +714,15 @@ class _RunState:
                 for o in outcomes
             ]
 
+        return _Gathered(outcomes, kept, candidate, note, last_call_failed)
+
+    def _judge(
+        self, step: int, score_before: float, gathered: _Gathered, counts: _StepCounts, start: float
+    ) -> StepReport:
+        """Evaluate the candidate the step's actions built, and accept it (it becomes the best toolset) or roll it
+        back (it joins the failure list)."""
+        opt = self.opt
+        outcomes, kept, candidate, note, last_call_failed = gathered
         base = dict(step=step, score_before=score_before, actions=outcomes, note=note)
         if not kept:
             self.stale += 1
@@ -637,18 +740,18 @@ class _RunState:
         if accept:
             self.best, self.best_score = candidate, score
             self.failure_list = []
-            self.accepted.append({"step": step, "score": score, "toolset": candidate.to_dict()})
+            self.accepted.append(AcceptedToolset(step=step, score=score, toolset=candidate.to_dict()))
             self._toolsets[step] = candidate
             self._save_toolset(step, candidate)
         else:
             self.failure_list.append(
-                {
-                    "step": step,
-                    "score": score,
-                    "best_score": self.best_score,
-                    "actions": [outcomes[i].proposal for i in kept],
-                    "fingerprint": candidate.fingerprint,
-                }
+                FailedCandidate(
+                    step=step,
+                    score=score,
+                    best_score=self.best_score,
+                    actions=[outcomes[i].proposal for i in kept],
+                    fingerprint=candidate.fingerprint,
+                )
             )
         self.stale = 0 if improved else self.stale + 1
         return self._step_report(
@@ -691,19 +794,22 @@ class _RunState:
         counts: _StepCounts,
     ) -> list[ProposedAction]:
         opt = self.opt
-        context: dict[str, Any] = {} if opt.proposer_lm is None else {"lm": opt.proposer_lm}
-        self._history_mark = _last_entry(opt.proposer_lm or dspy.settings.lm)
+        context: dict[str, Any] = {} if self.proposer_lm is None else {"lm": self.proposer_lm}
+        self._history_mark = _last_entry(self.proposer_lm or dspy.settings.lm)
         usage = None
         try:
             with dspy.context(**context), self._logged("proposer"), count_lm_usage() as usage:
                 prediction = opt.proposer(
-                    task=_describe_task(self.program),
-                    fixed_tools=opt._fixed_text or "(none)",
-                    current_functions=render_functions(toolset, notes),
-                    failure_list=_render_failures(self.failure_list),
-                    trajectories=trajectories,
-                    rejected="\n".join(feedback) or "(none)",
-                    max_actions=need,
+                    **proposer_inputs(
+                        program=self.program,
+                        fixed_tools=self.fixed_text,
+                        toolset=toolset,
+                        notes=notes,
+                        failures=self.failure_list,
+                        trajectories=trajectories,
+                        rejected=feedback,
+                        max_actions=need,
+                    )
                 )
         finally:
             calls = usage.calls if usage is not None else 0
@@ -717,7 +823,7 @@ class _RunState:
     def _reply_cut(self) -> bool:
         """Whether the proposer LM's last reply, made by the last `_propose`, stopped at its token limit (which
         leaves its last action, or the whole reply, incomplete)."""
-        lm = self.opt.proposer_lm or dspy.settings.lm
+        lm = self.proposer_lm or dspy.settings.lm
         entry = _last_entry(lm)
         if entry is None or entry is self._history_mark:  # the call made no request (it failed before)
             return False
@@ -733,58 +839,16 @@ class _RunState:
         if candidate.fingerprint == self.best.fingerprint:
             return "together, the actions leave the functions exactly as they are; change something"
         for failure in self.failure_list:
-            if failure.get("fingerprint") == candidate.fingerprint:
+            if failure.fingerprint == candidate.fingerprint:
                 return (
-                    f"together, the actions give the function set that scored {failure['score']:.3f} at step "
-                    f"{failure['step']} (see the failure list); propose something different"
+                    f"together, the actions give the function set that scored {failure.score:.3f} at step "
+                    f"{failure.step} (see the failure list); propose something different"
                 )
         return None
 
     def _check(self, proposal: ProposedAction, candidate: Toolset) -> tuple[str | None, Toolset]:
         """None and the new candidate, or the reason the proposal is rejected and the unchanged candidate."""
-        if proposal.malformed:
-            return f"the action is malformed: {proposal.malformed}", candidate
-        try:
-            action = proposal.to_action()
-        except ValidationError as exc:
-            return f"the action is malformed: {validation_reasons(exc)}", candidate
-        if action.name in self.opt._fixed:
-            return (
-                f"{action.name!r} is the name of a fixed tool of the agent; choose another name",
-                candidate,
-            )
-        try:
-            updated = candidate.apply([action])
-        except (ToolsetError, FunctionError) as exc:
-            return str(exc), candidate
-        if isinstance(action, RemoveFunction):
-            return None, updated
-        function = updated[action.name]
-        try:
-            arguments = function.validate_arguments(proposal.arguments())
-        except FunctionCallError as exc:
-            return f"example_arguments do not fit: {exc}", candidate
-        sandbox = self.opt.sandbox or default_sandbox()
-        result = sandbox.call(function, arguments)
-        if not result.ok:
-            return (
-                f"the smoke call {action.name}({json.dumps(arguments)}) failed: {result.error}"
-                + (f" (it printed: {result.stdout[-300:]})" if result.stdout else ""),
-                candidate,
-            )
-        if function.deterministic:  # a second call tells randomness, the clock or state apart, before any caching
-            again = sandbox.call(function, arguments)
-            if (again.ok, again.value, again.error) != (result.ok, result.value, result.error):
-                logger.info(
-                    "step %d: %s: two smoke calls with the same arguments gave %s and %s; it is marked not "
-                    "deterministic, so its results are never cached",
-                    self.step + 1,
-                    proposal.summary(),
-                    one_line(repr(result.value), 80),
-                    one_line(repr(again.value) if again.ok else again.error, 80),
-                )
-                updated = candidate.apply([action.model_copy(update={"deterministic": False})])
-        return None, updated
+        return check_proposal(proposal, candidate, fixed=self.fixed, sandbox=self.opt.sandbox, step=self.step + 1)
 
     # ------------------------------------------------------------------------------------------ helpers
     def _evaluate(
@@ -866,7 +930,7 @@ class _RunState:
                 "max_functions": initial.max_functions,
                 "train": [example_id(e) for e in self.trainset],
                 "val": [example_id(e) for e in self.valset] if self.valset else None,
-                "proposer": _lm_name(opt.proposer_lm),
+                "proposer": _lm_name(self.proposer_lm),
                 "settings": [
                     opt.max_actions_per_step,
                     opt.max_trials,
@@ -882,29 +946,30 @@ class _RunState:
     def checkpoint(self) -> None:
         if self.log_dir is None:
             return
+        checkpoint = Checkpoint(
+            format=CHECKPOINT_FORMAT,
+            version=CHECKPOINT_VERSION,
+            signature=self.signature,
+            mark=self.mark + 1,
+            interrupted_lm_calls=self.interrupted_lm_calls,
+            step=self.step,
+            best=self.best.to_dict(),
+            best_score=self.best_score,
+            initial_score=self.initial_score,
+            stale=self.stale,
+            failure_list=self.failure_list,
+            accepted=self.accepted,
+            steps=self.steps,
+            agent_lm_calls=self.agent_lm_calls,
+            proposer_lm_calls=self.proposer_lm_calls,
+            stop_reason=self.stop_reason,
+            initial_errors=self.initial_errors,
+            initial_error=self.initial_error,
+            trajectory_budget=self.trajectory_budget,
+        )
         write_json(
             self.log_dir / "checkpoint.json",
-            {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
-                "signature": self.signature,
-                "mark": self.mark + 1,
-                "interrupted_lm_calls": self.interrupted_lm_calls,
-                "step": self.step,
-                "best": self.best.to_dict(),
-                "best_score": self.best_score,
-                "initial_score": self.initial_score,
-                "stale": self.stale,
-                "failure_list": self.failure_list,
-                "accepted": self.accepted,
-                "steps": [s.model_dump(mode="json") for s in self.steps],
-                "agent_lm_calls": self.agent_lm_calls,
-                "proposer_lm_calls": self.proposer_lm_calls,
-                "stop_reason": self.stop_reason,
-                "initial_errors": self.initial_errors,
-                "initial_error": self.initial_error,
-                "trajectory_budget": self.trajectory_budget,
-            },
+            checkpoint.model_dump(mode="json"),
             indent=None,  # read by the next run, not by people: report.json is the readable record
         )
         self.mark += 1
@@ -912,10 +977,10 @@ class _RunState:
             self._ledger.restart(self.mark)
 
     # --------------------------------------------------------------------------------- LM-call ledger
-    def _open_ledger(self, checkpoint: dict[str, Any] | None) -> None:
+    def _open_ledger(self, checkpoint: Checkpoint | None) -> None:
         if self.log_dir is None:
             return
-        self.mark = checkpoint.get("mark", 0) if checkpoint is not None else 0
+        self.mark = checkpoint.mark if checkpoint is not None else 0
         self._ledger = _Ledger(self.log_dir / LEDGER, self.signature, self.mark)
 
     def _carry(self, *, step_runs_next: bool) -> None:
@@ -946,28 +1011,36 @@ class _RunState:
         if self._ledger is not None:
             self._ledger.close()
 
-    def _load_checkpoint(self) -> dict[str, Any] | None:
+    def _load_checkpoint(self) -> Checkpoint | None:
         if self.log_dir is None:
             return None
         path = self.log_dir / "checkpoint.json"
         if not path.exists():
             return None
         data = read_json(path, "checkpoint", "delete it to start this compile afresh (resume=False)")
-        if not isinstance(data, dict) or (data.get("format"), data.get("version")) != (
-            CHECKPOINT_FORMAT,
-            CHECKPOINT_VERSION,
-        ):
+        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
             raise ToolforgeError(f"{str(path)!r} is not a toolforge checkpoint of this version; use another log_dir")
-        data["finished"] = data.get("stop_reason") is not None  # as it was written: a run that reached its end
+        version = data.get("version")
+        migrate = _MIGRATIONS.get(version) if type(version) is int else None
+        if migrate is None:
+            raise ToolforgeError(
+                f"{str(path)!r} is a toolforge checkpoint of version {one_line(repr(version), 40)}, which this "
+                f"toolforge does not read (it reads version {', '.join(map(str, _MIGRATIONS))}); delete it to start "
+                "this compile afresh (resume=False), or use another log_dir"
+            )
         if data.get("signature") != self.signature:
             raise ToolforgeError(
                 f"log_dir {str(self.log_dir)!r} holds a checkpoint of a different compile (another program, data, "
                 "metric, LM, settings or toolforge version); use another log_dir (--out on the command line), or "
                 "start afresh in it with resume=False (--restart)"
             )
-        if data["stop_reason"] == "max_epochs" and data["step"] < self.opt.max_epochs:
-            data["stop_reason"] = None  # asked for more epochs this time: continue
-        return data
+        try:
+            return Checkpoint.model_validate(migrate(data, trajectory_budget=self.opt.trajectory_budget_chars))
+        except ValidationError as exc:
+            raise ToolforgeError(
+                f"{str(path)!r} is not a valid toolforge checkpoint of version {version}: {validation_reasons(exc)}; "
+                "delete it to start this compile afresh (resume=False)"
+            ) from None
 
     def _save_toolset(self, step: int, toolset: Toolset) -> None:
         if self.log_dir is not None:
@@ -1083,37 +1156,6 @@ def _last_entry(lm: Any) -> dict[str, Any] | None:
     """The newest entry of an LM's request history, if it keeps one."""
     history = getattr(lm, "history", None)
     return history[-1] if isinstance(history, list) and history else None
-
-
-def _describe_task(program: dspy.Module) -> str:
-    signature = getattr(program, "signature", None)
-    if signature is not None and hasattr(signature, "signature"):
-        text = f"{signature.signature}"
-        return f"{text}\n{signature.instructions}" if signature.instructions else text
-    parts = [f"{name}: {p.signature.signature}" for name, p in program.named_predictors()]
-    return f"{type(program).__name__} with predictors " + "; ".join(parts)
-
-
-def _render_failures(failures: list[dict[str, Any]]) -> str:
-    if not failures:
-        return "(none)"
-    parts = []
-    for failure in failures:
-        lines = [
-            f"Step {failure['step']}: scored {failure['score']:.3f} (the current functions score "
-            f"{failure['best_score']:.3f}) after:"
-        ]
-        for action in failure["actions"]:
-            lines.append(f"- {action['action']} {action['name']}")
-            if action.get("code"):
-                code = action["code"].strip()
-                lines.append(
-                    "  ```python\n  "
-                    + (code if len(code) < 1500 else code[:1500] + "\n  ...").replace("\n", "\n  ")
-                    + "\n  ```"
-                )
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts)
 
 
 def _discard_run(log_dir: Path) -> None:

@@ -1,9 +1,9 @@
 """The optimizer LM's step: from the training history to typed actions on the toolset.
 
 `Proposer` is a `dspy.Module` with a typed signature, so any DSPy LM and adapter drive it, and its prompt can
-itself be optimized. This module also renders what the proposer reads (functions, failure list, scored
-trajectories) into text within a size budget: failures first, long trajectories truncated, never the whole
-history raw.
+itself be optimized. This module also renders everything the proposer reads (`proposer_inputs`: the task, the
+fixed tools, the functions, the failure list, scored trajectories, rejected actions) into text within a size
+budget: failures first, long trajectories truncated, never the whole history raw.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -28,6 +28,9 @@ __all__ = [
     "ProposedAction",
     "ProposedActionReply",
     "Proposer",
+    "describe_task",
+    "proposer_inputs",
+    "render_failures",
     "render_functions",
     "render_record",
     "render_trajectories",
@@ -287,6 +290,85 @@ class Proposer(dspy.Module):
 
 
 # --------------------------------------------------------------------------------------------- rendering
+class FailedCandidateLike(Protocol):
+    """What the failure list shows of a candidate that scored lower (the optimizer's `FailedCandidate`)."""
+
+    @property
+    def step(self) -> int: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def best_score(self) -> float: ...
+    @property
+    def actions(self) -> list[dict[str, Any]]: ...
+
+
+def proposer_inputs(
+    *,
+    program: dspy.Module,
+    fixed_tools: str,
+    toolset: Toolset,
+    notes: dict[str, str],
+    failures: Sequence[FailedCandidateLike],
+    trajectories: str,
+    rejected: Sequence[str],
+    max_actions: int,
+) -> dict[str, Any]:
+    """The inputs of `ProposeActions`, as text: what the proposer reads in one call.
+
+    Args:
+        program: The program being trained (its task is described from its signature or predictors).
+        fixed_tools: The program's fixed tools, a line each (empty for none).
+        toolset: The candidate's functions; `notes` says how the training runs used each.
+        failures: The failure list.
+        trajectories: The scored runs, as `render_trajectories` gives them.
+        rejected: The actions sent back earlier in this step, a line each with the reason.
+        max_actions: The most actions to propose.
+    """
+    return {
+        "task": describe_task(program),
+        "fixed_tools": fixed_tools or "(none)",
+        "current_functions": render_functions(toolset, notes),
+        "failure_list": render_failures(failures),
+        "trajectories": trajectories,
+        "rejected": "\n".join(rejected) or "(none)",
+        "max_actions": max_actions,
+    }
+
+
+def describe_task(program: dspy.Module) -> str:
+    """What the program does: its signature and instructions, or its predictors' signatures."""
+    signature = getattr(program, "signature", None)
+    if signature is not None and hasattr(signature, "signature"):
+        text = f"{signature.signature}"
+        return f"{text}\n{signature.instructions}" if signature.instructions else text
+    parts = [f"{name}: {p.signature.signature}" for name, p in program.named_predictors()]
+    return f"{type(program).__name__} with predictors " + "; ".join(parts)
+
+
+def render_failures(failures: Sequence[FailedCandidateLike]) -> str:
+    """The failure list: each candidate's score against the best one's then, and the actions that built it."""
+    if not failures:
+        return "(none)"
+    parts = []
+    for failure in failures:
+        lines = [
+            f"Step {failure.step}: scored {failure.score:.3f} (the current functions score "
+            f"{failure.best_score:.3f}) after:"
+        ]
+        for action in failure.actions:
+            lines.append(f"- {action['action']} {action['name']}")
+            if action.get("code"):
+                code = action["code"].strip()
+                lines.append(
+                    "  ```python\n  "
+                    + (code if len(code) < 1500 else code[:1500] + "\n  ...").replace("\n", "\n  ")
+                    + "\n  ```"
+                )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def usage_notes(records: Sequence[ExampleRecord], names: Sequence[str]) -> dict[str, str]:
     """For each function in `names`, how the training runs used it: in how many runs, and how many calls failed.
     A function that helps nobody is a candidate for removal; one whose calls fail, for revision."""

@@ -1,0 +1,99 @@
+"""Checking a proposed action before it costs an evaluation: its own validation, the toolset's rules, a smoke call
+in the sandbox, and whether its function is deterministic.
+
+The optimizer calls `check_proposal` for each action the proposer returns, in order, each on the candidate the
+accepted ones before it built; a rejected action goes back to the proposer with its reason. Nothing here needs an
+LM: a test builds a `ProposedAction` by hand and checks it against a real `Sandbox`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection
+from typing import NamedTuple
+
+from pydantic import ValidationError
+
+from toolforge._text import one_line
+from toolforge.actions import RemoveFunction, validation_reasons
+from toolforge.errors import FunctionCallError, FunctionError, ToolsetError
+from toolforge.proposer import ProposedAction
+from toolforge.sandbox import Sandbox, default_sandbox
+from toolforge.toolset import Toolset
+
+__all__ = ["Check", "check_proposal"]
+
+logger = logging.getLogger("toolforge.optimizer")  # its messages are the compile's, as they were
+
+
+class Check(NamedTuple):
+    """The verdict on one proposal: no reason and the candidate with the action applied, or the reason it is
+    rejected and the candidate unchanged."""
+
+    reason: str | None
+    toolset: Toolset
+
+
+def check_proposal(
+    proposal: ProposedAction,
+    candidate: Toolset,
+    *,
+    fixed: Collection[str] = (),
+    sandbox: Sandbox | None = None,
+    step: int | None = None,
+) -> Check:
+    """Check `proposal` against `candidate`.
+
+    Args:
+        proposal: The action as the proposer gave it (a malformed reply's record is rejected with its reason).
+        candidate: The toolset the action applies to.
+        fixed: Names of the program's fixed tools, which a function must not take.
+        sandbox: Where the smoke calls run (default: the process-wide sandbox).
+        step: The step, for the log line that says a function was found not deterministic.
+
+    Returns:
+        `Check(None, updated)` for an accepted action, `Check(reason, candidate)` for a rejected one. An action
+        whose function gives different results for the same arguments in two smoke calls is accepted, with the
+        function marked not deterministic (its results are then never cached).
+    """
+    if proposal.malformed:
+        return Check(f"the action is malformed: {proposal.malformed}", candidate)
+    try:
+        action = proposal.to_action()
+    except ValidationError as exc:
+        return Check(f"the action is malformed: {validation_reasons(exc)}", candidate)
+    if action.name in fixed:
+        return Check(f"{action.name!r} is the name of a fixed tool of the agent; choose another name", candidate)
+    try:
+        updated = candidate.apply([action])
+    except (ToolsetError, FunctionError) as exc:
+        return Check(str(exc), candidate)
+    if isinstance(action, RemoveFunction):
+        return Check(None, updated)
+    function = updated[action.name]
+    try:
+        arguments = function.validate_arguments(proposal.arguments())
+    except FunctionCallError as exc:
+        return Check(f"example_arguments do not fit: {exc}", candidate)
+    box = sandbox or default_sandbox()
+    result = box.call(function, arguments)
+    if not result.ok:
+        return Check(
+            f"the smoke call {action.name}({json.dumps(arguments)}) failed: {result.error}"
+            + (f" (it printed: {result.stdout[-300:]})" if result.stdout else ""),
+            candidate,
+        )
+    if function.deterministic:  # a second call tells randomness, the clock or state apart, before any caching
+        again = box.call(function, arguments)
+        if (again.ok, again.value, again.error) != (result.ok, result.value, result.error):
+            logger.info(
+                "step %s: %s: two smoke calls with the same arguments gave %s and %s; it is marked not "
+                "deterministic, so its results are never cached",
+                step if step is not None else "?",
+                proposal.summary(),
+                one_line(repr(result.value), 80),
+                one_line(repr(again.value) if again.ok else again.error, 80),
+            )
+            updated = candidate.apply([action.model_copy(update={"deterministic": False})])
+    return Check(None, updated)
