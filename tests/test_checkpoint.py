@@ -83,3 +83,16 @@ def test_a_checkpoint_that_does_not_fit_its_version_is_refused_with_the_reason(t
     assert f"{str(path)!r} is not a valid toolforge checkpoint of version 1" in message
     assert "step: Field required" in message and "failure_list.0.score" in message
     assert "delete it to start this compile afresh (resume=False)" in message
+
+
+def test_a_steps_lm_usage_is_one_nested_model_that_json_writes_flat():
+    from toolforge.optimizer import LMUsage, StepReport, StepUsage
+
+    usage = StepUsage(agent=LMUsage(calls=3, prompt_tokens=10, completion_tokens=2), proposer=LMUsage(calls=1))
+    step = StepReport(step=1, outcome="accepted", score_before=0.5, best_fingerprint="f", usage=usage)
+    data = step.model_dump(mode="json")
+    assert "usage" not in data
+    assert [data[k] for k in ("agent_lm_calls", "agent_prompt_tokens", "agent_completion_tokens")] == [3, 10, 2]
+    assert [data[k] for k in ("proposer_lm_calls", "proposer_prompt_tokens", "proposer_completion_tokens")] == [1, 0, 0]
+    assert list(data).index("agent_lm_calls") == list(data).index("best_fingerprint") + 1  # where the fields were
+    assert StepReport.model_validate(data) == step

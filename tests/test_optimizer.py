@@ -254,7 +254,7 @@ def test_proposing_a_failed_function_set_again_is_sent_back_without_an_evaluatio
     first, second = report.steps
     assert first.outcome == "rolled_back"
     assert second.outcome == "no_change" and second.candidate_fingerprint is None
-    assert (second.agent_lm_calls, second.cache_misses) == (0, 0)  # no evaluation of the repeated set
+    assert (second.usage.agent.calls, second.cache_misses) == (0, 0)  # no evaluation of the repeated set
     assert [(a.status, a.trial) for a in second.actions] == [("rejected", 1)]
     assert second.actions[0].reason == (
         "together, the actions give the function set that scored 0.800 at step 1 (see the failure list); propose "
@@ -588,8 +588,8 @@ def test_step_reports_count_lm_calls_and_cache_hits(cache):
     _, _, report, agent, proposer = compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache)
     first = report.steps[0]
     assert (first.cache_hits, first.cache_misses) == (10, 10)  # the best toolset was cached; the candidate ran
-    assert first.agent_lm_calls == 30 and first.proposer_lm_calls == 1
-    assert first.proposer_prompt_tokens > 0 and first.agent_prompt_tokens > 0
+    assert first.usage.agent.calls == 30 and first.usage.proposer.calls == 1
+    assert first.usage.proposer.prompt_tokens > 0 and first.usage.agent.prompt_tokens > 0
     assert report.agent_lm_calls == agent.calls == 28 + 30
     assert report.proposer_lm_calls == proposer.calls
 
@@ -815,7 +815,7 @@ def test_a_proposer_prompt_over_its_context_window_is_retried_with_fewer_traject
         "the proposer's prompt exceeded its LM's context window; the trajectories it sees are cut to 2000 characters"
     )
     assert seen[0] > 3000 and 0 < seen[1] <= 3000  # the retry fitted
-    assert second.proposer_lm_calls == 1 and seen[2] <= 3000 and second.note is None  # and so does the next step
+    assert second.usage.proposer.calls == 1 and seen[2] <= 3000 and second.note is None  # and so does the next step
 
 
 def test_a_proposer_reply_that_does_not_parse_is_recorded_not_raised(cache):
@@ -1043,7 +1043,7 @@ def test_a_refactor_that_keeps_every_outcome_costs_no_agent_lm_call(cache, tmp_p
     _, _, report, agent, _ = compile_with(policy, toolset, cache=cache, max_epochs=1, log_dir=tmp_path / "run")
     step = report.steps[0]
     assert (step.outcome, step.score_after) == ("accepted", 1.0)
-    assert (step.agent_lm_calls, step.cache_misses, step.cache_revalidated) == (0, 0, 8)  # the 8 doubles
+    assert (step.usage.agent.calls, step.cache_misses, step.cache_revalidated) == (0, 0, 8)  # the 8 doubles
     assert agent.calls == 10 * 3  # the baseline only
     markdown = write_report(tmp_path / "run")[1].read_text()
     assert "| 20/20 (8 held for revised code) |" in markdown

@@ -38,7 +38,7 @@ from dspy.utils.exceptions import (
     LMUnsupportedModelError,
 )
 from dspy.utils.usage_tracker import UsageTracker
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_serializer, model_validator
 
 from toolforge._hashing import content_hash
 from toolforge._io import read_json, write_json
@@ -91,8 +91,51 @@ class ActionOutcome(BaseModel):
     trial: int
 
 
+class LMUsage(BaseModel):
+    """The LM requests of one role in a step, and their tokens."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, prompt: int, completion: int, calls: int = 1) -> None:
+        self.calls += calls
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+
+
+class StepUsage(BaseModel):
+    """A step's LM usage: the agent's (evaluations) and the proposer's."""
+
+    agent: LMUsage = Field(default_factory=LMUsage)
+    proposer: LMUsage = Field(default_factory=LMUsage)
+
+    def flat(self) -> dict[str, int]:
+        """As report.json and checkpoints write it: `agent_lm_calls`, `agent_prompt_tokens`, ..."""
+        return {
+            f"{role}_{name}": getattr(getattr(self, role), field)
+            for role in ("agent", "proposer")
+            for name, field in (("lm_calls", "calls"), ("prompt_tokens", "prompt_tokens"),
+                                ("completion_tokens", "completion_tokens"))
+        }  # fmt: skip
+
+    @classmethod
+    def from_flat(cls, data: dict[str, Any]) -> StepUsage:
+        return cls(
+            **{
+                role: LMUsage(
+                    calls=data.pop(f"{role}_lm_calls", 0),
+                    prompt_tokens=data.pop(f"{role}_prompt_tokens", 0),
+                    completion_tokens=data.pop(f"{role}_completion_tokens", 0),
+                )
+                for role in ("agent", "proposer")
+            }
+        )
+
+
 class StepReport(BaseModel):
-    """One step of the training loop."""
+    """One step of the training loop. Its LM usage is `usage.agent` / `usage.proposer` (calls and tokens), written
+    flat in JSON as `agent_lm_calls`, `agent_prompt_tokens`, ... (the format report.json and checkpoints have)."""
 
     step: int
     outcome: Literal["accepted", "rolled_back", "no_change", "proposal_failed"]
@@ -102,17 +145,31 @@ class StepReport(BaseModel):
     actions: list[ActionOutcome] = Field(default_factory=list)
     candidate_fingerprint: str | None = None
     best_fingerprint: str
-    agent_lm_calls: int = 0
-    agent_prompt_tokens: int = 0
-    agent_completion_tokens: int = 0
-    proposer_lm_calls: int = 0
-    proposer_prompt_tokens: int = 0
-    proposer_completion_tokens: int = 0
+    usage: StepUsage = Field(default_factory=lambda: StepUsage())
     cache_hits: int = 0
     cache_misses: int = 0
     cache_revalidated: int = 0  # of the hits: records that held for revised code (same outcomes on their calls)
     interrupted_lm_calls: int = 0  # of the LM calls above, those an interrupted run of this step made (see below)
     wall_time_s: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _usage_from_flat(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "usage" not in data and any(k.endswith("_lm_calls") for k in data):
+            data = dict(data)
+            data["usage"] = StepUsage.from_flat(data)
+        return data
+
+    @model_serializer(mode="wrap")
+    def _usage_as_flat(self, handler: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in handler(self).items():
+            if key == "usage":
+                out.update(self.usage.flat())
+            else:
+                out[key] = value
+        return out
+
     note: str | None = None
 
 
@@ -771,12 +828,7 @@ class _RunState:
     def _step_report(self, fields: dict[str, Any], counts: _StepCounts, start: float) -> StepReport:
         return StepReport(
             **fields,
-            agent_lm_calls=counts.agent_calls,
-            agent_prompt_tokens=counts.agent_tokens[0],
-            agent_completion_tokens=counts.agent_tokens[1],
-            proposer_lm_calls=counts.proposer_calls,
-            proposer_prompt_tokens=counts.proposer_tokens[0],
-            proposer_completion_tokens=counts.proposer_tokens[1],
+            usage=counts.usage,
             cache_hits=counts.hits,
             cache_misses=counts.misses,
             cache_revalidated=counts.revalidated,
@@ -814,9 +866,9 @@ class _RunState:
         finally:
             calls = usage.calls if usage is not None else 0
             self.proposer_lm_calls += calls
-            counts.proposer_calls += calls
+            counts.usage.proposer.calls += calls
         tokens = usage.tokens
-        counts.proposer_tokens = (counts.proposer_tokens[0] + tokens[0], counts.proposer_tokens[1] + tokens[1])
+        counts.usage.proposer.add(tokens[0], tokens[1], calls=0)
         actions = prediction.actions or []
         return [a if isinstance(a, ProposedAction) else ProposedActionReply.model_validate(a) for a in actions]
 
@@ -867,13 +919,13 @@ class _RunState:
                     len(run.records),
                     one_line(run.errors[0].error, 300),
                 )
-            counts.agent_calls += run.lm_calls
+            counts.usage.agent.calls += run.lm_calls
             counts.hits += run.hits
             counts.misses += run.misses
             counts.revalidated += run.revalidated
             prompt = sum(r.prompt_tokens for r in run.records if not r.cached)
             completion = sum(r.completion_tokens for r in run.records if not r.cached)
-            counts.agent_tokens = (counts.agent_tokens[0] + prompt, counts.agent_tokens[1] + completion)
+            counts.usage.agent.add(prompt, completion, calls=0)
         return run
 
     def _checked_prune(self, toolset: Toolset, val_score: float | None) -> _Pruning:
@@ -987,18 +1039,18 @@ class _RunState:
         """Add the LM calls an interrupted run made after the last checkpoint (the ledger has them) to the totals,
         and, when they were made by the step that runs next, to that step's counts."""
         carried = self._ledger.carried() if self._ledger is not None else None
-        if carried is None or not (carried.agent_calls or carried.proposer_calls):
+        if carried is None or not (carried.usage.agent.calls or carried.usage.proposer.calls):
             return
-        carried.interrupted = carried.agent_calls + carried.proposer_calls
-        self.agent_lm_calls += carried.agent_calls
-        self.proposer_lm_calls += carried.proposer_calls
+        carried.interrupted = carried.usage.agent.calls + carried.usage.proposer.calls
+        self.agent_lm_calls += carried.usage.agent.calls
+        self.proposer_lm_calls += carried.usage.proposer.calls
         self.interrupted_lm_calls += carried.interrupted
         self._carried = carried if step_runs_next else None
         logger.info(
             "an interrupted run of this compile made %d agent and %d proposer LM calls after its last checkpoint; "
             "they are counted",
-            carried.agent_calls,
-            carried.proposer_calls,
+            carried.usage.agent.calls,
+            carried.usage.proposer.calls,
         )
 
     def _logged(self, role: Literal["agent", "proposer"]) -> contextlib.AbstractContextManager[Any]:
@@ -1049,10 +1101,7 @@ class _RunState:
 
 class _StepCounts:
     def __init__(self) -> None:
-        self.agent_calls = 0
-        self.agent_tokens = (0, 0)
-        self.proposer_calls = 0
-        self.proposer_tokens = (0, 0)
+        self.usage = StepUsage()
         self.hits = 0
         self.misses = 0
         self.revalidated = 0
@@ -1104,12 +1153,8 @@ class _Ledger:
                 role = entry["role"]
             except (ValueError, TypeError, KeyError, RecursionError):
                 continue  # a line cut by a crash, or not ours
-            if role == "agent":
-                counts.agent_calls += 1
-                counts.agent_tokens = (counts.agent_tokens[0] + prompt, counts.agent_tokens[1] + completion)
-            elif role == "proposer":
-                counts.proposer_calls += 1
-                counts.proposer_tokens = (counts.proposer_tokens[0] + prompt, counts.proposer_tokens[1] + completion)
+            if role in ("agent", "proposer"):
+                getattr(counts.usage, role).add(prompt, completion)
         return counts
 
     def restart(self, mark: int) -> None:

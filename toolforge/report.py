@@ -133,8 +133,8 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
         after = f"{s.score_after:.3f}" if s.score_after is not None else "-"
         actions = ", ".join(f"{a.summary} ({a.status})" for a in s.actions) or "none"
         lines.append(
-            f"| {s.step} | {s.outcome} | {s.score_before:.3f} | {after} | {actions} | {s.agent_lm_calls} | "
-            f"{s.proposer_lm_calls} | {s.cache_hits}/{s.cache_hits + s.cache_misses}"
+            f"| {s.step} | {s.outcome} | {s.score_before:.3f} | {after} | {actions} | {s.usage.agent.calls} | "
+            f"{s.usage.proposer.calls} | {s.cache_hits}/{s.cache_hits + s.cache_misses}"
             + (f" ({s.cache_revalidated} held for revised code)" if s.cache_revalidated else "")
             + " |"
         )
