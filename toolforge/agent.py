@@ -19,6 +19,7 @@ import dspy
 from dspy.signatures.signature import Signature, ensure_signature
 from dspy.utils.exceptions import AdapterParseError, ContextWindowExceededError
 
+from toolforge._checks import check_int
 from toolforge.errors import FunctionCallError, ToolforgeError
 from toolforge.sandbox import Sandbox, default_sandbox
 from toolforge.schema import call_type
@@ -64,8 +65,7 @@ class ToolAgent(dspy.Module):
         max_observation_chars: int = 8000,
     ) -> None:
         super().__init__()
-        if not isinstance(max_iters, int) or max_iters < 1:
-            raise ToolforgeError(f"ToolAgent(max_iters={max_iters!r}): max_iters must be an integer >= 1")
+        check_int("ToolAgent", "max_iters", max_iters, 1, allow_bool=True)
         if not (isinstance(signature, str) or (isinstance(signature, type) and issubclass(signature, Signature))):
             raise ToolforgeError(
                 f"ToolAgent(signature={signature!r:.60}): give a signature string such as 'question -> answer: float'"
@@ -73,8 +73,10 @@ class ToolAgent(dspy.Module):
             )
         sig: type[Signature] = ensure_signature(signature)
         self.signature = signature = sig
-        if not isinstance(max_observation_chars, int) or max_observation_chars < 100:
-            raise ToolforgeError(f"ToolAgent(max_observation_chars={max_observation_chars!r}): give an integer >= 100")
+        check_int(
+            "ToolAgent", "max_observation_chars", max_observation_chars, 100, allow_bool=True,
+            message="{owner}({name}={value!r}): give an integer >= {low}",
+        )  # fmt: skip
         self.max_iters = max_iters
         self.max_observation_chars = max_observation_chars
         self.sandbox = sandbox

@@ -182,6 +182,20 @@ def _cache_fix(exc: CacheError) -> str:
     return f"{exc.problem}; {fix}"
 
 
+# The library's messages name its Python parameters; on the command line, the flags that set them are named too.
+_FLAGS = (
+    ("another log_dir", "another log_dir (--out)"),
+    ("resume=False", "resume=False (--restart)"),
+    ("compile(..., toolset='<name>')", "compile(..., toolset='<name>'), or --toolset-name on the command line"),
+)
+
+
+def _with_flags(message: str) -> str:
+    for python, flag in _FLAGS:
+        message = message.replace(python, flag)
+    return message
+
+
 def _set_toolset(program: dspy.Module, toolset: Toolset, name: str | None) -> None:
     from dspy.primitives.module import set_attribute_by_name
 
@@ -521,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ToolforgeError as exc:
         if args.debug:
             raise
-        _err(str(exc))
+        _err(_with_flags(str(exc)))
         return 2
     except KeyboardInterrupt:
         _err("interrupted; run the same command again to resume where it stopped")

@@ -27,6 +27,7 @@ from typing import Any
 import dspy
 import tqdm
 
+from toolforge._checks import check_int
 from toolforge._hashing import content_hash
 from toolforge._text import one_line
 from toolforge._usage import count_lm_usage
@@ -82,8 +83,7 @@ class Evaluator:
     ) -> None:
         if not callable(metric):
             raise ToolforgeError(f"metric must be callable as metric(example, prediction, trace=None), got {metric!r}")
-        if not isinstance(num_threads, int) or num_threads < 1:
-            raise ToolforgeError(f"Evaluator(num_threads={num_threads!r}): num_threads must be an integer >= 1")
+        check_int("Evaluator", "num_threads", num_threads, 1, allow_bool=True)
         if not 0.0 <= failure_score <= 1.0:
             raise ToolforgeError(f"Evaluator(failure_score={failure_score!r}): failure_score must be in [0, 1]")
         self.metric = metric

@@ -40,6 +40,7 @@ from dspy.utils.exceptions import (
 from dspy.utils.usage_tracker import UsageTracker
 from pydantic import BaseModel, Field, ValidationError, model_serializer, model_validator
 
+from toolforge._checks import check_int
 from toolforge._hashing import content_hash
 from toolforge._io import read_json, write_json
 from toolforge._text import one_line
@@ -373,11 +374,12 @@ class FunctionOptimizer(Teleprompter):
             ("num_threads", num_threads, 1),
             ("trajectory_budget_chars", trajectory_budget_chars, _MIN_TRAJECTORY_BUDGET),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ToolforgeError(f"FunctionOptimizer({name}={value!r}): {name} must be an integer >= {low}")
+            check_int("FunctionOptimizer", name, value, low)
         for name, limit in (("max_functions", max_functions), ("max_lm_calls", max_lm_calls)):
-            if limit is not None and (not isinstance(limit, int) or limit < 0):
-                raise ToolforgeError(f"FunctionOptimizer({name}={limit!r}): {name} must be a non-negative integer")
+            check_int(
+                "FunctionOptimizer", name, limit, 0, allow_bool=True, optional=True,
+                message="{owner}({name}={value!r}): {name} must be a non-negative integer",
+            )  # fmt: skip
         self.metric = metric
         self.proposer_lm = resolve_lm(proposer_lm, role="proposer_lm") if isinstance(proposer_lm, str) else proposer_lm
         self.max_epochs = max_epochs
@@ -1083,8 +1085,8 @@ class _RunState:
         if data.get("signature") != self.signature:
             raise ToolforgeError(
                 f"log_dir {str(self.log_dir)!r} holds a checkpoint of a different compile (another program, data, "
-                "metric, LM, settings or toolforge version); use another log_dir (--out on the command line), or "
-                "start afresh in it with resume=False (--restart)"
+                "metric, LM, settings or toolforge version); use another log_dir, or start afresh in it with "
+                "resume=False"
             )
         try:
             return Checkpoint.model_validate(migrate(data, trajectory_budget=self.opt.trajectory_budget_chars))
@@ -1230,7 +1232,7 @@ def _exclusive(log_dir: Path | None) -> Iterator[None]:
             holder = lock.read().strip() or "another process"
             raise ToolforgeError(
                 f"another compile ({holder}) is running in {str(log_dir)!r}; wait for it to finish, or give this one "
-                "another log_dir (--out on the command line)"
+                "another log_dir"
             ) from None
         lock.seek(0)
         lock.truncate()

@@ -141,7 +141,7 @@ def find_toolset(student: dspy.Module, name: str | None = None) -> tuple[str, To
         if len(found) > 1:
             raise ToolforgeError(
                 f"the student holds several toolsets ({', '.join(n for n, _ in found)}); choose one by name: "
-                "compile(..., toolset='<name>'), or --toolset-name on the command line"
+                "compile(..., toolset='<name>')"
             )
         return found[0]
     for n, p in found:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from dspy.predict.parameter import Parameter
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from toolforge._checks import check_int
 from toolforge._hashing import content_hash
 from toolforge._io import MAX_JSON_DEPTH, json_depth, read_json, write_json
 from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction, parse_action, validation_reasons
@@ -114,10 +115,10 @@ class Toolset(Parameter):
     """
 
     def __init__(self, functions: Iterable[ForgedFunction] = (), max_functions: int | None = None) -> None:
-        if max_functions is not None and (
-            not isinstance(max_functions, int) or isinstance(max_functions, bool) or max_functions < 0
-        ):
-            raise ToolsetError(f"max_functions={max_functions!r} must be a non-negative integer or None")
+        check_int(
+            "Toolset", "max_functions", max_functions, 0, error=ToolsetError, optional=True,
+            message="{name}={value!r} must be a non-negative integer or None",
+        )  # fmt: skip
         self._set(tuple(functions), max_functions)
 
     def _set(self, functions: tuple[ForgedFunction, ...], max_functions: int | None) -> None:
