@@ -80,42 +80,36 @@ def _bind_read_only(source, target):
 
 # (audit arch, syscall numbers) by machine. A name missing on a machine (aarch64 has only the *at calls) is skipped.
 # fmt: off
-_SYSCALLS = {
-    "x86_64": (
-        0xC000003E,
-        {
-            "socket": 41, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-            "fcntl": 72, "flock": 73, "clone": 56, "clone3": 435, "fork": 57, "vfork": 58, "execve": 59,
-            "execveat": 322, "prctl": 157,
-            "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452, "chown": 92, "fchown": 93, "lchown": 94,
-            "fchownat": 260, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280, "setxattr": 188,
-            "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198, "fremovexattr": 199,
-            "setxattrat": 463, "removexattrat": 466, "memfd_create": 319, "memfd_secret": 447, "shmget": 29,
-            "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "pidfd_open": 434,
-            "pidfd_getfd": 438, "pidfd_send_signal": 424, "unshare": 272, "setns": 308, "mount": 165,
-            "umount2": 166, "pivot_root": 155, "chroot": 161, "mount_setattr": 442, "open_tree": 428,
-            "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "keyctl": 250,
-            "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
-            "name_to_handle_at": 303, "open_by_handle_at": 304,
-        },
-    ),
-    "aarch64": (
-        0xC00000B7,
-        {
-            "socket": 198, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-            "fcntl": 25, "flock": 32, "clone": 220, "clone3": 435, "execve": 221, "execveat": 281, "prctl": 167,
-            "fchmod": 52, "fchmodat": 53, "fchmodat2": 452, "fchown": 55, "fchownat": 54, "utimensat": 88,
-            "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15,
-            "fremovexattr": 16, "setxattrat": 463, "removexattrat": 466, "memfd_create": 279, "memfd_secret": 447,
-            "shmget": 194, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272,
-            "pidfd_open": 434, "pidfd_getfd": 438, "pidfd_send_signal": 424, "unshare": 97, "setns": 268,
-            "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "mount_setattr": 442, "open_tree": 428,
-            "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "keyctl": 219,
-            "add_key": 217, "request_key": 218, "bpf": 280, "perf_event_open": 241, "userfaultfd": 282,
-            "name_to_handle_at": 264, "open_by_handle_at": 265,
-        },
-    ),
+# syscall numbers on x86_64 and aarch64 (None: the machine has only the *at form), and each machine's audit arch
+_SYSCALL_NUMBERS = {
+    "socket": (41, 198), "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
+    "fcntl": (72, 25), "flock": (73, 32), "clone": (56, 220), "clone3": (435, 435), "fork": (57, None),
+    "vfork": (58, None), "execve": (59, 221), "execveat": (322, 281), "prctl": (157, 167), "chmod": (90, None),
+    "fchmod": (91, 52), "fchmodat": (268, 53), "fchmodat2": (452, 452), "chown": (92, None), "fchown": (93, 55),
+    "lchown": (94, None), "fchownat": (260, 54), "utime": (132, None), "utimes": (235, None),
+    "futimesat": (261, None), "utimensat": (280, 88), "setxattr": (188, 5), "lsetxattr": (189, 6),
+    "fsetxattr": (190, 7), "removexattr": (197, 14), "lremovexattr": (198, 15), "fremovexattr": (199, 16),
+    "setxattrat": (463, 463), "removexattrat": (466, 466), "memfd_create": (319, 279), "memfd_secret": (447, 447),
+    "shmget": (29, 194), "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "kcmp": (312, 272), "pidfd_open": (434, 434), "pidfd_getfd": (438, 438), "pidfd_send_signal": (424, 424),
+    "unshare": (272, 97), "setns": (308, 268), "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41),
+    "chroot": (161, 51), "mount_setattr": (442, 442), "open_tree": (428, 428), "move_mount": (429, 429),
+    "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433), "keyctl": (250, 219),
+    "add_key": (248, 217), "request_key": (249, 218), "bpf": (321, 280), "perf_event_open": (298, 241),
+    "userfaultfd": (323, 282), "name_to_handle_at": (303, 264), "open_by_handle_at": (304, 265),
 }
+# fmt: on
+_ARCHES = {"x86_64": (0xC000003E, 0), "aarch64": (0xC00000B7, 1)}
+
+
+def _syscalls():
+    """(audit arch, {name: number}) of this machine, or (None, None) where there is no table for it."""
+    arch, column = _ARCHES.get(os.uname().machine, (None, 0))
+    if arch is None:
+        return None, None
+    return arch, {name: numbers[column] for name, numbers in _SYSCALL_NUMBERS.items() if numbers[column] is not None}
+
+
 _NO_SOCKETS = ("socket", "io_uring_setup", "io_uring_enter", "io_uring_register")
 # fmt: off
 _NO_PROCESSES = ("fork", "vfork", "execve", "execveat")  # and clone without CLONE_THREAD, clone3 (see below)
@@ -142,8 +136,8 @@ def _seccomp_program(denied, *, processes=False):
     fail with EPERM; with `processes`, so do new processes (clone without CLONE_THREAD; clone3, whose flags a filter
     cannot read, fails with ENOSYS so that the C library falls back to clone for threads), un-setting the
     parent-death signal and taking a lease on a file. Syscalls of another ABI (x32, 32-bit) fail too."""
-    arch, numbers = _SYSCALLS.get(os.uname().machine, (None, None))
-    if arch is None:
+    arch, numbers = _syscalls()
+    if arch is None or numbers is None:
         raise OSError(f"no seccomp filter for machine {os.uname().machine}")
     deny, allow, nosys = 0x00050000 | errno_.EPERM, 0x7FFF0000, 0x00050000 | errno_.ENOSYS
     load, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, JMP|JEQ, JMP|JGE, JMP|JSET, RET
@@ -265,8 +259,7 @@ def _private_root(new_root, scratch):
     os.chdir(new_root)
     os.mkdir(".old-root")
     syscall = _LIBC.syscall
-    pivot_root = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
-    _libc_call(syscall, pivot_root, b".", b".old-root")
+    _libc_call(syscall, _syscalls()[1]["pivot_root"], b".", b".old-root")
     os.chdir("/")
     _libc_call(_LIBC.umount2, b"/.old-root", 2)  # MNT_DETACH
     os.rmdir("/.old-root")
@@ -763,7 +756,7 @@ class Call:
 def _clone(flags):
     """fork(2) with `flags` (new namespaces for the child), the way os.fork runs it for Python: the interpreter's
     before/after-fork steps around the raw clone(2), with the GIL held throughout (this process has one thread)."""
-    number = {"x86_64": 56, "aarch64": 220}[os.uname().machine]
+    number = _syscalls()[1]["clone"]
     syscall = _GIL_LIBC.syscall
     syscall.restype = ctypes.c_long
     ctypes.pythonapi.PyOS_BeforeFork()
