@@ -615,6 +615,8 @@ class Call:
             resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
             enforced["memory"] = f"{config['memory_mb']} MB address space beyond the interpreter's own"
         try:
+            if isinstance(seccomp, str):
+                raise OSError(seccomp)  # why it could not be built
             _install_seccomp(seccomp)
             enforced["seccomp"] = (
                 "no new process or exec, no socket(), no change of file metadata (chmod, chown, utime, xattrs), "
