@@ -82,7 +82,8 @@ def _bind_read_only(source, target):
 # fmt: off
 # syscall numbers on x86_64 and aarch64 (None: the machine has only the *at form), and each machine's audit arch
 _SYSCALL_NUMBERS = {
-    "socket": (41, 198), "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
+    "socket": (41, 198), "sendmsg": (46, 211), "sendmmsg": (307, 269),
+    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
     "fcntl": (72, 25), "flock": (73, 32), "clone": (56, 220), "clone3": (435, 435), "fork": (57, None),
     "vfork": (58, None), "execve": (59, 221), "execveat": (322, 281), "prctl": (157, 167), "chmod": (90, None),
     "fchmod": (91, 52), "fchmodat": (268, 53), "fchmodat2": (452, 452), "chown": (92, None), "fchown": (93, 55),
@@ -111,6 +112,9 @@ def _syscalls():
 
 
 _NO_SOCKETS = ("socket", "io_uring_setup", "io_uring_enter", "io_uring_register")
+# sendmsg is how descriptors travel (SCM_RIGHTS): queued on a socketpair that only refers to itself, they would keep
+# the call's scratch files, and the memory they hold, alive after the call; send/recv on a socketpair stay allowed
+_NO_PASSING_DESCRIPTORS = ("sendmsg", "sendmmsg")
 # fmt: off
 _NO_PROCESSES = ("fork", "vfork", "execve", "execveat")  # and clone without CLONE_THREAD, clone3 (see below)
 _NO_METADATA = (
@@ -544,6 +548,15 @@ def _forged_traceback(exc):
     return f"{type(exc).__name__}: {text}"[:2000] + where
 
 
+def _fit(text, limit):
+    """`text` cut so that its JSON (escapes included: a character outside the basic plane takes 12 bytes) fits in
+    `limit` bytes."""
+    text = text[:limit]
+    while len(json.dumps(text)) > limit:
+        text = text[: max(0, len(text) * limit // len(json.dumps(text)) - 1)]
+    return text
+
+
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
@@ -620,7 +633,8 @@ class Call:
             _install_seccomp(seccomp)
             enforced["seccomp"] = (
                 "no new process or exec, no socket(), no change of file metadata (chmod, chown, utime, xattrs), "
-                "no memfd or SysV shared memory, no lease or flock, no ptrace, mount or namespace calls"
+                "no memfd or SysV shared memory, no descriptor passing, no lease or flock, no ptrace, mount or "
+                "namespace calls"
             )
         except Exception as exc:
             missing["seccomp"] = f"{type(exc).__name__}: {exc}"
@@ -742,15 +756,18 @@ class Call:
             except BaseException as exc:
                 text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
             notes.append(f"the return value ({type(value).__name__}) is not JSON; it is given as its repr")
-            if len(text) > limit:
-                text = text[:limit]
-                notes.append(f"the repr was truncated to {limit} characters")
-            return text, True
+            fitted = _fit(text, limit)
+            if len(fitted) < len(text):
+                notes.append(f"the repr was truncated to {limit} bytes of JSON")
+            return fitted, True
         if len(text) > limit:
             notes.append(
                 f"the return value was {len(text)} bytes of JSON, over {limit}; it is given as a truncated repr"
             )
-            return repr(value)[:limit], True
+            try:
+                return _fit(repr(value), limit), True
+            except BaseException:
+                return _fit(text, limit), True
         return value, False
 
 
@@ -979,7 +996,15 @@ def main():
     server.private_root = private_root
     server.landlock_rules = _landlock_rules(config["scratch"], private_root, config.get("homes", ()))
     try:
-        denied = _NO_SOCKETS + _NO_PROCESSES + _NO_METADATA + _NO_HIDDEN_MEMORY + _NO_BLOCKING_OTHERS + _NO_REACHING_OUT
+        denied = (
+            _NO_SOCKETS
+            + _NO_PASSING_DESCRIPTORS
+            + _NO_PROCESSES
+            + _NO_METADATA
+            + _NO_HIDDEN_MEMORY
+            + _NO_BLOCKING_OTHERS
+            + _NO_REACHING_OUT
+        )
         server.seccomp = _seccomp_program(denied, processes=True)
     except Exception as exc:
         server.seccomp = f"{type(exc).__name__}: {exc}"

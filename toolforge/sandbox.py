@@ -35,7 +35,8 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
   `abort()` ends it with SIGSEGV, `raise_signal` of another signal does nothing.)
 * **Memory**: `RLIMIT_AS` caps the call's address space at its start-up size plus `memory_mb` (Python-level
   allocations then fail with MemoryError, "exceeded 128 MB"; a C extension may crash instead, which is a crash).
-  What an address space does not count is refused: memfd_create and SysV shared memory (seccomp), /dev/shm (absent).
+  What an address space does not count is refused: memfd_create and SysV shared memory (seccomp), /dev/shm (absent),
+  and passing descriptors (sendmsg), which could keep a call's scratch files alive after it in a socket's queue.
   Where this process may create cgroups (v1 memory hierarchy, or v2 with the memory controller), each call process
   sits in a memory cgroup of its own with `memory_mb + max_scratch_mb + 64` MB, which charges everything it holds
   (anonymous memory, its tmpfs, page cache); past it the kernel kills the call ("exceeded ... memory cgroup").
@@ -51,7 +52,9 @@ What is enforced, on Linux (each layer is attempted; `Sandbox.enforced` says whi
 * **Wall time**: the caller waits `timeout_s` for a reply, then kills the call process (its namespace with it);
   the worker stays.
 * **Output**: stdout and stderr, Python-level and descriptor-level, go to a file of the call's own and are capped
-  at `max_output_bytes`; a return value that JSON cannot hold comes back as its repr, and the result says so.
+  at `max_output_bytes`; a return value that JSON cannot hold comes back as its repr, and the result says so; a value
+  over `max_value_bytes` of JSON comes back as a truncated repr. The caller holds every reply to these caps, one
+  forged code wrote itself included.
 
 What is not enforced: CPU time beyond the wall-time limit; reading what the root shows (the system and Python
 directories: installed packages' files, /etc without its secrets); POSIX record locks (fcntl F_SETLK, which SQLite
@@ -149,9 +152,11 @@ class _WorkerLost(Exception):
 _LOST_REPLY = "the code wrote to the sandbox's pipe; its reply was lost"
 
 
-def parse_reply(body: bytes) -> dict[str, Any]:
+def parse_reply(body: bytes, *, max_value_bytes: int = 1 << 20, max_output_bytes: int = 64 * 1024) -> dict[str, Any]:
     """A call process's reply as the fields of a `CallResult`; anything else (forged code can write its own pipe:
-    garbage, a wrong shape, JSON nested beyond any parser's depth) as a failed call saying so. Never raises."""
+    garbage, a wrong shape, JSON nested beyond any parser's depth) as a failed call saying so. A reply forged code
+    wrote itself gets no more than a true one: output, value, error and notes are held to the sandbox's caps. Never
+    raises."""
     try:
         reply = json.loads(body)
     except (ValueError, RecursionError, MemoryError):
@@ -168,10 +173,23 @@ def parse_reply(body: bytes) -> dict[str, Any]:
         and (reply["ok"] or reply["error"])  # a failed call says why
     ):
         return {"ok": False, "error": _LOST_REPLY}
+    notes = reply["notes"] = [note[:_NOTE_CHARS] for note in reply["notes"][:_MAX_NOTES]]
+    if reply["error"] is not None:
+        reply["error"] = reply["error"][:_ERROR_CHARS]
+    if len(reply["stdout"]) > max_output_bytes:
+        reply["stdout"] = reply["stdout"][:max_output_bytes]
+        notes.append(f"output truncated to {max_output_bytes} bytes")
+    if len(json.dumps(reply["value"])) > max_value_bytes:  # it parsed from JSON, so it is JSON again
+        text = json.dumps(reply["value"]) if not reply["value_is_repr"] else str(reply["value"])
+        reply["value"], reply["value_is_repr"] = text[: max_value_bytes // 12], True
+        notes.append(f"the return value was over {max_value_bytes} bytes of JSON; it is given truncated")
     for key in ("stdout", "error"):  # lone surrogates (printed undecodable names) would fail whoever encodes them
         if reply[key] is not None:
             reply[key] = reply[key].encode("utf-8", "replace").decode("utf-8")
     return reply
+
+
+_MAX_NOTES, _NOTE_CHARS, _ERROR_CHARS = 20, 500, 8000
 
 
 def _signal_name(number: int) -> str:
@@ -228,6 +246,7 @@ class _Worker:
         self.cgroups = sandbox._cgroups.create(index, sandbox)
         self.memory_mb = sandbox.memory_mb
         self.timeout_s = sandbox.timeout_s
+        self.max_value_bytes, self.max_output_bytes = sandbox.max_value_bytes, sandbox.max_output_bytes
         self.max_reply = 8 * (sandbox.max_value_bytes + sandbox.max_output_bytes) + (1 << 20)
         self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         config = {
@@ -300,7 +319,7 @@ class _Worker:
             os.kill(pid, signal.SIGKILL)  # nothing of the call outlives its reply: its PID namespace ends with it
         if outcome == "replied":
             self._send({"op": "done", "pid": pid})
-            return parse_reply(reply)
+            return parse_reply(reply, max_value_bytes=self.max_value_bytes, max_output_bytes=self.max_output_bytes)
         if outcome == "garbage":
             self._send({"op": "done", "pid": pid})
             return {"ok": False, "error": _LOST_REPLY}

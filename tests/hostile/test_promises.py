@@ -422,3 +422,45 @@ def test_printing_what_utf_8_cannot_hold_or_raising_what_cannot_be_shown_is_stil
 def test_every_call_draws_its_own_random_numbers(box):
     draws = {run(box, "import random\nreturn random.random()").value for _ in range(4)}
     assert len(draws) == 4
+
+
+def test_descriptors_cannot_be_passed_so_nothing_of_a_call_outlives_it(box):
+    """Scratch files queued with SCM_RIGHTS on a socketpair that only refers to itself stayed charged to a memory
+    slot after the call, until later innocent calls ran out of memory. sendmsg is refused below Python."""
+    require(box, "seccomp")
+    body = (
+        "import ctypes, socket\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        f"rc = libc.syscall({46 if os.uname().machine == 'x86_64' else 211}, a.fileno(), None, 0)\n"
+        "a.send(b'x')\nreturn [rc, ctypes.get_errno(), b.recv(1).decode()]"
+    )
+    assert run(box, body).value == [-1, 1, "x"]  # EPERM before the kernel looks at the message; send/recv work
+
+
+def test_a_large_value_outside_the_basic_plane_comes_back_truncated_not_lost(box):
+    for body in ("return '\\U0001F600' * 900000", "return {'\\U0001F600' * 900000}"):
+        result = run(box, body)
+        assert result.ok and result.value_is_repr, result
+        assert len(json.dumps(result.value)) <= box.max_value_bytes and "truncated" in " ".join(result.notes)
+
+
+FORGED_OVER_CAPS = """
+import json, os, struct, time
+frame = {"ok": True, "value": "V" * 3_000_000, "value_is_repr": False, "error": None, "stdout": "S" * 3_000_000,
+         "notes": ["n" * 10_000] * 100}
+body = json.dumps(frame).encode()
+for fd in range(3, 256):
+    try:
+        os.write(fd, struct.pack('>I', len(body)) + body)
+    except OSError:
+        pass
+time.sleep(60)
+"""
+
+
+def test_a_reply_forged_code_writes_itself_is_held_to_the_caps_of_a_true_one(box):
+    result = run(box, FORGED_OVER_CAPS)
+    assert result.ok and len(result.stdout) <= box.max_output_bytes, result.stdout[:50]
+    assert len(json.dumps(result.value)) <= box.max_value_bytes and result.value_is_repr
+    assert len(result.notes) <= 22 and all(len(note) <= 500 for note in result.notes)
+    assert_still_works(box)
