@@ -70,7 +70,7 @@ def main() -> None:
     )
     print(f"   accepted: {trained}")
 
-    print("\n3. Calls run in sandbox worker processes (never in this process):")
+    print("\n3. Each call runs in a process of its own (never in this process):")
     with tf.Sandbox(workers=1, timeout_s=1.0, memory_mb=128) as sandbox:
         for name, arguments in (("lcm", {"a": 4, "b": 6}), ("column_mean", {"table": TABLE, "column": "score"})):
             result = sandbox.call(trained[name], arguments)

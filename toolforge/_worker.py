@@ -1026,7 +1026,8 @@ def main():
     enforced.update(report["enforced"])
     missing.update(report["missing"])
     if server.slots:
-        enforced["memory cgroup"] = f"everything a call holds (memfd, tmpfs, page cache) up to {config['cgroup_mb']} MB"
+        held = "everything a call holds (its memory, its tmpfs, page cache)"
+        enforced["memory cgroup"] = f"{held} up to {config['cgroup_mb']} MB"
     server.expected = sorted(report["enforced"])
     server.send({"op": "ready", "ready": True, "enforced": enforced, "missing": missing})
     server.prefork()
