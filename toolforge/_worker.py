@@ -557,7 +557,8 @@ def _fit(text, limit):
     return text
 
 
-def _write_all(fd, data):
+def write_all(fd, data):
+    """Write all of `data` to `fd` (a pipe may take it in parts); the host uses it too."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -669,7 +670,7 @@ class Call:
             message = {"ok": False, "value": None, "value_is_repr": False, "stdout": "", "notes": []}
             message["error"] = f"the return value could not be sent: {type(exc).__name__}"
             body = json.dumps(message).encode()
-        _write_all(self.reply_fd, FRAME.pack(len(body)) + body)
+        write_all(self.reply_fd, FRAME.pack(len(body)) + body)
         return message
 
     def handle(self, request):

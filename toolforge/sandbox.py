@@ -307,7 +307,7 @@ class _Worker:
         pid, request_end, reply_end = self._next_call_process()
         try:
             with contextlib.suppress(OSError):  # it ended already: why is asked below
-                _write_all(request_end, protocol.FRAME.pack(len(body)) + body)
+                protocol.write_all(request_end, protocol.FRAME.pack(len(body)) + body)
             os.close(request_end)
             request_end = -1
             outcome, reply = self._read_reply(reply_end, time.monotonic() + self.timeout_s)
@@ -411,12 +411,6 @@ class _Worker:
         self.channel.close()
         self.cgroups.remove()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _read_some(fd: int, deadline: float) -> bytes:
