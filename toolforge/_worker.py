@@ -645,14 +645,12 @@ class Call:
     def serve(self, namespaces, private_root, landlock_rules, seccomp, expected):
         """Lock down, then answer the one request (the first call process answers its lock-down report instead)."""
         try:
-            if isinstance(seccomp, str):
-                raise OSError(seccomp)
             enforced, missing = self.lock_down(namespaces, private_root, landlock_rules, seccomp)
-        except BaseException as exc:
+        except BaseException as exc:  # a step that must hold did not: no forged code runs here
             enforced, missing = {}, {"lock-down": f"{type(exc).__name__}: {exc}"}
         if expected is None:  # the probe: report what holds here
             return self.reply(True, {"enforced": enforced, "missing": missing}, None, "", [])
-        lost = sorted(set(expected) - set(enforced))
+        lost = sorted(set(expected) - set(enforced)) or ("lock-down" in missing)
         header = _read_exact(self.request_fd, FRAME.size)
         if header is None:
             return None  # the worker ended before a call came
@@ -1023,6 +1021,9 @@ def main():
         report = server.probe()
     if report is None:
         server.send({"op": "ready", "ready": False, "missing": missing})
+        return
+    if "lock-down" in report["missing"]:  # fail closed: a sandbox that cannot lock a call process down never starts
+        server.send({"op": "ready", "ready": False, "missing": report["missing"]})
         return
     enforced.update(report["enforced"])
     missing.update(report["missing"])

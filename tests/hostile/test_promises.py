@@ -465,3 +465,26 @@ def test_a_reply_forged_code_writes_itself_is_held_to_the_caps_of_a_true_one(box
     assert len(json.dumps(result.value)) <= box.max_value_bytes and result.value_is_repr
     assert len(result.notes) <= 22 and all(len(note) <= 500 for note in result.notes)
     assert_still_works(box)
+
+
+def test_a_call_process_whose_lock_down_fails_runs_no_forged_code(monkeypatch, tmp_path):
+    """Fail closed: where a lock-down step that must hold raises in a call process, its request is answered with the
+    reason and the code never runs (even where the first process's report had nothing to compare with)."""
+    from toolforge import _worker
+
+    def broken(self, *args):
+        raise OSError("mount failed")
+
+    monkeypatch.setattr(_worker.Call, "lock_down", broken)
+    marker = tmp_path / "ran"
+    request = json.dumps({"op": "exec", "code": f"open({str(marker)!r}, 'w').close()"}).encode()
+    request_in, request_out = os.pipe()
+    reply_in, reply_out = os.pipe()
+    os.write(request_out, _worker.FRAME.pack(len(request)) + request)
+    os.close(request_out)
+    config = {"scratch": str(tmp_path), "max_output_bytes": 1000, "max_value_bytes": 1000, "memory_mb": 64}
+    reply = _worker.Call(config, request_in, reply_out).serve(True, True, [], None, expected=[])
+    assert reply["ok"] is False and "lock-down failed" in reply["error"] and "mount failed" in reply["error"]
+    assert not marker.exists()
+    for fd in (request_in, reply_in, reply_out):
+        os.close(fd)
