@@ -280,20 +280,20 @@ def test_actions_that_change_nothing_are_sent_back(cache):
 
 
 def test_accepting_a_candidate_clears_the_failure_list(cache):
-    triple = unary("triple", "x * 3")
     seen: list[dict] = []
 
     def policy(inputs):
         seen.append(inputs)
         return [
-            [action("revise_function", unary("square", "x * x + 1", SQUARE_DESCRIPTION))],
-            [action("add_function", triple)],
+            [action("add_function", unary("square", "x * x + 1", SQUARE_DESCRIPTION))],
+            [action("add_function", SQUARE)],
             [],
         ][min(len(seen) - 1, 2)]
 
-    compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), cache=cache, patience=3)
+    _, _, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, patience=3)
+    assert [s.outcome for s in report.steps[:2]] == ["rolled_back", "accepted"]
     assert seen[1]["failure_list"] != "(none)"
-    assert seen[2]["failure_list"] == "(none)"  # the tie in step 2 was accepted (accept_ties=True)
+    assert seen[2]["failure_list"] == "(none)"  # the correct square of step 2 was accepted
 
 
 def test_ties_are_rolled_back_without_accept_ties(cache):
@@ -366,7 +366,8 @@ def test_a_proposal_written_loosely_reaches_its_smoke_call_as_meant(cache):
     _, _, report, _, _ = compile_with(lambda inputs: [loose], tf.Toolset([DOUBLE]), cache=cache, max_epochs=1)
     outcome = report.steps[0].actions[0]
     assert outcome.summary == "add lcm_of"
-    assert outcome.status == "accepted" and outcome.reason is None  # its smoke call ran (24); a tie is accepted
+    # its smoke call ran (24), so it was evaluated; the agent never calls it, so it is not kept
+    assert outcome.status == "rolled_back" and outcome.reason.startswith("no evidence that it helps")
 
 
 def test_a_malformed_action_goes_back_without_losing_the_valid_ones_beside_it(cache):
@@ -395,9 +396,9 @@ def test_a_function_whose_smoke_calls_disagree_is_marked_not_deterministic(cache
     policy = lambda inputs: [] if "### jitter" in inputs["current_functions"] else [action("add_function", jitter)]  # noqa: E731
     with caplog.at_level(logging.INFO, logger="toolforge.optimizer"):
         _, trained, report, _, _ = compile_with(
-            policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1, prune_unused=False
+            policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1, prune_unused=False, rollback=False
         )
-    assert report.steps[0].actions[0].status == "accepted"
+    assert report.steps[0].actions[0].status == "accepted"  # unused, but accepted unweighed (rollback=False)
     assert trained.toolset["jitter"].deterministic is False  # so its results are never cached
     assert trained.toolset["double"].deterministic is True
     assert "add jitter: two smoke calls with the same arguments gave" in caplog.text
@@ -459,13 +460,17 @@ def test_max_actions_per_step_holds(cache):
     _, _, report, _, _ = compile_with(
         policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1, max_actions_per_step=2, max_trials=1
     )
-    assert [o.status for o in report.steps[0].actions] == ["accepted", "accepted", "dropped"]
+    # two actions checked and evaluated; the third over the limit. Triple is never called: rolled back on its own
+    assert [o.status for o in report.steps[0].actions] == ["accepted", "rolled_back", "dropped"]
+    assert report.steps[0].actions[1].reason.startswith("no evidence that it helps")
     assert "over the limit" in report.steps[0].actions[2].reason
 
 
 def test_pruning_drops_functions_no_trajectory_called(cache):
     unused = unary("cube", "x ** 3")
-    _, trained, report, _, _ = compile_with(lambda inputs: [], tf.Toolset([DOUBLE, unused]), cache=cache)
+    _, trained, report, _, _ = compile_with(
+        lambda inputs: [], tf.Toolset([DOUBLE, unused]), cache=cache, prune_seeds=True
+    )
     assert report.pruned == ["cube"] and trained.toolset.names == ["double"]
     assert (report.pruned_score, report.best_score, report.unused_kept) == (0.8, 0.8, [])
     _, kept, _, _, _ = compile_with(lambda inputs: [], tf.Toolset([DOUBLE, unused]), cache=cache, prune_unused=False)
@@ -493,12 +498,18 @@ def test_pruning_must_hold_on_the_valset_too(cache, tmp_path):
     agent_model, _ = scripted_lm(respond)
     proposer_model, _ = proposer_lm(lambda inputs: [])
     optimizer = tf.FunctionOptimizer(
-        exact, proposer_lm=proposer_model, max_epochs=1, cache=cache, display_progress=False, log_dir=tmp_path
+        exact,
+        proposer_lm=proposer_model,
+        max_epochs=1,
+        cache=cache,
+        display_progress=False,
+        log_dir=tmp_path,
+        prune_seeds=True,
     )
     student = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([DOUBLE, hint]))
-    with dspy.context(lm=agent_model):
+    with dspy.context(lm=agent_model):  # 5 validation examples all worse without the hint: significant harm
         trained = optimizer.compile(
-            student, trainset=examples(4, kinds=("double",)), valset=examples(3, kinds=("square",))
+            student, trainset=examples(4, kinds=("double",)), valset=examples(5, kinds=("square",))
         )
     report = trained.toolforge_report
     assert (report.best_score, report.val_scores) == (1.0, {0: 1.0})
@@ -517,6 +528,7 @@ def test_no_pruning_once_the_budget_is_spent(cache, caplog):
             tf.Toolset([DOUBLE, unused]),
             cache=cache,
             max_lm_calls=28,  # the baseline's cost
+            prune_seeds=True,
         )
     assert report.stop_reason == "budget"
     assert (report.pruned, report.unused_kept, report.pruned_score) == ([], ["cube"], None)
@@ -539,7 +551,12 @@ def test_pruning_that_lowers_the_score_is_not_kept(cache, tmp_path):
         return {"reasoning": "From the trajectory.", "answer": str(answer)}
 
     _, trained, report, _, _ = compile_with(
-        lambda inputs: [], tf.Toolset([hint]), cache=cache, agent=scripted_lm(respond), log_dir=tmp_path / "run"
+        lambda inputs: [],
+        tf.Toolset([hint]),
+        cache=cache,
+        agent=scripted_lm(respond),
+        log_dir=tmp_path / "run",
+        prune_seeds=True,
     )
     assert report.best_score == 1.0
     assert (report.pruned, report.unused_kept, report.pruned_score) == ([], ["hint"], 0.0)
@@ -1011,7 +1028,7 @@ def test_a_program_that_raises_on_every_example_stops_the_compile_before_any_pro
 def test_pruning_needs_a_run_that_got_far_enough_to_call_something(caplog):
     class BrokenBySquare(dspy.Module):
         """Raises on every example once its toolset holds `square`; before that, on two, and answers the rest
-        wrongly (a score of 0 either way, so that adding `square` is a tie, and accepted)."""
+        wrongly (a score of 0 either way: adding `square` is a tie, accepted here unweighed)."""
 
         def __init__(self):
             super().__init__()
@@ -1024,7 +1041,7 @@ def test_pruning_needs_a_run_that_got_far_enough_to_call_something(caplog):
 
     proposer_model, _ = proposer_lm(add_square_once)
     optimizer = tf.FunctionOptimizer(
-        exact, proposer_lm=proposer_model, max_epochs=1, cache=False, display_progress=False
+        exact, proposer_lm=proposer_model, max_epochs=1, cache=False, display_progress=False, rollback=False
     )
     with caplog.at_level("WARNING", logger="toolforge"):
         report = optimizer.compile(BrokenBySquare(), trainset=examples(4)).toolforge_report

@@ -2,12 +2,24 @@
 
 One *step* per epoch: evaluate the best toolset on the training set (cached, so free after the first time); ask
 the proposer LM for typed actions given the current functions, the failure list and the scored trajectories;
-check each action (its own validation, the toolset's rules, a smoke call in the sandbox), sending rejected ones
-back with their reason up to `max_trials` times; apply the rest and evaluate the candidate. **Roll-back**: a
-candidate that scores lower (or not higher, with `accept_ties=False`) goes to the failure list and the best
-toolset stays. **Early-stop**: after `patience` steps without an improvement. At the end, with a valset the
-accepted toolset that scores best on it wins; then the functions no training trajectory called successfully are
-pruned, if the smaller toolset, evaluated like any other change, scores no lower.
+check each action (its own validation, the toolset's rules, a smoke call in the sandbox, no table of training
+answers), sending rejected ones back with their reason up to `max_trials` times; apply the rest and evaluate the
+candidate.
+
+**Acceptance by evidence** (see `toolforge.evidence`): a candidate is compared with the best toolset example by
+example, on the examples its actions touch (whose runs called a function they add, revise or remove), on the
+training set and then on the validation examples (the valset, or a share of the training set held out when there is
+none). It is *better* when those flips favour it by `min_net_flips` or more (and, with `significance`, an exact sign
+test agrees); *harmful* when they go against it, when it raises the training side and lowers the validation side,
+or when the flips over all examples are significantly against it. A better candidate is accepted and resets
+`patience`; a harmful one is rolled back (the failure list shows it). A candidate that is neither is accepted as a
+tie only if it does not add a function (the smaller toolset, then the one with fewer literals, wins ties) and does
+not remove a seed function. **Credit per action**: when a step has several actions, each is judged on the examples
+it touches; those that do not earn their place are rolled back with their own evidence, and the rest, when they
+differ from the whole, are evaluated together once more before they are accepted. **Early-stop**: after
+`patience` steps without a better candidate. At the end the last accepted toolset is the result; functions no
+training trajectory called successfully are pruned (never the seed functions, by default), if the smaller toolset,
+judged like any other change, does no harm.
 
 Unlike the reference implementation, removals really remove, every function runs its own code, proposals are
 checked before they cost an evaluation, nothing runs in the caller's process, unchanged work is never paid for
@@ -20,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -45,12 +58,14 @@ from toolforge._hashing import content_hash
 from toolforge._io import read_json, write_json
 from toolforge._text import one_line
 from toolforge._usage import count_lm_usage
-from toolforge.actions import RemoveFunction, validation_reasons
+from toolforge.actions import Action, AddFunction, RemoveFunction, validation_reasons
 from toolforge.cache import EvaluationCache, as_cache
 from toolforge.errors import ToolforgeError
 from toolforge.evaluate import Evaluator
+from toolforge.evidence import HARM_SIGNIFICANCE, Flips, flips, sign_test, touched_by
 from toolforge.keys import example_id, program_fingerprint
 from toolforge.lm import resolve_lm
+from toolforge.memorised import literal_count
 from toolforge.program import check_examples, describe_fixed_tools, find_toolset, fixed_tool_names
 from toolforge.proposer import (
     ProposedAction,
@@ -67,11 +82,13 @@ from toolforge.validator import check_proposal
 
 __all__ = [
     "AcceptedToolset",
+    "ActionEvidence",
     "ActionOutcome",
     "Checkpoint",
     "FailedCandidate",
     "FunctionOptimizer",
     "OptimizationReport",
+    "StepEvidence",
     "StepReport",
 ]
 
@@ -82,6 +99,27 @@ CHECKPOINT_VERSION = 1
 LEDGER = "lm-calls.jsonl"  # in log_dir: the LM requests made since the last checkpoint (see `_Ledger`)
 
 
+class ActionEvidence(BaseModel):
+    """What one action of an evaluated step did: the flips on the training examples it touched (with the step's
+    other actions beside it), and the training scores of the step's candidate with all its actions and with only
+    those kept (where some were rolled back)."""
+
+    flips: Flips
+    score_together: float
+    score_kept: float | None = None
+
+
+class StepEvidence(BaseModel):
+    """The paired comparison a step's decision rests on (see `toolforge.evidence`): flips on the examples the
+    accepted (or, when none were, all the step's) actions touched, on the training and validation examples, and
+    over all examples compared; the verdict it gave."""
+
+    touched: Flips
+    val_touched: Flips | None = None
+    overall: Flips
+    verdict: Literal["better", "neutral", "harmful"]
+
+
 class ActionOutcome(BaseModel):
     """What became of one proposed action."""
 
@@ -90,6 +128,7 @@ class ActionOutcome(BaseModel):
     status: Literal["accepted", "rolled_back", "rejected", "dropped"]
     reason: str | None = None
     trial: int
+    evidence: ActionEvidence | None = None
 
 
 class LMUsage(BaseModel):
@@ -152,6 +191,8 @@ class StepReport(BaseModel):
     cache_revalidated: int = 0  # of the hits: records that held for revised code (same outcomes on their calls)
     interrupted_lm_calls: int = 0  # of the LM calls above, those an interrupted run of this step made (see below)
     wall_time_s: float = 0.0
+    evidence: StepEvidence | None = None
+    reason: str | None = None  # why the candidate was accepted or rolled back
 
     @model_validator(mode="before")
     @classmethod
@@ -190,6 +231,8 @@ class OptimizationReport(BaseModel):
     stop_reason: Literal["max_epochs", "early_stop", "budget"]
     initial_errors: int = 0  # training examples on which the program (or the metric) raised at the start
     initial_error: str | None = None  # the first of those errors, e.g. an LM that cannot be reached
+    held_out: int = 0  # training examples held out for acceptance (no valset was given)
+    seed_functions: list[str] = Field(default_factory=list)  # the functions the student came with
     steps: list[StepReport] = Field(default_factory=list)
     accepted_steps: list[int] = Field(default_factory=list)
     val_scores: dict[int, float] = Field(default_factory=dict)
@@ -284,6 +327,52 @@ class _BudgetExhausted(Exception):
     pass
 
 
+class _Decision(NamedTuple):
+    accept: bool
+    improved: bool  # better by the evidence: resets patience
+    reason: str
+
+
+def _action_of(outcome: ActionOutcome) -> Action:
+    return ProposedAction.model_validate(outcome.proposal).to_action()
+
+
+def _apply_subset(best: Toolset, together: Toolset, actions: list[Action]) -> Toolset | None:
+    """`best` with only `actions` applied, each function as the checks left it in `together` (a function found
+    not deterministic by its smoke calls stays marked so); None when they need an action left out (a revision of a
+    function another action of the step added)."""
+    if any(not isinstance(a, AddFunction) and a.name not in best for a in actions):
+        return None
+    removed = {a.name for a in actions if isinstance(a, RemoveFunction)}
+    revised = {a.name for a in actions if not isinstance(a, RemoveFunction | AddFunction)}
+    functions = [together[f.name] if f.name in revised else f for f in best.functions if f.name not in removed]
+    functions += [together[a.name] for a in actions if isinstance(a, AddFunction)]
+    return Toolset(functions, max_functions=best.max_functions)
+
+
+def _literals(toolset: Toolset) -> int:
+    return sum(literal_count(f.code) for f in toolset.functions)
+
+
+def _acceptance(evidence: StepEvidence) -> str:
+    val = f"; validation: {evidence.val_touched.describe()}" if evidence.val_touched is not None else ""
+    kind = "better" if evidence.verdict == "better" else "a tie that does not grow the toolset"
+    return f"{kind}: on the examples it touched, training: {evidence.touched.describe()}{val}"
+
+
+_MIN_FOR_HOLDOUT = 20  # training examples: below this, a held-out share is too small to tell anything
+
+
+def _hold_out(trainset: list[dspy.Example], share: float, seed: int) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    """Split off `share` of the training set (at least one example), chosen by `seed`, keeping the order of both."""
+    size = max(1, round(len(trainset) * share))
+    picked = set(random.Random(seed).sample(range(len(trainset)), size))
+    return (
+        [e for i, e in enumerate(trainset) if i not in picked],
+        [e for i, e in enumerate(trainset) if i in picked],
+    )
+
+
 class _Pruning(NamedTuple):
     toolset: Toolset  # the final toolset
     pruned: list[str] = []  # noqa: RUF012 - a NamedTuple default, never mutated
@@ -309,10 +398,25 @@ class FunctionOptimizer(Teleprompter):
         max_epochs: Steps to run at most (one evaluation of a candidate each).
         max_actions_per_step: Actions the proposer may take in one step.
         max_trials: Proposer calls per step; rejected actions go back with their reason until this runs out.
-        patience: Stop after this many consecutive steps without a higher training score.
-        accept_ties: Accept a candidate that scores the same as the best.
+        patience: Stop after this many consecutive steps without a better candidate (see above).
+        accept_ties: Accept a candidate that the evidence finds neither better nor harmful, when it does not add a
+            function (a candidate with fewer functions, or with fewer literals, is accepted as a tie regardless).
         max_functions: The most functions the toolset may hold (default: the toolset's own limit).
-        prune_unused: At the end, drop functions that no training trajectory called successfully.
+        prune_unused: At the end, drop functions that no training trajectory called successfully (not the seed
+            functions, the ones the student came with, unless `prune_seeds`).
+        prune_seeds: Let pruning drop unused seed functions too.
+        min_net_flips: The evidence a better candidate needs: touched examples that got better minus those that
+            got worse, training and validation together. 1 (the default) suits the tens of examples this method
+            trains on; raise it for large or very noisy training sets.
+        significance: Also require the exact one-sided sign test on those flips to reach this level (e.g. 0.05) for
+            a candidate to count as better; None (the default) uses `min_net_flips` alone.
+        holdout: Without a valset, the share of the training set held out for acceptance (the proposer never sees
+            it; every candidate that holds on training is checked on it), when the training set has at least
+            20 examples; 0 holds out nothing. Like DSPy's optimizers, a valset given replaces it.
+        rollback: False accepts every checked candidate and never stops early: the paper's ablation "without
+            roll-back and early-stop", an accept-everything loop as AG2's AgentOptimizer runs.
+        progressive: False applies each step's actions to the student's initial toolset instead of the best so far
+            (the paper's ablation without progressive function update): each step builds a toolset afresh.
         max_lm_calls: Budget of LM requests (agent and proposer; DSPy's cache hits are free); checked between
             phases, so an evaluation that has started finishes. Stops cleanly, keeping the best so far.
         num_threads: Examples evaluated at once.
@@ -352,6 +456,12 @@ class FunctionOptimizer(Teleprompter):
         accept_ties: bool = True,
         max_functions: int | None = None,
         prune_unused: bool = True,
+        prune_seeds: bool = False,
+        min_net_flips: int = 1,
+        significance: float | None = None,
+        holdout: float = 0.2,
+        rollback: bool = True,
+        progressive: bool = True,
         max_lm_calls: int | None = None,
         num_threads: int = 8,
         cache: EvaluationCache | str | os.PathLike[str] | Literal[False] | None = None,
@@ -372,6 +482,7 @@ class FunctionOptimizer(Teleprompter):
             ("max_trials", max_trials, 1),
             ("patience", patience, 1),
             ("num_threads", num_threads, 1),
+            ("min_net_flips", min_net_flips, 1),
             ("trajectory_budget_chars", trajectory_budget_chars, _MIN_TRAJECTORY_BUDGET),
         ):
             check_int("FunctionOptimizer", name, value, low)
@@ -380,6 +491,18 @@ class FunctionOptimizer(Teleprompter):
                 "FunctionOptimizer", name, limit, 0, allow_bool=True, optional=True,
                 message="{owner}({name}={value!r}): {name} must be a non-negative integer",
             )  # fmt: skip
+        for name, share, low_open in (("significance", significance, True), ("holdout", holdout, False)):
+            if share is None and name == "significance":
+                continue
+            if (
+                isinstance(share, bool)
+                or not isinstance(share, int | float)
+                or not ((0 < share if low_open else 0 <= share) and share < 1)
+            ):
+                raise ToolforgeError(
+                    f"FunctionOptimizer({name}={share!r}): {name} must be a number in "
+                    f"{'(0, 1)' if low_open else '[0, 1)'}" + (", or None" if name == "significance" else "")
+                )
         self.metric = metric
         self.proposer_lm = resolve_lm(proposer_lm, role="proposer_lm") if isinstance(proposer_lm, str) else proposer_lm
         self.max_epochs = max_epochs
@@ -389,6 +512,12 @@ class FunctionOptimizer(Teleprompter):
         self.accept_ties = accept_ties
         self.max_functions = max_functions
         self.prune_unused = prune_unused
+        self.prune_seeds = prune_seeds
+        self.min_net_flips = min_net_flips
+        self.significance = significance
+        self.holdout = holdout
+        self.rollback = rollback
+        self.progressive = progressive
         self.max_lm_calls = max_lm_calls
         self.num_threads = num_threads
         if cache is False:
@@ -431,7 +560,8 @@ class FunctionOptimizer(Teleprompter):
         Args:
             student: A DSPy program holding a `Toolset` (e.g. a `ToolAgent`). It is never changed.
             trainset: Examples with inputs marked; every step evaluates on them.
-            valset: Optional examples to pick the final toolset among the accepted ones.
+            valset: Optional examples every candidate that holds on the training set must hold on too (see
+                `holdout` for what happens without one). The proposer never sees them.
             toolset: The name (as in `named_parameters()`) of the toolset to train, when the student holds several.
 
         Returns:
@@ -455,6 +585,10 @@ class FunctionOptimizer(Teleprompter):
             raise ToolforgeError("trainset is empty; pass the examples to train on")
         check_examples(trainset, "trainset item")
         check_examples(valset or [], "valset item")
+        held_out = 0
+        if valset is None and self.holdout and len(trainset) >= _MIN_FOR_HOLDOUT:
+            trainset, valset = _hold_out(trainset, self.holdout, self.seed)
+            held_out = len(valset)
         param_name, initial = find_toolset(student, toolset)
         work = student.deepcopy()
         limit = self.max_functions if self.max_functions is not None else initial.max_functions
@@ -464,6 +598,7 @@ class FunctionOptimizer(Teleprompter):
         if proposer_lm is None and dspy.settings.lm is None:
             proposer_lm = resolve_lm("local", role="proposer_lm")
         run = _RunState(self, work, param_name, trainset, valset, proposer_lm)
+        run.held_out = held_out
         with _exclusive(self.log_dir):
             if self.log_dir is not None and not self.resume:
                 _discard_run(self.log_dir)
@@ -527,9 +662,13 @@ class _RunState:
         self.interrupted_lm_calls = 0
         self._ledger: _Ledger | None = None
         self._carried: _StepCounts | None = None  # LM calls an interrupted run of the next step made
+        self.initial_toolset = Toolset()  # the student's: the seed functions
+        self.seeds: set[str] = set()
+        self.held_out = 0  # training examples moved to the valset (no valset was given)
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def restore_or_start(self, initial: Toolset) -> None:
+        self.initial_toolset, self.seeds = initial, set(initial.names)
         self.signature = self._signature(initial)
         checkpoint = self._load_checkpoint()
         self._open_ledger(checkpoint)
@@ -592,7 +731,7 @@ class _RunState:
             while self.stop_reason is None:
                 if self.step >= opt.max_epochs:
                     self.stop_reason = "max_epochs"
-                elif self.stale >= opt.patience:
+                elif opt.rollback and self.stale >= opt.patience:
                     self.stop_reason = "early_stop"
                 else:
                     self._budget_check()
@@ -612,15 +751,16 @@ class _RunState:
             )
             for entry in self.accepted
         ]
+        # Every accepted toolset held on the validation examples when it was accepted, so the last one is the
+        # result; choosing again among them by validation score alone would let the re-draws of a small valset undo
+        # what the evidence of each step established. Their scores (cached) go into the report.
         val_scores: dict[int, float] = {}
-        if self.valset:
+        if self.valset and self.opt.rollback:
             for step, toolset, _ in candidates:
                 val_scores[step] = self._evaluate(toolset, self.valset).score
-            selected = max(candidates, key=lambda c: (val_scores[c[0]], c[2], c[0]))[0]
-        else:
-            selected = next(step for step, toolset, _ in reversed(candidates) if toolset == self.best)
-        chosen = next(toolset for step, toolset, _ in candidates if step == selected)
-        pruning = self._checked_prune(chosen, val_scores.get(selected)) if self.opt.prune_unused else _Pruning(chosen)
+        selected = next(step for step, toolset, _ in reversed(candidates) if toolset == self.best)
+        chosen = self.best
+        pruning = self._checked_prune(chosen) if self.opt.prune_unused else _Pruning(chosen)
         final = pruning.toolset
         report = OptimizationReport(
             initial_score=self.initial_score,
@@ -628,6 +768,8 @@ class _RunState:
             stop_reason=self.stop_reason or "max_epochs",
             initial_errors=self.initial_errors,
             initial_error=self.initial_error,
+            held_out=self.held_out,
+            seed_functions=self.initial_toolset.names,
             steps=self.steps,
             accepted_steps=[c[0] for c in candidates],
             val_scores=val_scores,
@@ -672,7 +814,7 @@ class _RunState:
             )
             self.best_score = best_run.score
         gathered = self._gather_actions(step, best_run, counts)
-        return self._judge(step, best_run.score, gathered, counts, start)
+        return self._judge(step, best_run, gathered, counts, start)
 
     def _gather_actions(self, step: int, best_run: EvaluationRun, counts: _StepCounts) -> _Gathered:
         """Ask the proposer for actions and check each, sending rejected ones back with their reason, up to
@@ -680,7 +822,7 @@ class _RunState:
         opt = self.opt
         outcomes: list[ActionOutcome] = []
         kept: list[int] = []  # indices into outcomes
-        candidate = self.best
+        candidate = self.best if opt.progressive else self.initial_toolset
         feedback: list[str] = []
         note = None
         last_call_failed = False
@@ -776,13 +918,13 @@ class _RunState:
         return _Gathered(outcomes, kept, candidate, note, last_call_failed)
 
     def _judge(
-        self, step: int, score_before: float, gathered: _Gathered, counts: _StepCounts, start: float
+        self, step: int, best_run: EvaluationRun, gathered: _Gathered, counts: _StepCounts, start: float
     ) -> StepReport:
-        """Evaluate the candidate the step's actions built, and accept it (it becomes the best toolset) or roll it
-        back (it joins the failure list)."""
+        """Evaluate the candidate the step's actions built, weigh the evidence for each action and for the whole,
+        and accept what earns its place (it becomes the best toolset) or roll it back (it joins the failure list)."""
         opt = self.opt
         outcomes, kept, candidate, note, last_call_failed = gathered
-        base = dict(step=step, score_before=score_before, actions=outcomes, note=note)
+        base = dict(step=step, score_before=best_run.score, actions=outcomes, note=note)
         if not kept:
             self.stale += 1
             no_change = "proposal_failed" if last_call_failed and not outcomes else "no_change"
@@ -790,38 +932,173 @@ class _RunState:
                 base | {"outcome": no_change, "best_fingerprint": self.best.fingerprint}, counts, start
             )
         self._budget_check()
-        candidate_run = self._evaluate(candidate, self.trainset, counts)
-        score = candidate_run.score
-        accept = score > self.best_score or (opt.accept_ties and score == self.best_score)
-        improved = score > self.best_score
-        status: Literal["accepted", "rolled_back"] = "accepted" if accept else "rolled_back"
-        outcomes = [o.model_copy(update={"status": status}) if i in kept else o for i, o in enumerate(outcomes)]
-        if accept:
-            self.best, self.best_score = candidate, score
+        actions = [_action_of(outcomes[i]) for i in kept]
+        together = self._evaluate(candidate, self.trainset, counts)
+        if not opt.rollback:  # the ablation: every checked candidate is accepted
+            decision = _Decision(True, together.score > best_run.score, "accepted unweighed (rollback=False)")
+            return self._settle(step, base, outcomes, kept, list(range(len(kept))), candidate, together, decision,
+                                None, counts, start)  # fmt: skip
+        chosen = list(range(len(kept)))
+        evidence: dict[int, ActionEvidence] = {}
+        reasons: dict[int, str] = {}
+        if len(kept) > 1:  # credit per action: each on the examples it touched, the others beside it
+            for j, action in enumerate(actions):
+                own = flips(best_run, together, touched_by([action], best_run, together))
+                evidence[j] = ActionEvidence(flips=own, score_together=together.score)
+                verdict = self._verdict(own, None, flips(best_run, together))
+                refusal = self._refusal(verdict, own, [action])
+                if refusal:
+                    reasons[j] = refusal
+            chosen = [j for j in range(len(kept)) if j not in reasons]
+        if not chosen:
+            weighed = self._weigh(actions, candidate, best_run, together, counts, with_val=False)
+            decision = _Decision(False, False, "no action earned its place on its own evidence")
+            return self._settle(
+                step, base, outcomes, kept, [], candidate, together, decision, weighed, counts, start, evidence, reasons
+            )
+        run, whole = together, candidate
+        subset = _apply_subset(self.best, candidate, [actions[j] for j in chosen]) if len(chosen) < len(kept) else None
+        if subset is None:
+            chosen, reasons = list(range(len(kept))), {}
+        else:
+            candidate = subset
+            self._budget_check()
+            run = self._evaluate(candidate, self.trainset, counts)
+            for j in evidence:
+                evidence[j] = evidence[j].model_copy(update={"score_kept": run.score})
+        chosen_actions = [actions[j] for j in chosen]
+        weighed = self._weigh(chosen_actions, candidate, best_run, run, counts, with_val=True)
+        refusal = self._refusal(weighed.verdict, weighed.touched + (weighed.val_touched or Flips()), chosen_actions,
+                                candidate=candidate)  # fmt: skip
+        decision = _Decision(refusal is None, weighed.verdict == "better", refusal or _acceptance(weighed))
+        return self._settle(
+            step, base, outcomes, kept, chosen, candidate, run, decision, weighed, counts, start, evidence, reasons,
+            whole=(whole, together.score),
+        )  # fmt: skip
+
+    def _weigh(
+        self,
+        actions: list[Action],
+        candidate: Toolset,
+        best_run: EvaluationRun,
+        run: EvaluationRun,
+        counts: _StepCounts | None,
+        *,
+        with_val: bool,
+    ) -> StepEvidence:
+        """The evidence on `candidate` (built by `actions`; `run` is its training run): its training flips, and,
+        unless those already show harm, its validation flips."""
+        touched = flips(best_run, run, touched_by(actions, best_run, run))
+        overall = flips(best_run, run)
+        verdict = self._verdict(touched, None, overall)
+        if not with_val or not self.valset or verdict == "harmful":
+            return StepEvidence(touched=touched, overall=overall, verdict=verdict)
+        self._budget_check()
+        best_val = self._evaluate(self.best, self.valset, counts)
+        val = self._evaluate(candidate, self.valset, counts)
+        val_touched = flips(best_val, val, touched_by(actions, best_val, val))
+        overall = overall + flips(best_val, val)
+        return StepEvidence(
+            touched=touched,
+            val_touched=val_touched,
+            overall=overall,
+            verdict=self._verdict(touched, val_touched, overall),
+        )
+
+    def _verdict(self, touched: Flips, val: Flips | None, overall: Flips) -> Literal["better", "neutral", "harmful"]:
+        pooled = touched + (val or Flips())
+        if pooled.net < 0 or overall.worse_p() <= HARM_SIGNIFICANCE:
+            return "harmful"
+        if val is not None and touched.net > 0 and val.net < 0:  # fits the training side only
+            return "harmful"
+        significant = self.opt.significance is None or (
+            sign_test(pooled.wins, pooled.wins + pooled.losses) <= self.opt.significance
+        )
+        return "better" if pooled.net >= self.opt.min_net_flips and significant else "neutral"
+
+    def _refusal(
+        self, verdict: str, evidence: Flips, actions: list[Action], candidate: Toolset | None = None
+    ) -> str | None:
+        """Why actions with this verdict are not accepted, or None. `candidate`: the toolset they build, when they
+        are judged whole (a tie is then weighed by its size and literals against the best toolset's)."""
+        shown = f"on the examples it touched: {evidence.describe()}"
+        if verdict == "harmful":
+            return f"the evidence is against it ({shown}, or significantly worse over all examples)"
+        if verdict == "better":
+            return None
+        seeds = sorted(a.name for a in actions if isinstance(a, RemoveFunction) and a.name in self.seeds)
+        if seeds:
+            return f"{', '.join(seeds)} came with the program; seed functions are removed only when the evidence " \
+                f"says they hurt ({shown})"  # fmt: skip
+        grows = sum(isinstance(a, AddFunction) for a in actions) > sum(isinstance(a, RemoveFunction) for a in actions)
+        if candidate is not None:
+            grows = len(candidate) > len(self.best)
+        if grows:
+            return f"no evidence that it helps ({shown}); a function is added only when it helps"
+        if candidate is None or len(candidate) < len(self.best) or self.opt.accept_ties:
+            return None
+        if _literals(candidate) < _literals(self.best):
+            return None  # fewer literals: the more general code wins a tie
+        return f"it ties with the best toolset ({shown}) and accept_ties is off"
+
+    def _settle(
+        self,
+        step: int,
+        base: dict[str, Any],
+        outcomes: list[ActionOutcome],
+        kept: list[int],
+        chosen: list[int],
+        candidate: Toolset,
+        run: EvaluationRun,
+        decision: _Decision,
+        weighed: StepEvidence | None,
+        counts: _StepCounts,
+        start: float,
+        evidence: dict[int, ActionEvidence] | None = None,
+        reasons: dict[int, str] | None = None,
+        whole: tuple[Toolset, float] | None = None,
+    ) -> StepReport:
+        """Record the decision: the best toolset, the failure list, patience, and what became of each action.
+        `kept` indexes the step's checked actions in `outcomes`, `chosen` indexes `kept`; `whole` is the
+        candidate of all the checked actions and its training score, where only some were chosen."""
+        evidence, reasons = evidence or {}, reasons or {}
+        accepted = {kept[j] for j in chosen} if decision.accept else set()
+        for j, i in enumerate(kept):
+            status: Literal["accepted", "rolled_back"] = "accepted" if i in accepted else "rolled_back"
+            reason = reasons.get(j) or (None if i in accepted else decision.reason)
+            update = {"status": status, "reason": reason, "evidence": evidence.get(j)}
+            outcomes[i] = outcomes[i].model_copy(update=update)
+        rolled = [i for i in kept if i not in accepted]
+        failed, failed_score = whole if whole is not None and decision.accept else (candidate, run.score)
+        score_before = base["score_before"]
+        if decision.accept:
+            self.best, self.best_score = candidate, run.score
             self.failure_list = []
-            self.accepted.append(AcceptedToolset(step=step, score=score, toolset=candidate.to_dict()))
+            self.accepted.append(AcceptedToolset(step=step, score=run.score, toolset=candidate.to_dict()))
             self._toolsets[step] = candidate
             self._save_toolset(step, candidate)
-        else:
+        if rolled:
             self.failure_list.append(
                 FailedCandidate(
                     step=step,
-                    score=score,
-                    best_score=self.best_score,
-                    actions=[outcomes[i].proposal for i in kept],
-                    fingerprint=candidate.fingerprint,
+                    score=failed_score,
+                    best_score=score_before,
+                    actions=[outcomes[i].proposal for i in rolled],
+                    fingerprint=failed.fingerprint,
                 )
             )
-        self.stale = 0 if improved else self.stale + 1
+        self.stale = 0 if decision.improved else self.stale + 1
         return self._step_report(
             base
             | {
                 "actions": outcomes,
-                "outcome": status,
-                "score_after": score,
-                "improved": improved,
+                "outcome": "accepted" if decision.accept else "rolled_back",
+                "score_after": run.score,
+                "improved": decision.improved,
                 "candidate_fingerprint": candidate.fingerprint,
                 "best_fingerprint": self.best.fingerprint,
+                "evidence": weighed,
+                "reason": decision.reason,
             },
             counts,
             start,
@@ -902,7 +1179,9 @@ class _RunState:
 
     def _check(self, proposal: ProposedAction, candidate: Toolset) -> tuple[str | None, Toolset]:
         """None and the new candidate, or the reason the proposal is rejected and the unchanged candidate."""
-        return check_proposal(proposal, candidate, fixed=self.fixed, sandbox=self.opt.sandbox, step=self.step + 1)
+        return check_proposal(
+            proposal, candidate, fixed=self.fixed, sandbox=self.opt.sandbox, step=self.step + 1, examples=self.trainset
+        )
 
     # ------------------------------------------------------------------------------------------ helpers
     def _evaluate(
@@ -930,11 +1209,12 @@ class _RunState:
             counts.usage.agent.add(prompt, completion, calls=0)
         return run
 
-    def _checked_prune(self, toolset: Toolset, val_score: float | None) -> _Pruning:
-        """Drop the functions no training run called successfully, if the toolset without them scores no lower.
+    def _checked_prune(self, toolset: Toolset) -> _Pruning:
+        """Drop the functions no training run called successfully, if the toolset without them does no harm.
 
-        Dropping a function changes what the agent's LM sees, so, like any other change, the smaller toolset is
-        evaluated and kept only if it scores no lower on the training set (and on the valset, if there is one).
+        Dropping a function changes what the agent's LM sees, so the smaller toolset is evaluated and judged like
+        any other change (on the training and validation examples); being smaller, it wins a tie. Seed functions
+        stay unless `prune_seeds`.
         """
         run = self._evaluate(toolset, self.trainset)  # from the cache: it was evaluated when it was accepted
         smaller, unused = self._prune(toolset, run)
@@ -945,16 +1225,16 @@ class _RunState:
                 "not pruning %s: the LM-call budget is spent, so the smaller toolset cannot be checked", unused
             )
             return _Pruning(toolset, unused_kept=unused)
-        score = self._evaluate(smaller, self.trainset).score
-        holds, smaller_val = score >= run.score, None
-        if holds and val_score is not None:
-            smaller_val = self._evaluate(smaller, self.valset or []).score
-            holds = smaller_val >= val_score
-        if holds:
+        smaller_run = self._evaluate(smaller, self.trainset)
+        evidence = self._weigh([RemoveFunction(n) for n in unused], smaller, run, smaller_run, None, with_val=True)
+        smaller_val = None
+        if evidence.val_touched is not None and self.valset:
+            smaller_val = self._evaluate(smaller, self.valset).score  # cached: the evidence evaluated it
+        if evidence.verdict != "harmful":
             logger.info("pruned %s: no training run called them successfully", unused)
-            return _Pruning(smaller, pruned=unused, score=score, val_score=smaller_val)
-        logger.info("keeping %s although unused: the score falls without them", unused)
-        return _Pruning(toolset, unused_kept=unused, score=score, val_score=smaller_val)
+            return _Pruning(smaller, pruned=unused, score=smaller_run.score, val_score=smaller_val)
+        logger.info("keeping %s although unused: the evidence is against the toolset without them", unused)
+        return _Pruning(toolset, unused_kept=unused, score=smaller_run.score, val_score=smaller_val)
 
     def _prune(self, toolset: Toolset, run: EvaluationRun) -> tuple[Toolset, list[str]]:
         if len(run.errors) == len(run.records):  # no run got far enough to call anything: no evidence either way
@@ -962,7 +1242,8 @@ class _RunState:
                 logger.warning("not pruning: every training run raised, so none shows which functions are used")
             return toolset, []
         used: set[str] = set().union(*(r.called for r in run.records))
-        unused = [name for name in toolset.names if name not in used]
+        keep = used if self.opt.prune_seeds else used | self.seeds
+        unused = [name for name in toolset.names if name not in keep]
         if not unused:
             return toolset, []
         return toolset.apply([RemoveFunction(name) for name in unused]), unused
@@ -991,6 +1272,11 @@ class _RunState:
                     opt.patience,
                     opt.accept_ties,
                     opt.prune_unused,
+                    opt.prune_seeds,
+                    opt.min_net_flips,
+                    opt.significance,
+                    opt.rollback,
+                    opt.progressive,
                     opt.seed,
                     opt.trajectory_budget_chars,
                 ],

@@ -1,5 +1,5 @@
-"""Checking a proposed action before it costs an evaluation: its own validation, the toolset's rules, a smoke call
-in the sandbox, and whether its function is deterministic.
+"""Checking a proposed action before it costs an evaluation: its own validation, the toolset's rules, no table of
+the training set's answers, a smoke call in the sandbox, and whether its function is deterministic.
 
 The optimizer calls `check_proposal` for each action the proposer returns, in order, each on the candidate the
 accepted ones before it built; a rejected action goes back to the proposer with its reason. Nothing here needs an
@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
+import dspy
 from pydantic import ValidationError
 
 from toolforge._text import one_line
 from toolforge.actions import RemoveFunction, validation_reasons
 from toolforge.errors import FunctionCallError, FunctionError, ToolsetError
+from toolforge.memorised import memorised_answers
 from toolforge.proposer import ProposedAction
 from toolforge.sandbox import Sandbox, default_sandbox
 from toolforge.toolset import Toolset
@@ -42,6 +44,7 @@ def check_proposal(
     fixed: Collection[str] = (),
     sandbox: Sandbox | None = None,
     step: int | None = None,
+    examples: Sequence[dspy.Example] = (),
 ) -> Check:
     """Check `proposal` against `candidate`.
 
@@ -51,6 +54,7 @@ def check_proposal(
         fixed: Names of the program's fixed tools, which a function must not take.
         sandbox: Where the smoke calls run (default: the process-wide sandbox).
         step: The step, for the log line that says a function was found not deterministic.
+        examples: The training examples: a function whose code is a table of their answers is rejected.
 
     Returns:
         `Check(None, updated)` for an accepted action, `Check(reason, candidate)` for a rejected one. An action
@@ -72,6 +76,9 @@ def check_proposal(
     if isinstance(action, RemoveFunction):
         return Check(None, updated)
     function = updated[action.name]
+    memorised = memorised_answers(function.code, examples)
+    if memorised:
+        return Check(memorised, candidate)
     try:
         arguments = function.validate_arguments(proposal.arguments())
     except FunctionCallError as exc:

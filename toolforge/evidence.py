@@ -1,0 +1,86 @@
+"""The evidence that a change helps: a paired comparison of two evaluations of the same examples.
+
+A change of the toolset (an action, or a step's actions together) is judged on the examples it *touches*: those
+whose run called a function the change adds, revises or removes, with the best toolset or with the candidate. An
+example the change did not touch can still flip, because any change of the agent's prompt re-draws the LM's
+answers; on the small training sets this method is used with, those re-draws outnumber the real effects, so they
+are not counted as evidence for a change. They are checked for harm: when the flips over *all* examples are
+significantly against the candidate (an exact one-sided sign test), the change is refused whatever its touched
+examples say, because a tool that derails the agent without being called is harm too.
+
+Everything here is arithmetic on `EvaluationRun` records: no LM, no sandbox.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from pydantic import BaseModel
+
+from toolforge.actions import Action
+from toolforge.records import EvaluationRun, ExampleRecord
+
+__all__ = ["HARM_SIGNIFICANCE", "Flips", "flips", "sign_test", "touched_by"]
+
+# The level at which the flips over all examples count as harm (one-sided exact sign test).
+HARM_SIGNIFICANCE = 0.05
+
+
+class Flips(BaseModel):
+    """Paired outcomes of two evaluations of the same examples: how many got better (`wins`) and worse
+    (`losses`) with the candidate, among `examples` compared."""
+
+    examples: int = 0
+    wins: int = 0
+    losses: int = 0
+
+    @property
+    def net(self) -> int:
+        return self.wins - self.losses
+
+    def __add__(self, other: Flips) -> Flips:
+        return Flips(
+            examples=self.examples + other.examples, wins=self.wins + other.wins, losses=self.losses + other.losses
+        )
+
+    def worse_p(self) -> float:
+        """One-sided exact sign-test p-value of "the candidate is worse": P(losses or more | no difference)."""
+        return sign_test(self.losses, self.wins + self.losses)
+
+    def describe(self) -> str:
+        return f"{self.examples} example(s), {self.wins} better, {self.losses} worse"
+
+
+def sign_test(successes: int, trials: int) -> float:
+    """P(X >= successes) for X ~ Binomial(trials, 1/2): the exact one-sided sign test (McNemar's exact test on
+    the discordant pairs). 1.0 for no trials."""
+    if trials <= 0 or successes <= 0:
+        return 1.0
+    return sum(math.comb(trials, k) for k in range(successes, trials + 1)) / 2**trials
+
+
+def touched_by(actions: Iterable[Action], before: EvaluationRun, after: EvaluationRun) -> list[bool]:
+    """Per example, whether its run called a function the actions add, revise or remove: with the candidate
+    (`after`) for an added or revised function, with the best toolset (`before`) for a revised or removed one."""
+    names = {action.name for action in actions}
+    # an added function has no calls before, a removed one none after: one set of names serves both sides
+    return [bool((_names(a) | _names(b)) & names) for b, a in zip(before.records, after.records, strict=True)]
+
+
+def flips(before: EvaluationRun, after: EvaluationRun, mask: Sequence[bool] | None = None) -> Flips:
+    """The paired flips from `before` to `after` on the examples `mask` selects (all without a mask)."""
+    wins = losses = examples = 0
+    for i, (b, a) in enumerate(zip(before.records, after.records, strict=True)):
+        if mask is not None and not mask[i]:
+            continue
+        examples += 1
+        if a.score > b.score:
+            wins += 1
+        elif a.score < b.score:
+            losses += 1
+    return Flips(examples=examples, wins=wins, losses=losses)
+
+
+def _names(record: ExampleRecord) -> set[str]:
+    return {call.name for call in record.calls}
