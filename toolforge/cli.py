@@ -446,7 +446,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--proposer-lm", help="LM that proposes functions (default: the agent LM)")
     p.add_argument("--proposer-api-base", metavar="URL", help="server for --proposer-lm, as --api-base is for --lm")
     p.add_argument("--epochs", type=int, default=5, help="training steps at most")
-    p.add_argument("--patience", type=int, default=3, help="stop after N steps without improvement")
+    p.add_argument("--patience", type=int, default=5, help="stop after N steps without a better candidate")
     p.add_argument("--max-actions", type=int, default=3, help="actions per step at most")
     p.add_argument("--trials", type=int, default=3, help="proposer calls per step at most")
     p.add_argument("--max-lm-calls", type=int, help="budget of LM calls for the whole compile")

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel
 
-from toolforge.actions import Action
 from toolforge.records import EvaluationRun, ExampleRecord
 
 __all__ = ["HARM_SIGNIFICANCE", "Flips", "flips", "sign_test", "touched_by"]
@@ -29,11 +28,15 @@ HARM_SIGNIFICANCE = 0.05
 
 class Flips(BaseModel):
     """Paired outcomes of two evaluations of the same examples: how many got better (`wins`) and worse
-    (`losses`) with the candidate, among `examples` compared."""
+    (`losses`) with the candidate, among `examples` compared; and `carried`: examples the candidate answered,
+    no worse, through a call of a function the change made, where the best toolset's run called no function at
+    all (its answer was the LM's own, so a tie there says the LM was right once, not that the function adds
+    nothing)."""
 
     examples: int = 0
     wins: int = 0
     losses: int = 0
+    carried: int = 0
 
     @property
     def net(self) -> int:
@@ -41,7 +44,10 @@ class Flips(BaseModel):
 
     def __add__(self, other: Flips) -> Flips:
         return Flips(
-            examples=self.examples + other.examples, wins=self.wins + other.wins, losses=self.losses + other.losses
+            examples=self.examples + other.examples,
+            wins=self.wins + other.wins,
+            losses=self.losses + other.losses,
+            carried=self.carried + other.carried,
         )
 
     def worse_p(self) -> float:
@@ -60,17 +66,25 @@ def sign_test(successes: int, trials: int) -> float:
     return sum(math.comb(trials, k) for k in range(successes, trials + 1)) / 2**trials
 
 
-def touched_by(actions: Iterable[Action], before: EvaluationRun, after: EvaluationRun) -> list[bool]:
-    """Per example, whether its run called a function the actions add, revise or remove: with the candidate
-    (`after`) for an added or revised function, with the best toolset (`before`) for a revised or removed one."""
-    names = {action.name for action in actions}
+def touched_by(names: Iterable[str], before: EvaluationRun, after: EvaluationRun) -> list[bool]:
+    """Per example, whether its run called one of the functions `names` (those a change adds, revises or removes):
+    with the candidate (`after`) for an added or revised function, with the best toolset (`before`) for a revised
+    or removed one."""
+    names = set(names)
     # an added function has no calls before, a removed one none after: one set of names serves both sides
     return [bool((_names(a) | _names(b)) & names) for b, a in zip(before.records, after.records, strict=True)]
 
 
-def flips(before: EvaluationRun, after: EvaluationRun, mask: Sequence[bool] | None = None) -> Flips:
-    """The paired flips from `before` to `after` on the examples `mask` selects (all without a mask)."""
-    wins = losses = examples = 0
+def flips(
+    before: EvaluationRun,
+    after: EvaluationRun,
+    mask: Sequence[bool] | None = None,
+    made: Iterable[str] = (),
+) -> Flips:
+    """The paired flips from `before` to `after` on the examples `mask` selects (all without a mask); `made`: the
+    functions the change adds or revises, for `carried`."""
+    made = set(made)
+    wins = losses = examples = carried = 0
     for i, (b, a) in enumerate(zip(before.records, after.records, strict=True)):
         if mask is not None and not mask[i]:
             continue
@@ -79,7 +93,9 @@ def flips(before: EvaluationRun, after: EvaluationRun, mask: Sequence[bool] | No
             wins += 1
         elif a.score < b.score:
             losses += 1
-    return Flips(examples=examples, wins=wins, losses=losses)
+        elif a.score > 0 and not b.calls and any(c.ok and c.name in made for c in a.calls):
+            carried += 1
+    return Flips(examples=examples, wins=wins, losses=losses, carried=carried)
 
 
 def _names(record: ExampleRecord) -> set[str]:

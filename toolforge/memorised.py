@@ -91,7 +91,7 @@ def _literal_pairs(tree: ast.AST) -> Iterator[tuple[Any, Any]]:
                 for k in _constants(key):
                     for v in _constants(value):
                         yield k, v
-        elif isinstance(node, ast.Tuple | ast.List) and len(node.elts) == 2:
+        elif isinstance(node, ast.Tuple | ast.List) and len(node.elts) == 2 and not _is_tuple(node.elts[0]):
             for k in _constants(node.elts[0]):
                 for v in _constants(node.elts[1]):
                     yield k, v
@@ -101,6 +101,10 @@ def _literal_pairs(tree: ast.AST) -> Iterator[tuple[Any, Any]]:
             for k in keys:
                 for v in values:
                     yield k, v
+
+
+def _is_tuple(node: ast.AST) -> bool:
+    return isinstance(node, ast.Tuple | ast.List)
 
 
 def _returned(statement: ast.stmt) -> list[Any]:

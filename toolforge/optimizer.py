@@ -118,6 +118,7 @@ class StepEvidence(BaseModel):
     val_touched: Flips | None = None
     overall: Flips
     verdict: Literal["better", "neutral", "harmful"]
+    why: str | None = None  # what made it harmful
 
 
 class ActionOutcome(BaseModel):
@@ -327,6 +328,9 @@ class _BudgetExhausted(Exception):
     pass
 
 
+_Kind = Literal["better", "neutral", "harmful"]
+
+
 class _Decision(NamedTuple):
     accept: bool
     improved: bool  # better by the evidence: resets patience
@@ -337,10 +341,11 @@ def _action_of(outcome: ActionOutcome) -> Action:
     return ProposedAction.model_validate(outcome.proposal).to_action()
 
 
-def _apply_subset(best: Toolset, together: Toolset, actions: list[Action]) -> Toolset | None:
-    """`best` with only `actions` applied, each function as the checks left it in `together` (a function found
-    not deterministic by its smoke calls stays marked so); None when they need an action left out (a revision of a
-    function another action of the step added)."""
+def _apply_subset(base: Toolset, together: Toolset, actions: list[Action]) -> Toolset | None:
+    """`base` (the toolset the step's actions applied to) with only `actions` applied, each function as the checks
+    left it in `together` (a function found not deterministic by its smoke calls stays marked so); None when they
+    need an action left out (a revision of a function another action of the step added)."""
+    best = base
     if any(not isinstance(a, AddFunction) and a.name not in best for a in actions):
         return None
     removed = {a.name for a in actions if isinstance(a, RemoveFunction)}
@@ -348,6 +353,23 @@ def _apply_subset(best: Toolset, together: Toolset, actions: list[Action]) -> To
     functions = [together[f.name] if f.name in revised else f for f in best.functions if f.name not in removed]
     functions += [together[a.name] for a in actions if isinstance(a, AddFunction)]
     return Toolset(functions, max_functions=best.max_functions)
+
+
+def _changed(best: Toolset, candidate: Toolset, only: set[str] | None = None) -> set[str]:
+    """The functions that differ from `best` to `candidate` (added, revised or removed), among `only` if given.
+    Taken from the toolsets, not the actions: without progressive update a step's actions apply to the initial
+    toolset, and what the candidate drops of the best one is a change too."""
+    names = {
+        name
+        for name in {*best.names, *candidate.names}
+        if name not in best or name not in candidate or best[name].fingerprint != candidate[name].fingerprint
+    }
+    return names if only is None else names & only
+
+
+def _made(best: Toolset, candidate: Toolset, names: set[str]) -> set[str]:
+    """Of the changed functions `names`, those the candidate has (added or revised)."""
+    return {name for name in names if name in candidate}
 
 
 def _literals(toolset: Toolset) -> int:
@@ -452,7 +474,7 @@ class FunctionOptimizer(Teleprompter):
         max_epochs: int = 10,
         max_actions_per_step: int = 3,
         max_trials: int = 3,
-        patience: int = 3,
+        patience: int = 5,
         accept_ties: bool = True,
         max_functions: int | None = None,
         prune_unused: bool = True,
@@ -934,6 +956,7 @@ class _RunState:
         self._budget_check()
         actions = [_action_of(outcomes[i]) for i in kept]
         together = self._evaluate(candidate, self.trainset, counts)
+        together_toolset = candidate
         if not opt.rollback:  # the ablation: every checked candidate is accepted
             decision = _Decision(True, together.score > best_run.score, "accepted unweighed (rollback=False)")
             return self._settle(step, base, outcomes, kept, list(range(len(kept))), candidate, together, decision,
@@ -943,21 +966,24 @@ class _RunState:
         reasons: dict[int, str] = {}
         if len(kept) > 1:  # credit per action: each on the examples it touched, the others beside it
             for j, action in enumerate(actions):
-                own = flips(best_run, together, touched_by([action], best_run, together))
+                names = _changed(self.best, together_toolset, only={action.name})
+                own = flips(
+                    best_run, together, touched_by(names, best_run, together), _made(self.best, together_toolset, names)
+                )
                 evidence[j] = ActionEvidence(flips=own, score_together=together.score)
-                verdict = self._verdict(own, None, flips(best_run, together))
-                refusal = self._refusal(verdict, own, [action])
+                refusal = self._refusal(self._verdict(own, None, flips(best_run, together)), own, [action])
                 if refusal:
                     reasons[j] = refusal
             chosen = [j for j in range(len(kept)) if j not in reasons]
         if not chosen:
-            weighed = self._weigh(actions, candidate, best_run, together, counts, with_val=False)
+            weighed = self._weigh(candidate, best_run, together, counts, with_val=False)
             decision = _Decision(False, False, "no action earned its place on its own evidence")
             return self._settle(
                 step, base, outcomes, kept, [], candidate, together, decision, weighed, counts, start, evidence, reasons
             )
         run, whole = together, candidate
-        subset = _apply_subset(self.best, candidate, [actions[j] for j in chosen]) if len(chosen) < len(kept) else None
+        origin = self.best if opt.progressive else self.initial_toolset
+        subset = _apply_subset(origin, candidate, [actions[j] for j in chosen]) if len(chosen) < len(kept) else None
         if subset is None:
             chosen, reasons = list(range(len(kept))), {}
         else:
@@ -967,9 +993,11 @@ class _RunState:
             for j in evidence:
                 evidence[j] = evidence[j].model_copy(update={"score_kept": run.score})
         chosen_actions = [actions[j] for j in chosen]
-        weighed = self._weigh(chosen_actions, candidate, best_run, run, counts, with_val=True)
-        refusal = self._refusal(weighed.verdict, weighed.touched + (weighed.val_touched or Flips()), chosen_actions,
-                                candidate=candidate)  # fmt: skip
+        weighed = self._weigh(candidate, best_run, run, counts, with_val=True)
+        refusal = self._refusal(
+            (weighed.verdict, weighed.why), weighed.touched + (weighed.val_touched or Flips()), chosen_actions,
+            candidate=candidate,
+        )  # fmt: skip
         decision = _Decision(refusal is None, weighed.verdict == "better", refusal or _acceptance(weighed))
         return self._settle(
             step, base, outcomes, kept, chosen, candidate, run, decision, weighed, counts, start, evidence, reasons,
@@ -978,7 +1006,6 @@ class _RunState:
 
     def _weigh(
         self,
-        actions: list[Action],
         candidate: Toolset,
         best_run: EvaluationRun,
         run: EvaluationRun,
@@ -986,45 +1013,56 @@ class _RunState:
         *,
         with_val: bool,
     ) -> StepEvidence:
-        """The evidence on `candidate` (built by `actions`; `run` is its training run): its training flips, and,
-        unless those already show harm, its validation flips."""
-        touched = flips(best_run, run, touched_by(actions, best_run, run))
+        """The evidence on `candidate` (`run` is its training run) against the best toolset: its training flips,
+        and, unless those already show harm, its validation flips."""
+        names = _changed(self.best, candidate)
+        touched = flips(best_run, run, touched_by(names, best_run, run), _made(self.best, candidate, names))
         overall = flips(best_run, run)
-        verdict = self._verdict(touched, None, overall)
+        verdict, why = self._verdict(touched, None, overall)
         if not with_val or not self.valset or verdict == "harmful":
-            return StepEvidence(touched=touched, overall=overall, verdict=verdict)
+            return StepEvidence(touched=touched, overall=overall, verdict=verdict, why=why)
         self._budget_check()
         best_val = self._evaluate(self.best, self.valset, counts)
         val = self._evaluate(candidate, self.valset, counts)
-        val_touched = flips(best_val, val, touched_by(actions, best_val, val))
+        val_touched = flips(best_val, val, touched_by(names, best_val, val), _made(self.best, candidate, names))
         overall = overall + flips(best_val, val)
-        return StepEvidence(
-            touched=touched,
-            val_touched=val_touched,
-            overall=overall,
-            verdict=self._verdict(touched, val_touched, overall),
-        )
+        verdict, why = self._verdict(touched, val_touched, overall)
+        return StepEvidence(touched=touched, val_touched=val_touched, overall=overall, verdict=verdict, why=why)
 
-    def _verdict(self, touched: Flips, val: Flips | None, overall: Flips) -> Literal["better", "neutral", "harmful"]:
+    def _verdict(self, touched: Flips, val: Flips | None, overall: Flips) -> tuple[_Kind, str | None]:
+        """better / neutral / harmful, and why, when harmful."""
         pooled = touched + (val or Flips())
-        if pooled.net < 0 or overall.worse_p() <= HARM_SIGNIFICANCE:
-            return "harmful"
+        if pooled.net < 0:
+            return "harmful", f"more of the examples it touched got worse than better ({pooled.describe()})"
+        if overall.worse_p() <= HARM_SIGNIFICANCE:
+            return "harmful", (
+                f"over all {overall.examples} examples compared it is significantly worse ({overall.wins} better, "
+                f"{overall.losses} worse; sign test p = {overall.worse_p():.3f})"
+            )
         if val is not None and touched.net > 0 and val.net < 0:  # fits the training side only
-            return "harmful"
+            return "harmful", (
+                f"it helps on the training examples it touched ({touched.describe()}) and hurts on the validation "
+                f"ones ({val.describe()})"
+            )
         significant = self.opt.significance is None or (
             sign_test(pooled.wins, pooled.wins + pooled.losses) <= self.opt.significance
         )
-        return "better" if pooled.net >= self.opt.min_net_flips and significant else "neutral"
+        return ("better" if pooled.net >= self.opt.min_net_flips and significant else "neutral"), None
 
     def _refusal(
-        self, verdict: str, evidence: Flips, actions: list[Action], candidate: Toolset | None = None
+        self,
+        verdict: tuple[_Kind, str | None],
+        evidence: Flips,
+        actions: list[Action],
+        candidate: Toolset | None = None,
     ) -> str | None:
         """Why actions with this verdict are not accepted, or None. `candidate`: the toolset they build, when they
         are judged whole (a tie is then weighed by its size and literals against the best toolset's)."""
         shown = f"on the examples it touched: {evidence.describe()}"
-        if verdict == "harmful":
-            return f"the evidence is against it ({shown}, or significantly worse over all examples)"
-        if verdict == "better":
+        kind, why = verdict
+        if kind == "harmful":
+            return f"the evidence is against it: {why}"
+        if kind == "better":
             return None
         seeds = sorted(a.name for a in actions if isinstance(a, RemoveFunction) and a.name in self.seeds)
         if seeds:
@@ -1033,8 +1071,11 @@ class _RunState:
         grows = sum(isinstance(a, AddFunction) for a in actions) > sum(isinstance(a, RemoveFunction) for a in actions)
         if candidate is not None:
             grows = len(candidate) > len(self.best)
-        if grows:
-            return f"no evidence that it helps ({shown}); a function is added only when it helps"
+        if grows and not (evidence.carried and not evidence.losses):
+            return (
+                f"no evidence that it helps ({shown}, none answered through it where the agent had used no function);"
+                " a function is added only when it helps"
+            )
         if candidate is None or len(candidate) < len(self.best) or self.opt.accept_ties:
             return None
         if _literals(candidate) < _literals(self.best):
@@ -1226,7 +1267,7 @@ class _RunState:
             )
             return _Pruning(toolset, unused_kept=unused)
         smaller_run = self._evaluate(smaller, self.trainset)
-        evidence = self._weigh([RemoveFunction(n) for n in unused], smaller, run, smaller_run, None, with_val=True)
+        evidence = self._weigh(smaller, run, smaller_run, None, with_val=True)
         smaller_val = None
         if evidence.val_touched is not None and self.valset:
             smaller_val = self._evaluate(smaller, self.valset).score  # cached: the evidence evaluated it

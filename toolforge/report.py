@@ -95,7 +95,13 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
         f"- stopped: {report.stop_reason} after {len(report.steps)} step(s)"
         + (f" (resumed after step {report.resumed_after_step})" if report.resumed_after_step is not None else ""),
         f"- final functions: {', '.join(report.final_functions) or '(none)'} (from step {report.selected_step})",
+        f"- seed functions (the program's own): {', '.join(report.seed_functions) or '(none)'}",
     ]
+    if report.held_out:
+        lines.append(
+            f"- held out for acceptance: {report.held_out} training example(s) (no valset was given); the proposer "
+            "never saw them"
+        )
     if report.pruned:
         lines.append(
             f"- pruned as unused: {', '.join(report.pruned)} (training score without them: {report.pruned_score:.3f}"
@@ -147,6 +153,15 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
                 f"_{s.interrupted_lm_calls} of this step's LM calls were made by a run of it that was interrupted._",
                 "",
             ]
+        if s.evidence is not None:
+            e = s.evidence
+            val = f"; validation: {e.val_touched.describe()}" if e.val_touched is not None else ""
+            lines += [
+                f"Evidence ({e.verdict}): on the examples the actions touched, training: {e.touched.describe()}{val}; "
+                f"over all {e.overall.examples} examples compared: {e.overall.wins} better, {e.overall.losses} worse."
+                + (f" Decision: {s.reason}." if s.reason else ""),
+                "",
+            ]
         before = _toolset_before(toolsets, s.step)
         if not s.actions:
             lines.append("No actions proposed.")
@@ -154,6 +169,13 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
             lines.append(f"- **{action.summary}** (trial {action.trial}): {action.status}")
             if action.reason:
                 lines.append(f"  - reason: {action.reason}")
+            if action.evidence is not None:
+                flips, kept = action.evidence.flips, action.evidence.score_kept
+                lines.append(
+                    f"  - evidence: on the training examples it touched, {flips.describe()}; training score with all "
+                    f"the step's actions {action.evidence.score_together:.3f}"
+                    + (f", with only those kept {kept:.3f}" if kept is not None else "")
+                )
             diff = _action_diff(action.proposal, before)
             if diff:
                 lines += ["", "```diff", diff.rstrip("\n"), "```", ""]

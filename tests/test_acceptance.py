@@ -1,0 +1,338 @@
+"""Decisions that hold under noise: the four wrong decisions of issue 14, each as a compile that used to decide
+wrongly, and the parts the decisions rest on (paired evidence, the table detector, seeds, the ablations)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import dspy
+import pytest
+
+import toolforge as tf
+from tests.evaluation_fixtures import exact, unary
+from tests.scripted_lm import field, scripted_lm
+from tests.test_optimizer import DOUBLE, SQUARE, action, compile_with, examples
+from toolforge.evidence import sign_test
+from toolforge.memorised import literal_count, memorised_answers
+from toolforge.report import markdown_report
+
+TRIPLE = unary("triple", "x * 3")
+TIMES = {"double": 2, "triple": 3}
+
+
+def mixed(kinds: tuple[str, ...], n: int = 10) -> list[dspy.Example]:
+    """Questions 1..n, the kinds in turn: doubles, triples and squares."""
+    out = []
+    for i in range(1, n + 1):
+        kind = kinds[(i - 1) % len(kinds)]
+        answer = float(i * i) if kind == "square" else float(TIMES[kind] * i)
+        out.append(dspy.Example(question=f"{kind} {i}", answer=answer).with_inputs("question"))
+    return out
+
+
+@pytest.fixture
+def cache(tmp_path):
+    with tf.EvaluationCache(tmp_path / "cache") as c:
+        yield c
+
+
+def scripted(steps: list[list[dict]]):
+    """A proposer that takes `steps[i]` at step i + 1, and nothing after."""
+    calls: list[dict] = []
+
+    def policy(inputs):
+        calls.append(inputs)
+        return steps[len(calls) - 1] if len(calls) <= len(steps) else []
+
+    return policy, calls
+
+
+# ------------------------------------------------------------------------------ 1. a step is judged whole
+def test_a_harmful_removal_in_a_step_of_good_adds_is_rolled_back_alone(cache):
+    """[add square, add triple, remove double]: the sum rises (0.2 -> 0.8), but double is lost; each action is
+    judged on the examples it touched, and only the adds are kept."""
+    policy, _ = scripted(
+        [[action("add_function", SQUARE), action("add_function", TRIPLE), action("remove_function", name="double")]]
+    )
+    train = mixed(("double", "square", "triple", "square", "triple"))
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), trainset=train, cache=cache, max_epochs=1)
+    assert trained.toolset.names == ["double", "square", "triple"]
+    square, triple, remove = report.steps[0].actions
+    assert (square.status, triple.status, remove.status) == ("accepted", "accepted", "rolled_back")
+    assert (remove.evidence.flips.wins, remove.evidence.flips.losses) == (0, 2)
+    assert remove.reason.startswith("the evidence is against it")
+    assert (square.evidence.flips.wins, square.evidence.score_together, square.evidence.score_kept) == (4, 0.8, 1.0)
+    assert report.steps[0].score_after == 1.0  # the kept actions, evaluated together
+
+
+def test_a_correct_revision_is_kept_when_a_harmful_removal_comes_with_it(cache):
+    """[revise square (fix), remove double]: together 0.6 -> 0.4, which rolled back the fix with the removal."""
+    broken = unary("square", "x * x + 1", SQUARE.description)
+    policy, _ = scripted([[action("revise_function", SQUARE), action("remove_function", name="double")]])
+    train = examples(10, kinds=("double", "double", "double", "square", "square"))
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset([DOUBLE, broken]), trainset=train, cache=cache, max_epochs=1
+    )
+    assert trained.toolset.names == ["double", "square"] and trained.toolset["square"].code == SQUARE.code
+    revise, remove = report.steps[0].actions
+    assert (revise.status, remove.status) == ("accepted", "rolled_back")
+    assert report.steps[0].score_after == 1.0
+
+
+# -------------------------------------------------------------------------------------- 2. noise decides
+def lucky_agent():
+    """Calls the tool named by the question's kind when offered. Without one, its guesses on doubles are
+    right for 6 of 8 with the empty toolset's prompt and for 1 of 8 with any other prompt (a lucky baseline), and
+    its guesses on squares are wrong."""
+
+    def respond(system: str, user: str) -> dict[str, Any]:
+        kind, number = field(user, "question").split()
+        if "next_tool_call" in system:
+            if f") {kind}: " in system and "[[ ## tool_name_0 ## ]]" not in user:
+                return {"next_thought": "Use it.", "next_tool_call": {"name": kind, "args": {"x": float(number)}}}
+            lucky = "(1) finish:" in system  # no function offered
+            right = kind == "double" and (int(number) % 4 != 0 if lucky else int(number) == 8)
+            thought = "guess right" if right else "guess wrong"
+            return {"next_thought": thought, "next_tool_call": {"name": "finish", "args": {}}}
+        observation = field(user, "observation_0")
+        if field(user, "tool_name_0") not in ("", "finish"):
+            return {"reasoning": "From the tool.", "answer": observation or "0"}
+        x = float(number)
+        truth = 2 * x if kind == "double" else x * x
+        return {"reasoning": "A guess.", "answer": str(truth if "guess right" in user else truth + 1)}
+
+    return scripted_lm(respond, name="lucky")
+
+
+def lucky_examples() -> list[dspy.Example]:
+    """Doubles 1..8 and squares 9 and 10."""
+    doubles = [dspy.Example(question=f"double {i}", answer=2.0 * i).with_inputs("question") for i in range(1, 9)]
+    squares = [dspy.Example(question=f"square {i}", answer=float(i * i)).with_inputs("question") for i in (9, 10)]
+    return doubles + squares
+
+
+def test_a_correct_function_is_kept_when_a_lucky_baseline_makes_its_score_drop(cache):
+    """0.6 -> 0.3 with the correct square: both squares it touched got right; the doubles it never touched were
+    re-drawn. The raw difference rolled it back; the paired evidence on the touched examples keeps it."""
+    policy, _ = scripted([[action("add_function", SQUARE)]])
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset(), trainset=lucky_examples(), cache=cache, agent=lucky_agent(), max_epochs=1
+    )
+    step = report.steps[0]
+    assert (step.score_before, step.score_after) == (0.6, 0.3)
+    assert (step.outcome, step.improved, trained.toolset.names) == ("accepted", True, ["square"])
+    assert (step.evidence.touched.wins, step.evidence.touched.losses) == (2, 0)
+    assert (step.evidence.overall.wins, step.evidence.overall.losses) == (3, 6)  # not significant harm
+
+
+def test_an_irrelevant_function_is_not_kept_when_re_drawn_answers_raise_the_score(cache):
+    """Adding `cube`, which no question needs, re-draws the guesses: 1 of 8 doubles right becomes 6 of 8 in the
+    agent below. The score rises, but no example called cube."""
+
+    def respond(system: str, user: str) -> dict[str, Any]:
+        number = field(user, "question").split()[1]
+        if "next_tool_call" in system:
+            right = int(number) % 4 != 0 if ") cube: " in system else int(number) == 8
+            thought = "guess right" if right else "guess wrong"
+            return {"next_thought": thought, "next_tool_call": {"name": "finish", "args": {}}}
+        truth = 2 * float(number)
+        return {"reasoning": "A guess.", "answer": str(truth if "guess right" in user else truth + 1)}
+
+    policy, _ = scripted([[action("add_function", unary("cube", "x ** 3"))]])
+    train = [e for e in lucky_examples() if e.question.startswith("double")]
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset(), trainset=train, cache=cache, agent=scripted_lm(respond), max_epochs=1
+    )
+    step = report.steps[0]
+    assert (step.score_before, step.score_after) == (0.125, 0.75)
+    assert (step.outcome, step.improved, trained.toolset.names) == ("rolled_back", False, [])
+    assert step.actions[0].reason.startswith("no evidence that it helps (on the examples it touched: 0 example(s)")
+
+
+def test_patience_counts_only_steps_with_evidence(cache):
+    """Ties (here: code-only revisions the evidence cannot tell apart) are accepted but do not reset patience."""
+    steps = [[action("revise_function", unary("double", expr, DOUBLE.description))] for expr in ("x + x", "2 * x")]
+    policy, calls = scripted(steps * 3)
+    _, _, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=6, patience=2)
+    assert [s.outcome for s in report.steps] == ["accepted", "accepted"]
+    assert not any(s.improved for s in report.steps)
+    assert report.stop_reason == "early_stop" and len(calls) == 2
+
+
+# ----------------------------------------------------------------------------------- 3. a memorised table
+def table_of(train: list[dspy.Example], kind: str) -> tf.ForgedFunction:
+    answers = {int(e.question.split()[1]): e.answer for e in train if e.question.startswith(kind)}
+    return tf.ForgedFunction(
+        kind, SQUARE.description, SQUARE.parameters, f"def {kind}(x):\n    return {answers!r}.get(int(x), 0.0)\n"
+    )
+
+
+def test_a_table_of_the_training_answers_is_refused_before_an_evaluation(cache):
+    train = examples(10)
+    policy, calls = scripted([[action("add_function", table_of(train, "square"))], [action("add_function", SQUARE)]])
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), trainset=train, cache=cache)
+    refused, general = report.steps[0].actions
+    assert (refused.status, refused.trial, general.status) == ("rejected", 1, "accepted")
+    assert refused.reason.startswith("its code holds the answers of 2 training examples as literals (5 -> 25.0")
+    assert "holds the answers of 2 training examples" in calls[1]["rejected"]  # sent back to the proposer
+    assert trained.toolset["square"].code == SQUARE.code  # the general function, proposed next, is kept
+
+
+def test_a_general_function_that_ties_with_a_table_replaces_it_without_accept_ties(cache):
+    """The student came with a table (seed functions are not checked); the correct revision scores the same on
+    the training set, and has fewer literals: it wins the tie even with accept_ties=False."""
+    train = examples(10)
+    policy, _ = scripted([[action("revise_function", SQUARE)]])
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset([DOUBLE, table_of(train, "square")]), trainset=train, cache=cache, accept_ties=False
+    )
+    assert report.steps[0].outcome == "accepted" and not report.steps[0].improved
+    assert trained.toolset["square"].code == SQUARE.code
+
+
+# ------------------------------------------------------------------------ 4. fitting the training set
+def test_without_a_valset_a_change_that_only_fits_the_training_examples_is_rolled_back(cache):
+    """20 squares, 4 held out. The revision fixes the even training questions from a set of their numbers and
+    breaks every other question: better on training, worse on the held-out examples."""
+    train = [dspy.Example(question=f"square {i}", answer=float(i * i)).with_inputs("question") for i in range(1, 21)]
+    wrong_on_evens = unary("square", "x * x + (1 - x % 2)", SQUARE.description)
+
+    def policy(inputs):
+        seen = sorted({int(x) for x in re.findall(r"square (\d+)", inputs["trajectories"])})
+        code = f"def square(x):\n    return x * x if int(x) in {set(seen)!r} else 0.0\n"
+        return [action("revise_function", tf.ForgedFunction("square", SQUARE.description, SQUARE.parameters, code))]
+
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset([wrong_on_evens]), trainset=train, cache=cache, max_epochs=1
+    )
+    step = report.steps[0]
+    assert report.held_out == 4 and step.evidence.touched.examples == 16
+    assert step.evidence.touched.wins > 0 and step.evidence.val_touched.losses > 0
+    assert step.outcome == "rolled_back" and "hurts on the validation ones" in step.reason
+    assert trained.toolset["square"].code == wrong_on_evens.code
+
+
+# ---------------------------------------------------------------------------------------------- seeds
+def test_seed_functions_are_not_pruned_by_default(cache):
+    cube = unary("cube", "x ** 3")
+    _, trained, report, _, _ = compile_with(lambda inputs: [], tf.Toolset([DOUBLE, cube]), cache=cache)
+    assert trained.toolset.names == ["double", "cube"] and report.pruned == []
+    assert report.seed_functions == ["double", "cube"]
+
+
+def test_a_seed_function_is_removed_only_when_the_evidence_says_it_hurts(cache):
+    cube = unary("cube", "x ** 3")
+    policy, _ = scripted([[action("remove_function", name="cube")]])
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE, cube]), cache=cache, max_epochs=1)
+    assert trained.toolset.names == ["double", "cube"]
+    assert report.steps[0].actions[0].reason.startswith("cube came with the program; seed functions are removed")
+
+
+def test_functions_the_compile_added_are_still_pruned_when_unused(cache):
+    policy, _ = scripted([[action("add_function", SQUARE)]])
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, rollback=False)
+    assert trained.toolset.names == ["double", "square"]  # square is used
+    unused = unary("cube", "x ** 3")
+    policy, _ = scripted([[action("add_function", unused)]])
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, rollback=False)
+    assert (report.pruned, trained.toolset.names) == (["cube"], ["double"])
+
+
+# ------------------------------------------------------------------------------------------- ablations
+def test_without_rollback_every_checked_candidate_is_kept_and_nothing_stops_early(cache):
+    wrong = unary("double", "x * 2 + 1", DOUBLE.description)
+    policy, _ = scripted([[action("revise_function", wrong)]])
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset([DOUBLE]), cache=cache, rollback=False, max_epochs=4, patience=1
+    )
+    assert report.steps[0].outcome == "accepted" and report.best_score == 0.0
+    assert (len(report.steps), report.stop_reason) == (4, "max_epochs")
+    assert trained.toolset["double"].code == wrong.code
+
+
+def test_without_progressive_update_each_step_starts_from_the_initial_toolset(cache):
+    policy, calls = scripted([[action("add_function", SQUARE)], [action("add_function", TRIPLE)]])
+    train = mixed(("double", "square", "square", "triple", "double"))
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset([DOUBLE]), trainset=train, cache=cache, progressive=False, max_epochs=2
+    )
+    assert "### square" not in calls[1]["current_functions"]  # the proposer builds on the initial functions
+    # step 2 is {double, triple}: its triples got right, and the squares the best toolset answered got wrong
+    assert [s.outcome for s in report.steps] == ["accepted", "rolled_back"]
+    assert trained.toolset.names == ["double", "square"]
+
+
+# ---------------------------------------------------------------------------------------------- reports
+def test_the_markdown_report_shows_each_action_s_evidence(cache, tmp_path):
+    policy, _ = scripted(
+        [[action("add_function", SQUARE), action("add_function", TRIPLE), action("remove_function", name="double")]]
+    )
+    train = mixed(("double", "square", "triple", "square", "triple"))
+    _, _, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), trainset=train, cache=cache, max_epochs=1)
+    text = markdown_report(report, tmp_path)
+    assert (
+        "- **add square** (trial 1): accepted\n  - evidence: on the training examples it touched, 4 example(s), "
+        "4 better, 0 worse; training score with all the step's actions 0.800, with only those kept 1.000"
+    ) in text
+    assert "- **remove double** (trial 1): rolled_back\n  - reason: the evidence is against it" in text
+    assert "Evidence (better): on the examples the actions touched, training: 8 example(s), 8 better" in text
+
+
+# ----------------------------------------------------------------------------------------- the parts
+@pytest.mark.parametrize(
+    ("successes", "trials", "p"), [(0, 0, 1.0), (2, 2, 0.25), (5, 5, 1 / 32), (3, 4, 5 / 16), (0, 3, 1.0)]
+)
+def test_the_sign_test_is_the_exact_binomial_tail(successes, trials, p):
+    assert sign_test(successes, trials) == pytest.approx(p)
+
+
+def digit_sums(*numbers: int) -> list[dspy.Example]:
+    return [
+        dspy.Example(question=f"digit sum of {n}", answer=sum(map(int, str(n)))).with_inputs("question")
+        for n in numbers
+    ]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "def f(x):\n    return {12: 3, 45: 9, 381: 12}.get(x, 0)\n",
+        "def f(x):\n    if x == 12:\n        return 3\n    if x == 45:\n        return 9\n    return 0\n",
+        "def f(q):\n    return dict([('digit sum of 12', 3), ('digit sum of 45', 9)]).get(q)\n",
+    ],
+)
+def test_a_table_of_training_answers_is_found_in_the_code(code):
+    assert memorised_answers(code, digit_sums(12, 45, 381, 7)).startswith("its code holds the answers of")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "def f(x):\n    return sum(int(c) for c in str(abs(int(x))))\n",
+        # base cases are not answers: trivial literals do not count
+        "def f(n):\n    if n == 0:\n        return 1\n    if n == 1:\n        return 1\n    return n * f(n - 1)\n",
+        # a table of facts that holds one training answer among many is general code
+        "def f(x):\n    return {12: 3, 1: 10, 2: 20, 3: 30, 4: 40, 5: 50}.get(x, sum(map(int, str(x))))\n",
+    ],
+)
+def test_general_code_is_not_taken_for_a_table(code):
+    assert memorised_answers(code, digit_sums(12, 45, 381, 7, 0, 1)) is None
+
+
+def test_literals_count_constants_but_not_docstrings_or_trivial_ones():
+    code = 'def f(x):\n    """Doc."""\n    return {12: 3, 45: 9}.get(x, 0) + 1\n'
+    assert literal_count(code) == 4
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"holdout": 1.5}, "FunctionOptimizer(holdout=1.5): holdout must be a number in [0, 1)"),
+        ({"significance": 0}, "FunctionOptimizer(significance=0): significance must be a number in (0, 1), or None"),
+        ({"min_net_flips": 0}, "min_net_flips"),
+    ],
+)
+def test_acceptance_settings_out_of_range_are_refused(setting, message):
+    with pytest.raises(tf.ToolforgeError, match=re.escape(message)):
+        tf.FunctionOptimizer(exact, **setting)
