@@ -31,12 +31,14 @@ class Flips(BaseModel):
     (`losses`) with the candidate, among `examples` compared; and `carried`: examples the candidate answered,
     no worse, through a call of a function the change made, where the best toolset's run called no function at
     all (its answer was the LM's own, so a tie there says the LM was right once, not that the function adds
-    nothing)."""
+    nothing); `relied`, the mirror: examples the best toolset answered through a function the change takes away,
+    and the candidate answers as well with no function call at all (a tie that the LM's own guess made)."""
 
     examples: int = 0
     wins: int = 0
     losses: int = 0
     carried: int = 0
+    relied: int = 0
 
     @property
     def net(self) -> int:
@@ -48,6 +50,7 @@ class Flips(BaseModel):
             wins=self.wins + other.wins,
             losses=self.losses + other.losses,
             carried=self.carried + other.carried,
+            relied=self.relied + other.relied,
         )
 
     def worse_p(self) -> float:
@@ -80,11 +83,12 @@ def flips(
     after: EvaluationRun,
     mask: Sequence[bool] | None = None,
     made: Iterable[str] = (),
+    taken: Iterable[str] = (),
 ) -> Flips:
     """The paired flips from `before` to `after` on the examples `mask` selects (all without a mask); `made`: the
-    functions the change adds or revises, for `carried`."""
-    made = set(made)
-    wins = losses = examples = carried = 0
+    functions the change adds or revises, for `carried`; `taken`: those it removes, for `relied`."""
+    made, taken = set(made), set(taken)
+    wins = losses = examples = carried = relied = 0
     for i, (b, a) in enumerate(zip(before.records, after.records, strict=True)):
         if mask is not None and not mask[i]:
             continue
@@ -95,7 +99,9 @@ def flips(
             losses += 1
         elif a.score > 0 and not b.calls and any(c.ok and c.name in made for c in a.calls):
             carried += 1
-    return Flips(examples=examples, wins=wins, losses=losses, carried=carried)
+        elif b.score > 0 and not a.calls and any(c.ok and c.name in taken for c in b.calls):
+            relied += 1
+    return Flips(examples=examples, wins=wins, losses=losses, carried=carried, relied=relied)
 
 
 def _names(record: ExampleRecord) -> set[str]:

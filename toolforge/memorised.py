@@ -6,8 +6,10 @@ raises the training score and nothing else. `memorised_answers` finds such a tab
 no LM): pairs of literals in the code (a dict item, a 2-tuple, an `if` comparing with a literal and returning a
 literal) whose key is one of a training example's inputs (a whole input value, or a number or word in it) and whose
 value is that example's label. It is a table of answers when at least two training examples are in it and they make
-up at least half of the code's literal pairs: a table of domain facts (units, capitals) that happens to hold a
-training answer or two is general code, and passes.
+up at least half of the code's literal pairs, or when its only literal pairs are training answers (one is enough: a
+special case for the one training question of its kind); a table of domain facts (units, capitals) that happens to
+hold a training answer or two is general code, and passes. Trivial literals (-1, 0, 1, 2, empty, booleans) never
+make a pair, so base cases are not answers.
 
 `literal_count` measures how much of a function's behaviour is constants, for ties: of two toolsets that score the
 same, the one with fewer literals is the more general.
@@ -53,7 +55,10 @@ def memorised_answers(code: str, examples: Sequence[dspy.Example]) -> str | None
                 found.append((key, value))
                 break
     examples_in_table = len(found)
-    if examples_in_table < _MIN_EXAMPLES or len(matched_pairs) < _MIN_SHARE * len(pairs):
+    whole = len(matched_pairs) == len(pairs)  # every literal pair of the code is a training answer
+    if not examples_in_table or (examples_in_table < _MIN_EXAMPLES and not whole):
+        return None
+    if len(matched_pairs) < _MIN_SHARE * len(pairs):
         return None
     shown = ", ".join(f"{k!r} -> {v!r}" for k, v in found[:3])
     return (

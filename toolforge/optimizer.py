@@ -58,7 +58,7 @@ from toolforge._hashing import content_hash
 from toolforge._io import read_json, write_json
 from toolforge._text import one_line
 from toolforge._usage import count_lm_usage
-from toolforge.actions import Action, AddFunction, RemoveFunction, validation_reasons
+from toolforge.actions import Action, AddFunction, RemoveFunction, ReviseFunction, validation_reasons
 from toolforge.cache import EvaluationCache, as_cache
 from toolforge.errors import ToolforgeError
 from toolforge.evaluate import Evaluator
@@ -329,6 +329,10 @@ class _BudgetExhausted(Exception):
 
 
 _Kind = Literal["better", "neutral", "harmful"]
+# A change that helps on the training examples it touched is refused when the validation examples it touched lean
+# against it at least this much (one-sided sign test: two losses and no win reach it; one loss does not, since a
+# noisy agent loses one example now and then whatever the change).
+_VAL_AGAINST = 0.25
 
 
 class _Decision(NamedTuple):
@@ -367,9 +371,9 @@ def _changed(best: Toolset, candidate: Toolset, only: set[str] | None = None) ->
     return names if only is None else names & only
 
 
-def _made(best: Toolset, candidate: Toolset, names: set[str]) -> set[str]:
-    """Of the changed functions `names`, those the candidate has (added or revised)."""
-    return {name for name in names if name in candidate}
+def _sides(best: Toolset, candidate: Toolset, names: set[str]) -> tuple[set[str], set[str]]:
+    """Of the changed functions `names`, those the candidate has (added or revised), and those it takes away."""
+    return {name for name in names if name in candidate}, {name for name in names if name not in candidate}
 
 
 def _literals(toolset: Toolset) -> int:
@@ -968,7 +972,10 @@ class _RunState:
             for j, action in enumerate(actions):
                 names = _changed(self.best, together_toolset, only={action.name})
                 own = flips(
-                    best_run, together, touched_by(names, best_run, together), _made(self.best, together_toolset, names)
+                    best_run,
+                    together,
+                    touched_by(names, best_run, together),
+                    *_sides(self.best, together_toolset, names),
                 )
                 evidence[j] = ActionEvidence(flips=own, score_together=together.score)
                 refusal = self._refusal(self._verdict(own, None, flips(best_run, together)), own, [action])
@@ -1016,7 +1023,7 @@ class _RunState:
         """The evidence on `candidate` (`run` is its training run) against the best toolset: its training flips,
         and, unless those already show harm, its validation flips."""
         names = _changed(self.best, candidate)
-        touched = flips(best_run, run, touched_by(names, best_run, run), _made(self.best, candidate, names))
+        touched = flips(best_run, run, touched_by(names, best_run, run), *_sides(self.best, candidate, names))
         overall = flips(best_run, run)
         verdict, why = self._verdict(touched, None, overall)
         if not with_val or not self.valset or verdict == "harmful":
@@ -1024,7 +1031,7 @@ class _RunState:
         self._budget_check()
         best_val = self._evaluate(self.best, self.valset, counts)
         val = self._evaluate(candidate, self.valset, counts)
-        val_touched = flips(best_val, val, touched_by(names, best_val, val), _made(self.best, candidate, names))
+        val_touched = flips(best_val, val, touched_by(names, best_val, val), *_sides(self.best, candidate, names))
         overall = overall + flips(best_val, val)
         verdict, why = self._verdict(touched, val_touched, overall)
         return StepEvidence(touched=touched, val_touched=val_touched, overall=overall, verdict=verdict, why=why)
@@ -1039,7 +1046,7 @@ class _RunState:
                 f"over all {overall.examples} examples compared it is significantly worse ({overall.wins} better, "
                 f"{overall.losses} worse; sign test p = {overall.worse_p():.3f})"
             )
-        if val is not None and touched.net > 0 and val.net < 0:  # fits the training side only
+        if val is not None and touched.net > 0 and val.net < 0 and val.worse_p() <= _VAL_AGAINST:
             return "harmful", (
                 f"it helps on the training examples it touched ({touched.describe()}) and hurts on the validation "
                 f"ones ({val.describe()})"
@@ -1071,11 +1078,22 @@ class _RunState:
         grows = sum(isinstance(a, AddFunction) for a in actions) > sum(isinstance(a, RemoveFunction) for a in actions)
         if candidate is not None:
             grows = len(candidate) > len(self.best)
+        if evidence.relied and not evidence.wins:
+            return (
+                f"no evidence that it does no harm ({shown}): {evidence.relied} of them were answered through what it "
+                "takes away, and are answered without it only by the agent's LM, with no function"
+            )
         if grows and not (evidence.carried and not evidence.losses):
             return (
                 f"no evidence that it helps ({shown}, none answered through it where the agent had used no function);"
                 " a function is added only when it helps"
             )
+        if (
+            not evidence.examples
+            and any(isinstance(a, ReviseFunction) for a in actions)
+            and not (candidate is not None and len(candidate) < len(self.best))
+        ):
+            return "no example called the revised function, so nothing says the revision is right; it is not kept"
         if candidate is None or len(candidate) < len(self.best) or self.opt.accept_ties:
             return None
         if _literals(candidate) < _literals(self.best):
