@@ -259,10 +259,8 @@ def test_sampling_with_a_seed_draws_the_same_problems():
 
 
 def test_other_seeds_draw_other_problems():
-    draws = {
-        tuple(e.source for e in paper.split("math", MATH, cell="number_theory", train_size=2, test_size=1, seed=s).train)
-        for s in range(6)
-    }
+    splits = [paper.split("math", MATH, cell="number_theory", train_size=2, test_size=1, seed=s) for s in range(6)]
+    draws = {tuple(e.source for e in data.train) for data in splits}
     assert len(draws) > 1
 
 
