@@ -297,3 +297,17 @@ def test_the_table_puts_ours_beside_the_papers_cell():
     )  # fmt: skip
     row = paper.results_table([result]).splitlines()[2]
     assert row == "| TabMWP | ReAct | 59.0 -> 70.0 | 50.0 -> 61.0 | 20 / 100 | 0 | m (p) |"
+
+
+def test_a_react_step_reply_that_does_not_parse_ends_the_run_instead_of_failing_it():
+    from tests.scripted_lm import scripted_lm
+
+    def respond(system: str, user: str) -> dict:
+        if "next_tool_name" in system:
+            return {"unexpected": "a reply cut at the token limit"}
+        return {"reasoning": "Nothing was computed.", "answer": "0"}
+
+    lm, _ = scripted_lm(respond)
+    with dspy.context(lm=lm):
+        prediction = paper.build_agent("react", "math")(problem="What is 1 + 1?")
+    assert prediction.answer == "0" and prediction.trajectory == {}

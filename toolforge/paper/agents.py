@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import dspy
 from dspy.signatures.signature import ensure_signature
+from dspy.utils.exceptions import AdapterParseError
 
 from toolforge.agent import ToolAgent, python_tool
 from toolforge.errors import ToolforgeError
@@ -61,6 +62,32 @@ _ASSISTANT = (
 )
 
 
+class _ReAct(dspy.ReAct):
+    """`dspy.ReAct`, ending the trajectory on a step reply that does not parse, as it does on an invalid tool.
+
+    ReAct catches `ValueError` there; since DSPy 3.4 an adapter's parse failure is an `AdapterParseError`, which is
+    not one, so a small LM's reply cut at its token limit would fail the whole example instead of ending the run.
+    """
+
+    def _call_with_potential_trajectory_truncation(self, module: Any, trajectory: Any, **input_args: Any) -> Any:
+        try:
+            return super()._call_with_potential_trajectory_truncation(module, trajectory, **input_args)
+        except AdapterParseError as err:
+            if module is not self.react:
+                raise
+            raise ValueError(str(err)) from err
+
+    async def _async_call_with_potential_trajectory_truncation(
+        self, module: Any, trajectory: Any, **input_args: Any
+    ) -> Any:
+        try:
+            return await super()._async_call_with_potential_trajectory_truncation(module, trajectory, **input_args)
+        except AdapterParseError as err:
+            if module is not self.react:
+                raise
+            raise ValueError(str(err)) from err
+
+
 class ReActAgent(dspy.Module):
     """`dspy.ReAct` over fixed tools and a trainable `Toolset`, rebuilt on every call so that it sees the toolset.
 
@@ -93,9 +120,15 @@ class ReActAgent(dspy.Module):
         """ReAct's own `finish` tool, which no forged function may be named (toolforge's hook)."""
         return {"builtin_tools": {"finish": "ends the agent's run, once it can answer"}}
 
+    def _react(self) -> dspy.ReAct:
+        return _ReAct(self.signature, tools=[*self.tools, *self.toolset.as_tools()], max_iters=self.max_iters)
+
     def forward(self, **inputs: Any) -> dspy.Prediction:
-        react = dspy.ReAct(self.signature, tools=[*self.tools, *self.toolset.as_tools()], max_iters=self.max_iters)
-        result: dspy.Prediction = react(**inputs)
+        result: dspy.Prediction = self._react()(**inputs)
+        return result
+
+    async def aforward(self, **inputs: Any) -> dspy.Prediction:
+        result: dspy.Prediction = await self._react().acall(**inputs)
         return result
 
 
