@@ -50,5 +50,10 @@ def agent() -> dspy.LM:
     return scripted_lm(agent_policy, name="paper-agent")[0]
 
 
+def short_local() -> tf.LocalLM:
+    """The embedded model with replies capped at 96 tokens, so that a test with it stays within a minute."""
+    return tf.LocalLM(max_tokens=96)
+
+
 def proposer() -> dspy.LM:
     return scripted_lm(proposer_policy, name="paper-proposer")[0]

@@ -85,8 +85,11 @@ def test_set_up_mistakes_are_one_line_naming_the_flag(tmp_path, task, args, mess
 
 
 def test_the_protocol_runs_end_to_end_with_the_embedded_lm(tmp_path):
+    # The embedded model is the agent, its replies capped at 96 tokens; the proposer is scripted, since one proposal
+    # by the embedded model (640 tokens under a JSON schema) takes minutes on two shared cores.
     args = ["--type", "number_theory", "--train-size", "1", "--test-size", "1", "--epochs", "1", "--max-actions", "1"]
-    args += ["--trials", "1", "--max-iters", "2", "--lm", "local"]
+    args += ["--trials", "1", "--max-iters", "1", "--lm", "tests.paper_fixtures:short_local"]
+    args += ["--proposer-lm", "tests.paper_fixtures:proposer"]
     result = toolforge(*paper("math", FIXTURES / "MATH", tmp_path, *args), tmp=tmp_path)
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "run" / "results.md").read_text()
