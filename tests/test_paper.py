@@ -280,6 +280,11 @@ def test_asking_for_more_problems_than_there_are_names_the_size():
         paper.split("math", MATH, cell="number_theory", train_size=2)
 
 
+def test_gaia_counts_both_sets_against_its_one_split():
+    with pytest.raises(tf.ToolforgeError, match="train_size \\+ test_size=5, but there are only 4 GAIA questions"):
+        paper.split("gaia", GAIA, train_size=2, test_size=3)
+
+
 def test_the_defaults_are_our_reading_of_the_paper():
     assert paper.DEFAULT_SIZES == {"math": (20, 80), "tabmwp": (20, 100), "gaia": (20, 100)}
 

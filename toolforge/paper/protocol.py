@@ -153,7 +153,7 @@ def split(
         )
     if task == "gaia":
         pool = datasets.load_gaia(data, levels=levels)
-        drawn = _sample(pool, train_size + test_size, rng, "GAIA questions (train_size + test_size)", "test_size")
+        drawn = _sample(pool, train_size + test_size, rng, "GAIA questions", "train_size + test_size")
         return Split(drawn[:train_size], drawn[train_size:])
     raise ToolforgeError(f"no paper task {task!r}; choose one of math, tabmwp, gaia")
 
