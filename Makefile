@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/cache.py
 	$(BIN)/python benchmarks/optimizer_overhead.py
 	$(BIN)/python benchmarks/local_lm.py
+	$(BIN)/python benchmarks/answer_checking.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
