@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
 		$(BIN)/python -m pip install --quiet --no-cache-dir 'llama-cpp-python>=0.3'
-	$(BIN)/python -m pip install --quiet -e '.[local,report,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[local,report,dev,paper]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/cache.py
 	$(BIN)/python benchmarks/optimizer_overhead.py
 	$(BIN)/python benchmarks/local_lm.py
+	$(BIN)/python benchmarks/answer_checking.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

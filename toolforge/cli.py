@@ -210,14 +210,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
     valset = _dataset(loaded, program, args.val, "test", args, args.val_limit) if args.val else None
     lm = _configure_lm(args.lm, args.api_base)
     proposer = _configure_proposer(args.proposer_lm, args.proposer_api_base, lm)
-    small = isinstance(proposer, LocalLM)
     out = Path(args.out or f"runs/{Path(loaded.name.split(':')[0]).stem.replace('.', '_')}")
     _out(
         f"compiling {loaded.name} on {len(trainset)} examples with {lm.model} (proposer: {proposer.model}); "
         f"run directory {out}"
     )
-    optimizer = FunctionOptimizer(
-        loaded.metric,
+    optimizer = _optimizer(args, loaded.metric, proposer, out)
+    trained = optimizer.compile(program, trainset=trainset, valset=valset, toolset=args.toolset_name)
+    trained.save(str(out / "program.json"))
+    _summary(trained.toolforge_report, find_toolset(trained, args.toolset_name)[1], out)
+    return 0
+
+
+def _optimizer(args: argparse.Namespace, metric: Any, proposer: dspy.BaseLM, out: Path) -> FunctionOptimizer:
+    """The optimizer the training flags describe, with its run directory `out` (shared by compile and paper)."""
+    return FunctionOptimizer(
+        metric,
         proposer_lm=proposer,
         max_epochs=args.epochs,
         max_actions_per_step=args.max_actions,
@@ -231,12 +239,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         seed=args.seed,
         display_progress=not args.quiet,
         trajectory_budget_chars=args.trajectory_budget,
-        proposer=Proposer(reasoning=not small),
+        proposer=Proposer(reasoning=not isinstance(proposer, LocalLM)),
     )
-    trained = optimizer.compile(program, trainset=trainset, valset=valset, toolset=args.toolset_name)
-    trained.save(str(out / "program.json"))
-    _summary(trained.toolforge_report, find_toolset(trained, args.toolset_name)[1], out)
-    return 0
 
 
 def _configure_proposer(spec: str | None, api_base: str | None, lm: dspy.BaseLM) -> dspy.BaseLM:
@@ -324,6 +328,111 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if 0 < args.failures < len(failed):
         _out(f"\n({len(failed) - args.failures} more not fully correct; --failures N shows more)")
     return 0
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    """The paper's protocol on one data set: per cell and agent kind, test untrained, train, test trained."""
+    from toolforge import paper
+
+    for flag in ("train_size", "test_size", "max_iters"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ToolforgeError(f"--{flag.replace('_', '-')} {value}: must be a positive number")
+    metric = paper.metric_for(args.task)  # raises naming the paper extra when math-verify is missing
+    if not args.debug:  # math-verify warns that its timeout is off in worker threads; the answer size bound holds
+        logging.getLogger("math_verify").setLevel(logging.ERROR)
+    cells = _paper_cells(args.task, args.type)
+    kinds = list(paper.AGENT_KINDS) if args.agent == "both" else [args.agent]
+    levels = _levels(args.levels)
+    lm = _configure_lm(args.lm, args.api_base)
+    proposer = _configure_proposer(args.proposer_lm, args.proposer_api_base, lm)
+    embedded = isinstance(lm, LocalLM)
+    out = Path(args.out or f"runs/paper-{args.task}")
+    for cell in cells:
+        try:
+            data = paper.split(
+                args.task,
+                args.data,
+                cell=cell if args.task == "math" else None,
+                train_size=args.train_size,
+                test_size=args.test_size,
+                seed=args.seed,
+                levels=levels,
+            )
+        except ToolforgeError as exc:
+            message = str(exc).replace("train_size", "--train-size").replace("test_size", "--test-size")
+            raise ToolforgeError(message.replace("levels", "--levels")) from None
+        for kind in kinds:
+            python = None
+            if args.task == "gaia":
+                python = paper.attachment_python_tool(args.data, (e.attachment for e in [*data.train, *data.test]))
+            program = paper.build_agent(kind, args.task, max_iters=args.max_iters, python=python)
+            cell_dir = out / kind / cell
+            _out(
+                f"{cell} / {kind}: {len(data.train)} training and {len(data.test)} test problems (seed {args.seed}); "
+                f"{lm.model} (proposer: {proposer.model}); run directory {cell_dir}"
+            )
+            evaluator = Evaluator(metric, cache=_cache(args), num_threads=args.threads, display_progress=not args.quiet)
+            optimizer = _optimizer(args, metric, proposer, cell_dir / "train")
+            trained, without, with_functions, errors_without, errors_with = paper.run_cell(
+                program, data, optimizer=optimizer, evaluator=evaluator
+            )
+            result = paper.CellResult(
+                task=args.task,
+                cell=cell,
+                agent=kind,
+                lm=lm.model,
+                proposer_lm=proposer.model,
+                embedded_lm=embedded,
+                train_size=len(data.train),
+                test_size=len(data.test),
+                seed=args.seed,
+                levels=sorted(levels) if levels else None,
+                without=without,
+                with_functions=with_functions,
+                test_errors_without=errors_without,
+                test_errors_with=errors_with,
+                functions=paper.trained_functions(trained),
+            )
+            result.save(cell_dir / "result.json")
+            _out(f"{cell} / {kind}: test accuracy {without:.1f}% -> {with_functions:.1f}%")
+    table = paper.results_table(paper.load_results(out))
+    (out / "results.md").write_text(table, encoding="utf-8")
+    _out()
+    _out(table)
+    _out(f"table: {out / 'results.md'}")
+    return 0
+
+
+def _paper_cells(task: str, types: str | None) -> list[str]:
+    from toolforge.paper import MATH_TYPES
+
+    if task != "math":
+        if types:
+            raise ToolforgeError(f"--type {types!r} is for MATH's problem types; {task} has none, drop it")
+        return [task]
+    if types in (None, "all"):
+        return list(MATH_TYPES)
+    cells = [t.strip() for t in types.split(",") if t.strip()]
+    unknown = [t for t in cells if t not in MATH_TYPES]
+    if unknown or not cells:
+        raise ToolforgeError(
+            f"--type {types!r}: no MATH type {', '.join(map(repr, unknown)) or 'given'}; give 'all' or some of "
+            f"{', '.join(MATH_TYPES)}, comma-separated"
+        )
+    return cells
+
+
+def _levels(text: str | None) -> set[int] | None:
+    if text is None:
+        return None
+    try:
+        levels = {int(part) for part in text.split(",") if part.strip()}
+    except ValueError:
+        levels = set()
+    if not levels:
+        raise ToolforgeError(f"--levels {text!r}: give levels as comma-separated numbers, e.g. --levels 4,5")
+    return levels
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -421,9 +530,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def data_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--input-keys", help="comma-separated JSONL keys of the program's inputs, in order")
-        p.add_argument("--label-key", help="JSONL key of the expected answer")
+    def run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--lm", help="agent LM: 'local' (default), a dspy.LM model string, a .gguf path, module:attr")
         p.add_argument(
             "--api-base",
@@ -433,8 +540,31 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=4, help="examples evaluated at once")
         p.add_argument("--cache-dir", help="evaluation cache directory (default: $TOOLFORGE_CACHE_DIR or .toolforge)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def data_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--input-keys", help="comma-separated JSONL keys of the program's inputs, in order")
+        p.add_argument("--label-key", help="JSONL key of the expected answer")
+        run_options(p)
         p.add_argument(
             "--toolset-name", help="which toolset, when the program holds several (its name in named_parameters())"
+        )
+
+    def training_options(p: argparse.ArgumentParser, epochs: int) -> None:
+        p.add_argument("--proposer-lm", help="LM that proposes functions (default: the agent LM)")
+        p.add_argument("--proposer-api-base", metavar="URL", help="server for --proposer-lm, as --api-base is for --lm")
+        p.add_argument("--epochs", type=int, default=epochs, help="training steps at most")
+        p.add_argument("--patience", type=int, default=5, help="stop after N steps without a better candidate")
+        p.add_argument("--max-actions", type=int, default=3, help="actions per step at most")
+        p.add_argument("--trials", type=int, default=3, help="proposer calls per step at most")
+        p.add_argument("--max-lm-calls", type=int, help="budget of LM calls for the whole compile")
+        p.add_argument(
+            "--trajectory-budget", type=int, default=12_000, help="characters of trajectories the proposer sees"
+        )
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--restart",
+            action="store_true",
+            help="start afresh in the run directory instead of resuming (cached work stays free)",
         )
 
     p = sub.add_parser("compile", help="train a program's functions with FunctionOptimizer")
@@ -443,21 +573,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val", help="validation JSONL file, to pick among the accepted toolsets")
     p.add_argument("--limit", type=int, help="use only the first N training examples")
     p.add_argument("--val-limit", type=int, help="use only the first N validation examples")
-    p.add_argument("--proposer-lm", help="LM that proposes functions (default: the agent LM)")
-    p.add_argument("--proposer-api-base", metavar="URL", help="server for --proposer-lm, as --api-base is for --lm")
-    p.add_argument("--epochs", type=int, default=5, help="training steps at most")
-    p.add_argument("--patience", type=int, default=5, help="stop after N steps without a better candidate")
-    p.add_argument("--max-actions", type=int, default=3, help="actions per step at most")
-    p.add_argument("--trials", type=int, default=3, help="proposer calls per step at most")
-    p.add_argument("--max-lm-calls", type=int, help="budget of LM calls for the whole compile")
-    p.add_argument("--trajectory-budget", type=int, default=12_000, help="characters of trajectories the proposer sees")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run directory (default: runs/<program>); the same directory resumes")
-    p.add_argument(
-        "--restart",
-        action="store_true",
-        help="start afresh in the run directory instead of resuming (cached work stays free)",
-    )
+    training_options(p, epochs=5)
     data_options(p)
     p.set_defaults(func=cmd_compile)
 
@@ -476,6 +593,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     data_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "paper",
+        help="the paper's experiment on MATH, TabMWP or GAIA: train, test without and with the functions, and a "
+        "results table beside the paper's numbers",
+    )
+    p.add_argument("task", choices=["math", "tabmwp", "gaia"])
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="PATH",
+        help="the data set on this machine: MATH's root (train/, test/), TabMWP's data/tabmwp (problems_*.json), or "
+        "GAIA's validation folder (metadata.jsonl and the attached files)",
+    )
+    p.add_argument("--type", help="MATH problem types, comma-separated, or 'all' (default)")
+    p.add_argument("--agent", choices=["assistant", "react", "both"], default="both", help="the paper's agent kinds")
+    p.add_argument("--train-size", type=int, help="training problems per cell (default: MATH 20, TabMWP 20, GAIA 20)")
+    p.add_argument("--test-size", type=int, help="test problems per cell (default: MATH 80, TabMWP 100, GAIA 100)")
+    p.add_argument("--levels", help="MATH levels (1-5), GAIA levels (1-3) or TabMWP grades (1-8), e.g. 4,5")
+    p.add_argument("--max-iters", type=int, default=10, help="tool calls in one run of the agent at most")
+    p.add_argument("--out", help="results directory (default: runs/paper-<task>); the same directory resumes")
+    training_options(p, epochs=10)
+    run_options(p)
+    p.set_defaults(func=cmd_paper)
 
     p = sub.add_parser("show", help="print a toolset's functions with signatures and code")
     p.add_argument("toolset")
