@@ -349,14 +349,13 @@ def _apply_subset(base: Toolset, together: Toolset, actions: list[Action]) -> To
     """`base` (the toolset the step's actions applied to) with only `actions` applied, each function as the checks
     left it in `together` (a function found not deterministic by its smoke calls stays marked so); None when they
     need an action left out (a revision of a function another action of the step added)."""
-    best = base
-    if any(not isinstance(a, AddFunction) and a.name not in best for a in actions):
+    if any(not isinstance(a, AddFunction) and a.name not in base for a in actions):
         return None
     removed = {a.name for a in actions if isinstance(a, RemoveFunction)}
     revised = {a.name for a in actions if not isinstance(a, RemoveFunction | AddFunction)}
-    functions = [together[f.name] if f.name in revised else f for f in best.functions if f.name not in removed]
+    functions = [together[f.name] if f.name in revised else f for f in base.functions if f.name not in removed]
     functions += [together[a.name] for a in actions if isinstance(a, AddFunction)]
-    return Toolset(functions, max_functions=best.max_functions)
+    return Toolset(functions, max_functions=base.max_functions)
 
 
 def _changed(best: Toolset, candidate: Toolset, only: set[str] | None = None) -> set[str]:
