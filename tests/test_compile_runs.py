@@ -24,8 +24,9 @@ def students():
 def optimizer():
     proposer_model, _ = proposer_lm(scenario)
     return tf.FunctionOptimizer(
-        exact, proposer_lm=proposer_model, max_epochs=3, patience=3, num_threads=2, cache=False, display_progress=False
-    )
+        exact, proposer_lm=proposer_model, max_epochs=3, patience=3, num_threads=2, cache=False, display_progress=False,
+        stop_when_solved=False,
+    )  # fmt: skip
 
 
 def compiled(optimizer, student, trainset):

@@ -49,7 +49,7 @@ def test_the_checkpoint_of_a_fixed_compile_is_unchanged(tmp_path):
     student = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([DOUBLE]))
     optimizer = tf.FunctionOptimizer(
         exact, proposer_lm=proposer_model, max_epochs=2, patience=2, num_threads=1, display_progress=False,
-        cache=False, log_dir=tmp_path / "run",
+        cache=False, log_dir=tmp_path / "run", stop_when_solved=False,
     )  # fmt: skip
     with dspy.context(lm=agent_model):
         optimizer.compile(student, trainset=examples())

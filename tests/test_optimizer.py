@@ -80,15 +80,18 @@ def cache(tmp_path):
         yield c
 
 
-def compile_with(policy, toolset, *, trainset=None, cache=None, agent=None, proposer=None, **kwargs):
+def compile_with(policy, toolset, *, trainset=None, valset=None, cache=None, agent=None, proposer=None, **kwargs):
     agent_model, agent_engine = agent or agent_lm()
     proposer_model, proposer_engine = proposer or proposer_lm(policy)
     student = tf.ToolAgent("question -> answer: float", toolset=toolset)
-    settings = dict(max_epochs=3, patience=2, num_threads=4, display_progress=False, cache=cache or False)
+    # the scripted task is solved after one step; these tests are about the steps after it
+    settings = dict(
+        max_epochs=3, patience=2, num_threads=4, display_progress=False, cache=cache or False, stop_when_solved=False
+    )
     settings.update(kwargs)
     optimizer = tf.FunctionOptimizer(exact, proposer_lm=proposer_model, **settings)
     with dspy.context(lm=agent_model):
-        trained = optimizer.compile(student, trainset=trainset or examples())
+        trained = optimizer.compile(student, trainset=trainset or examples(), valset=valset)
     return student, trained, trained.toolforge_report, agent_engine, proposer_engine
 
 
@@ -310,6 +313,43 @@ def test_early_stop_fires_after_patience(cache):
     assert report.stop_reason == "early_stop"
     assert [s.outcome for s in report.steps] == ["no_change"] * 3
     assert proposer.calls == 3
+
+
+def test_a_solved_training_set_stops_the_compile_without_more_proposals(cache):
+    _, trained, report, _, proposer = compile_with(
+        add_square_once, tf.Toolset([DOUBLE]), cache=cache, max_epochs=10, patience=5, stop_when_solved=True
+    )
+    assert (report.best_score, report.stop_reason) == (1.0, "solved")
+    assert [s.outcome for s in report.steps] == ["accepted"]
+    assert proposer.calls == 1 and trained.toolset.names == ["double", "square"]
+
+
+def test_stop_when_solved_off_goes_on_until_patience(cache):
+    _, _, report, _, proposer = compile_with(
+        add_square_once, tf.Toolset([DOUBLE]), cache=cache, max_epochs=10, patience=2, stop_when_solved=False
+    )
+    assert report.stop_reason == "early_stop"
+    assert [s.outcome for s in report.steps] == ["accepted", "no_change", "no_change"]
+    assert proposer.calls == 3
+
+
+def test_a_solved_training_set_does_not_stop_while_the_valset_has_failures(cache):
+    valset = examples(4, kinds=("triple",))  # nothing the agent has or will get answers these
+    _, _, report, _, proposer = compile_with(
+        add_square_once, tf.Toolset([DOUBLE]), cache=cache, max_epochs=10, patience=2, stop_when_solved=True,
+        valset=valset,
+    )  # fmt: skip
+    assert report.best_score == 1.0 and report.stop_reason == "early_stop"
+    assert proposer.calls == 3
+
+
+def test_a_compile_that_stopped_solved_goes_on_when_resumed_with_stop_when_solved_off(tmp_path):
+    settings = dict(max_epochs=10, patience=2, log_dir=tmp_path / "run")
+    _, _, first, _, _ = compile_with(add_square_once, tf.Toolset([DOUBLE]), stop_when_solved=True, **settings)
+    _, _, again, _, proposer = compile_with(add_square_once, tf.Toolset([DOUBLE]), stop_when_solved=False, **settings)
+    assert first.stop_reason == "solved" and len(first.steps) == 1
+    assert again.stop_reason == "early_stop" and [s.outcome for s in again.steps][1:] == ["no_change", "no_change"]
+    assert proposer.calls == 2  # only the steps after the checkpoint
 
 
 def test_invalid_proposals_are_retried_with_their_reasons_and_then_dropped(cache):

@@ -17,9 +17,10 @@ tie only if it does not add a function (the smaller toolset, then the one with f
 not remove a seed function. **Credit per action**: when a step has several actions, each is judged on the examples
 it touches; those that do not earn their place are rolled back with their own evidence, and the rest, when they
 differ from the whole, are evaluated together once more before they are accepted. **Early-stop**: after
-`patience` steps without a better candidate. At the end the last accepted toolset is the result; functions no
-training trajectory called successfully are pruned (never the seed functions, by default), if the smaller toolset,
-judged like any other change, does no harm.
+`patience` steps without a better candidate, or once the best toolset answers every training and validation
+example (nothing is left that a later candidate could be better on). At the end the last accepted toolset is the
+result; functions no training trajectory called successfully are pruned (never the seed functions, by default), if
+the smaller toolset, judged like any other change, does no harm.
 
 Unlike the reference implementation, removals really remove, every function runs its own code, proposals are
 checked before they cost an evaluation, nothing runs in the caller's process, unchanged work is never paid for
@@ -229,7 +230,7 @@ class OptimizationReport(BaseModel):
 
     initial_score: float
     best_score: float
-    stop_reason: Literal["max_epochs", "early_stop", "budget"]
+    stop_reason: Literal["max_epochs", "early_stop", "solved", "budget"]
     initial_errors: int = 0  # training examples on which the program (or the metric) raised at the start
     initial_error: str | None = None  # the first of those errors, e.g. an LM that cannot be reached
     held_out: int = 0  # training examples held out for acceptance (no valset was given)
@@ -290,7 +291,7 @@ class Checkpoint(BaseModel):
     steps: list[StepReport]
     agent_lm_calls: int
     proposer_lm_calls: int
-    stop_reason: Literal["max_epochs", "early_stop", "budget"] | None
+    stop_reason: Literal["max_epochs", "early_stop", "solved", "budget"] | None
     initial_errors: int
     initial_error: str | None
     trajectory_budget: int
@@ -487,6 +488,7 @@ class FunctionOptimizer(Teleprompter):
         holdout: float = 0.2,
         rollback: bool = True,
         progressive: bool = True,
+        stop_when_solved: bool = True,
         max_lm_calls: int | None = None,
         num_threads: int = 8,
         cache: EvaluationCache | str | os.PathLike[str] | Literal[False] | None = None,
@@ -543,6 +545,7 @@ class FunctionOptimizer(Teleprompter):
         self.holdout = holdout
         self.rollback = rollback
         self.progressive = progressive
+        self.stop_when_solved = stop_when_solved
         self.max_lm_calls = max_lm_calls
         self.num_threads = num_threads
         if cache is False:
@@ -677,7 +680,7 @@ class _RunState:
         self.steps: list[StepReport] = []
         self.agent_lm_calls = 0
         self.proposer_lm_calls = 0
-        self.stop_reason: Literal["max_epochs", "early_stop", "budget"] | None = None
+        self.stop_reason: Literal["max_epochs", "early_stop", "solved", "budget"] | None = None
         self.initial_errors = 0
         self.initial_error: str | None = None
         self.resumed_after: int | None = None
@@ -712,6 +715,8 @@ class _RunState:
             self.stop_reason = checkpoint.stop_reason
             if self.stop_reason == "max_epochs" and self.step < self.opt.max_epochs:
                 self.stop_reason = None  # asked for more epochs this time: continue
+            if self.stop_reason == "solved" and not self.opt.stop_when_solved:
+                self.stop_reason = None  # asked to go on past a solved training set this time
             self.initial_errors = checkpoint.initial_errors
             self.initial_error = checkpoint.initial_error
             self.trajectory_budget = checkpoint.trajectory_budget
@@ -758,6 +763,8 @@ class _RunState:
                     self.stop_reason = "max_epochs"
                 elif opt.rollback and self.stale >= opt.patience:
                     self.stop_reason = "early_stop"
+                elif opt.rollback and opt.stop_when_solved and self.step > 0 and self._solved():
+                    self.stop_reason = "solved"
                 else:
                     self._budget_check()
                     report = self._one_step(self.step + 1)
@@ -1242,6 +1249,14 @@ class _RunState:
         )
 
     # ------------------------------------------------------------------------------------------ helpers
+    def _solved(self) -> bool:
+        """Whether the best toolset answers every training and validation example: no later candidate can then be
+        better on the evidence (no example is left to flip its way), only tie, so the steps left would be paid for
+        to change nothing that can be measured."""
+        if self.best_score < 1.0:
+            return False
+        return not self.valset or self._evaluate(self.best, self.valset).score >= 1.0
+
     def _evaluate(
         self, toolset: Toolset, examples: list[dspy.Example], counts: _StepCounts | None = None
     ) -> EvaluationRun:
