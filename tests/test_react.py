@@ -11,10 +11,9 @@ from typing import Any
 
 import dspy
 import pytest
-
-import toolforge as tf
 from dspy.utils.dummies import DummyLM
 
+import toolforge as tf
 from tests.evaluation_fixtures import exact
 from tests.scripted_lm import field, scripted_lm
 from tests.test_optimizer import DOUBLE, SQUARE, add_square_once, examples, proposer_lm
@@ -144,6 +143,18 @@ def test_acall_offers_the_current_toolset_too():
     assert lists(lm.history[0]["messages"][0]["content"], "square")
 
 
+def test_a_step_reply_that_does_not_parse_ends_the_trajectory_and_the_agent_answers():
+    def respond(system: str, user: str) -> dict[str, Any]:
+        if "next_tool_name" in system:
+            return {"next_thought": "cut off at the token limit"}  # no tool: the reply does not parse
+        return {"reasoning": "From what there is.", "answer": "5"}
+
+    model, _ = scripted_lm(respond, name="small")
+    with dspy.context(lm=model):
+        prediction = Solver()(question="double 3")
+    assert prediction.answer == 5.0 and prediction.trajectory == {}
+
+
 def test_its_forged_functions_are_not_fixed_tools():
     react = tf.ReAct("question -> answer: float", tools=[search], toolset=tf.Toolset([DOUBLE]))
     assert fixed_tool_names(react) == {"search", "finish"}
@@ -199,6 +210,20 @@ def test_gepa_tunes_the_trained_program_and_the_toolset_and_instructions_survive
         assert loaded(question="cube 7").answer == 343.0  # the instructions GEPA found
         assert loaded(question="square 8").answer == 64.0  # the function FunctionOptimizer forged
     assert lists(engine.requests[-2][0], "square")
+
+
+def test_bootstrap_few_shot_gives_the_trained_program_demos_and_keeps_its_functions():
+    agent, engine = agent_lm()
+    with dspy.context(lm=agent):
+        trained = function_optimizer().compile(Solver(), trainset=examples())
+        trained._compiled = False  # BootstrapFewShot takes only an uncompiled student, after any DSPy optimizer too
+        bootstrap = dspy.BootstrapFewShot(metric=exact, max_bootstrapped_demos=2, max_labeled_demos=0)
+        tuned = bootstrap.compile(trained, trainset=examples(5))
+        engine.requests.clear()
+        assert tuned(question="square 6").answer == 36.0
+    assert tuned.react.toolset.names == ["double", "square"]
+    assert [demo.next_tool_name for demo in tuned.react.react.demos] == ["double", "double"]  # questions 1 and 2
+    assert lists(engine.requests[0][0], "square")
 
 
 # ------------------------------------------------------------------------------------------ the frozen pattern

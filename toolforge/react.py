@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import dspy
 from dspy.signatures.signature import Signature, ensure_signature
+from dspy.utils.exceptions import AdapterParseError
 
 from toolforge.errors import ToolforgeError
 from toolforge.sandbox import Sandbox
@@ -66,6 +67,8 @@ class ReAct(dspy.ReAct):
         >>> trained = tf.FunctionOptimizer(metric).compile(program, trainset=train)
         >>> tuned = dspy.GEPA(metric=metric, reflection_lm=lm, auto="light").compile(trained, trainset=train)
     """
+
+    tools: dict[str, dspy.Tool]  # what dspy.ReAct.forward calls by name: fixed tools, the toolset's, finish
 
     def __init__(
         self,
@@ -188,14 +191,27 @@ class ReAct(dspy.ReAct):
         self._refresh()
         return await super().aforward(**input_args)
 
+    # A step reply that does not parse ends the trajectory, as an invalid tool does: dspy.ReAct catches ValueError
+    # there, and since DSPy 3.4 a parse failure is an AdapterParseError, which is not one, so a small LM's reply cut
+    # at its token limit would otherwise fail the whole example.
     def _call_with_potential_trajectory_truncation(self, module: Any, trajectory: Any, **input_args: Any) -> Any:
-        if module is self.react:
-            input_args["signature"] = self._rendered()[1]
-        return super()._call_with_potential_trajectory_truncation(module, trajectory, **input_args)
+        if module is not self.react:
+            return super()._call_with_potential_trajectory_truncation(module, trajectory, **input_args)
+        try:
+            return super()._call_with_potential_trajectory_truncation(
+                module, trajectory, signature=self._rendered()[1], **input_args
+            )
+        except AdapterParseError as err:
+            raise ValueError(str(err)) from err
 
     async def _async_call_with_potential_trajectory_truncation(
         self, module: Any, trajectory: Any, **input_args: Any
     ) -> Any:
-        if module is self.react:
-            input_args["signature"] = self._rendered()[1]
-        return await super()._async_call_with_potential_trajectory_truncation(module, trajectory, **input_args)
+        if module is not self.react:
+            return await super()._async_call_with_potential_trajectory_truncation(module, trajectory, **input_args)
+        try:
+            return await super()._async_call_with_potential_trajectory_truncation(
+                module, trajectory, signature=self._rendered()[1], **input_args
+            )
+        except AdapterParseError as err:
+            raise ValueError(str(err)) from err
