@@ -33,7 +33,8 @@ class Solver(dspy.Module):
 
     def __init__(self, toolset: tf.Toolset | None = None) -> None:
         super().__init__()
-        self.react = tf.ReAct("question -> answer: float", toolset=toolset or tf.Toolset([DOUBLE]), max_iters=3)
+        toolset = toolset if toolset is not None else tf.Toolset([DOUBLE])
+        self.react = tf.ReAct("question -> answer: float", toolset=toolset, max_iters=3)
 
     def forward(self, question: str) -> dspy.Prediction:
         return self.react(question=question)
@@ -183,6 +184,21 @@ def test_a_program_holding_toolforge_react_trains_and_the_lm_is_shown_the_traine
         engine.requests.clear()
         assert trained(question="square 7").answer == 49.0
     assert lists(engine.requests[0][0], "square")
+
+
+def test_its_evaluations_are_cached_and_a_new_function_or_new_instructions_are_not_taken_from_the_cache(tmp_path):
+    program = Solver()
+    with tf.EvaluationCache(tmp_path / "cache") as cache, dspy.context(lm=agent_lm()[0]):
+        evaluator = tf.Evaluator(exact, cache=cache, display_progress=False)
+        first = evaluator.evaluate(program, examples(5))
+        again = evaluator.evaluate(program, examples(5))
+        program.react.toolset = tf.Toolset([DOUBLE, SQUARE])
+        with_square = evaluator.evaluate(program, examples(5))
+        program.react.react.signature = program.react.react.signature.with_instructions("Tuned.")
+        tuned = evaluator.evaluate(program, examples(5))
+    assert (first.hits, first.score, again.hits, again.score) == (0, 0.8, 5, 0.8)
+    assert (with_square.hits, with_square.score) == (0, 1.0)
+    assert tuned.hits == 0
 
 
 def test_gepa_tunes_the_trained_program_and_the_toolset_and_instructions_survive_save_and_load(tmp_path):
