@@ -17,6 +17,7 @@ from toolforge.function import ForgedFunction
 from toolforge.lm import LocalLM, resolve_lm
 from toolforge.optimizer import ActionOutcome, FunctionOptimizer, OptimizationReport, StepReport
 from toolforge.proposer import ProposedAction, Proposer
+from toolforge.react import ReAct
 from toolforge.records import EvaluationRun, ExampleRecord
 from toolforge.sandbox import CallResult, Sandbox, default_sandbox
 from toolforge.toolset import FunctionRevision, Toolset, ToolsetDiff
@@ -44,6 +45,7 @@ __all__ = [
     "OptimizationReport",
     "ProposedAction",
     "Proposer",
+    "ReAct",
     "RemoveFunction",
     "ReviseFunction",
     "Sandbox",

@@ -67,7 +67,13 @@ from toolforge.evidence import HARM_SIGNIFICANCE, Flips, flips, sign_test, touch
 from toolforge.keys import example_id, program_fingerprint
 from toolforge.lm import resolve_lm
 from toolforge.memorised import literal_count
-from toolforge.program import check_examples, describe_fixed_tools, find_toolset, fixed_tool_names
+from toolforge.program import (
+    check_examples,
+    check_toolset_reaches_agent,
+    describe_fixed_tools,
+    find_toolset,
+    fixed_tool_names,
+)
 from toolforge.proposer import (
     ProposedAction,
     ProposedActionReply,
@@ -618,6 +624,7 @@ class FunctionOptimizer(Teleprompter):
             trainset, valset = _hold_out(trainset, self.holdout, self.seed)
             held_out = len(valset)
         param_name, initial = find_toolset(student, toolset)
+        check_toolset_reaches_agent(student, param_name)
         work = student.deepcopy()
         limit = self.max_functions if self.max_functions is not None else initial.max_functions
         initial = Toolset(initial.functions, max_functions=limit)

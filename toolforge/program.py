@@ -9,28 +9,34 @@ has (attributes, `named_parameters()`) and from two duck-typed hooks a module ma
   `"sandbox"`, the `Sandbox` its forged functions run in (None: the process-wide one), which is where a revised
   function is checked against a cached record's calls; and `"builtin_tools"`, `{name: what it does}` for tools
   the module offers besides its `tools` (a ToolAgent's `finish`), which the proposer is shown and which no
-  forged function may be named. Not part of cache keys.
+  forged function may be named; and `"renders_toolset"`, True for a module (a `toolforge.ReAct`) whose `tools`
+  are rebuilt from its own `toolset` on every call, so that the forged functions among them are not fixed tools.
+  Not part of cache keys.
 
-Fixed tools are the `dspy.Tool`s in a module's `tools` list or dict.
+Fixed tools are the `dspy.Tool`s in a module's `tools` list or dict (a `toolforge.ReAct`'s forged ones aside).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import dspy
 
 from toolforge._text import one_line
-from toolforge.errors import ToolforgeError
+from toolforge.errors import ToolforgeError, ToolsetError
 from toolforge.function import ForgedFunction
 from toolforge.toolset import Toolset
 
 if TYPE_CHECKING:
     from toolforge.sandbox import Sandbox
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "check_examples",
+    "check_toolset_reaches_agent",
     "describe_fixed_tools",
     "find_toolset",
     "fixed_tool_names",
@@ -71,10 +77,22 @@ def fixed_tools(modules: list[tuple[str, dspy.Module]]) -> list[tuple[str, dspy.
     """The fixed tools (`dspy.Tool`s in a `tools` list or dict) of the modules `named_modules()` found."""
     found = []
     for module_name, module in modules:
-        tools = getattr(module, "tools", None)
-        items = tools.values() if isinstance(tools, dict) else tools if isinstance(tools, list | tuple) else ()
-        found += [(module_name, tool) for tool in items if isinstance(tool, dspy.Tool)]
+        live = _tool_settings(module).get("renders_toolset", False)
+        found += [(module_name, tool) for tool in _tools(module) if not (live and _forged_function(tool))]
     return found
+
+
+def _tools(module: dspy.Module) -> list[dspy.Tool]:
+    """The `dspy.Tool`s in the module's `tools` list or dict."""
+    tools = getattr(module, "tools", None)
+    items = tools.values() if isinstance(tools, dict) else tools if isinstance(tools, list | tuple) else ()
+    return [tool for tool in items if isinstance(tool, dspy.Tool)]
+
+
+def _forged_function(tool: dspy.Tool) -> ForgedFunction | None:
+    """The forged function a tool of `Toolset.as_tools()` runs; None for any other tool."""
+    function = getattr(tool.func, "function", None)
+    return function if isinstance(function, ForgedFunction) else None
 
 
 def _tool_settings(module: dspy.Module) -> dict[str, Any]:
@@ -148,6 +166,55 @@ def find_toolset(student: dspy.Module, name: str | None = None) -> tuple[str, To
         if n == name:
             return n, p
     raise ToolforgeError(f"no toolset named {name!r} in the student; it has: {', '.join(n for n, _ in found)}")
+
+
+def check_toolset_reaches_agent(program: dspy.Module, param_name: str) -> None:
+    """Refuse, at once, a program in which training the toolset `param_name` would change nothing its agent sees.
+
+    Two patterns do that: a module whose `tools` hold the toolset's functions as fixed tools (`dspy.ReAct(sig,
+    tools=self.toolset.as_tools())` in `__init__`: DSPy's ReAct fixes its tools and prompt when it is built), and a
+    toolset held under two names (the optimizer replaces the one it trains, and a module reading the other never
+    sees it). A plain `dspy.ReAct` beside an empty toolset may be the first pattern too, which nothing in the
+    program shows: that is only warned about.
+
+    Raises:
+        ToolsetError: Naming the module, the functions or names, and the fix (`toolforge.ReAct`).
+    """
+    toolset = dict(program.named_parameters())[param_name]
+    modules = named_modules(program)
+    for module_name, module in modules:
+        if _tool_settings(module).get("renders_toolset", False):
+            continue
+        frozen = [f.name for tool in _tools(module) if (f := _forged_function(tool)) is not None and f.name in toolset]
+        if frozen:
+            raise ToolsetError(
+                f"{module_name} ({type(module).__name__}) holds the functions of toolset {param_name!r} "
+                f"({', '.join(frozen)}) as fixed tools, frozen when it was built, so training would change a toolset "
+                f"it never sees; build it as toolforge.ReAct(signature, tools=[fixed tools], toolset=...) instead of "
+                "dspy.ReAct(signature, tools=toolset.as_tools() + [...])"
+            )
+    holders = [
+        f"{module_name.removeprefix('self').lstrip('.')}.{attribute}".lstrip(".")
+        for module_name, module in modules
+        for attribute, value in module.__dict__.items()
+        if value is toolset
+    ]
+    if len(holders) > 1:
+        raise ToolsetError(
+            f"the toolset {param_name!r} is held under {len(holders)} names ({', '.join(holders)}); compile replaces "
+            f"{param_name!r} only, so a module reading another never sees a trained function; hold it in one place "
+            "(e.g. only in toolforge.ReAct(..., toolset=...), read back as self.react.toolset)"
+        )
+    owner = next((m for _, m in modules if any(v is toolset for v in m.__dict__.values())), None)
+    react = [a for a, v in owner.__dict__.items() if type(v) is dspy.ReAct] if owner is not None else []
+    if react and not len(toolset):
+        logger.warning(
+            "self.%s is a dspy.ReAct beside the toolset %r being trained: if it was built over toolset.as_tools(), "
+            "it never sees a trained function (DSPy's ReAct fixes its tools when it is built); use "
+            "toolforge.ReAct(signature, tools=[fixed tools], toolset=...) instead",
+            ".".join(filter(None, [param_name.rpartition(".")[0], react[0]])),
+            param_name,
+        )
 
 
 def check_examples(examples: Sequence[Any], what: str = "example") -> None:
