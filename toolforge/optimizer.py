@@ -418,7 +418,9 @@ class FunctionOptimizer(Teleprompter):
     """Train the functions (a `Toolset`) of a DSPy program: the AgentOptimizer method.
 
     Args:
-        metric: `metric(example, prediction, trace=None)` -> bool or number in [0, 1].
+        metric: `metric(example, prediction, trace=None)` (DSPy's) or `metric(gold, pred, trace, pred_name,
+            pred_trace)` (GEPA's, called with None for the last three), returning a bool, a number in
+            `metric_range`, or a `dspy.Prediction(score=..., feedback=...)`: the proposer reads the feedback.
         proposer_lm: The LM that proposes actions: a `dspy.BaseLM`, any `dspy.LM` model string, or "local" (the
             embedded model). None uses the configured LM, or the embedded model when none is configured.
         max_epochs: Steps to run at most (one evaluation of a candidate each).
@@ -459,6 +461,8 @@ class FunctionOptimizer(Teleprompter):
         sandbox: Where smoke calls run (default: the process-wide sandbox).
         failure_score: Score of an example whose program raised.
         metric_version: Identifies the metric in cache keys instead of its source.
+        metric_range: The scale of the metric's numbers, `(low, high)` (default `(0, 1)`): a score `s` counts as
+            `(s - low) / (high - low)`, a bool as 1 or 0. A number outside it stops the compile, naming the example.
         trajectory_budget_chars: Size budget of the trajectories shown to the proposer; halved (down to 500) for the
             rest of the compile whenever the proposer's prompt exceeds its LM's context window.
         proposer: The module that proposes actions (default: `Proposer()`); it is called with the inputs of
@@ -501,6 +505,7 @@ class FunctionOptimizer(Teleprompter):
         metric_version: str | None = None,
         trajectory_budget_chars: int = 12_000,
         proposer: dspy.Module | None = None,
+        metric_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__()
         for name, value, low in (
@@ -570,6 +575,7 @@ class FunctionOptimizer(Teleprompter):
             num_threads=num_threads,
             failure_score=failure_score,
             metric_version=metric_version,
+            metric_range=metric_range,
             warn_errors=False,  # the compile says it itself, with the step (and stops if the baseline all raised)
         )
         self.proposer = proposer if proposer is not None else Proposer()
@@ -580,22 +586,33 @@ class FunctionOptimizer(Teleprompter):
         student: dspy.Module,
         *,
         trainset: list[dspy.Example],
+        teacher: dspy.Module | Toolset | None = None,
         valset: list[dspy.Example] | None = None,
         toolset: str | None = None,
+        **kwargs: Any,
     ) -> dspy.Module:
         """Train the student's toolset; return a copy of the student holding the best one.
 
         Args:
             student: A DSPy program holding a `Toolset` (e.g. a `ToolAgent`). It is never changed.
             trainset: Examples with inputs marked; every step evaluates on them.
+            teacher: What the student starts from, as DSPy's teleprompters take a teacher: a program holding a
+                `Toolset` (a trained one, say), or a `Toolset`. Its functions the student lacks are added to the
+                student's before training, as seed functions (kept unless the evidence says they hurt); where both
+                have a function of one name, the student's is kept (a warning names them). A teacher holding no
+                toolset has nothing to give here (this optimizer learns functions, not demos): it is ignored, with
+                a warning.
             valset: Optional examples every candidate that holds on the training set must hold on too (see
                 `holdout` for what happens without one). The proposer never sees them.
             toolset: The name (as in `named_parameters()`) of the toolset to train, when the student holds several.
+            **kwargs: Accepted by the signature of `dspy.teleprompt.Teleprompter.compile`; any given is refused
+                with a `TypeError` that names it (the optimizer's settings are `FunctionOptimizer(...)`'s).
 
         Returns:
             A copy of `student` with the trained toolset, and the report as `.toolforge_report`.
 
         Raises:
+            TypeError: For a keyword argument `compile` does not take.
             ToolforgeError: For settings that cannot work (no toolset, an empty trainset, ...), and when the student
                 raises on every training example with its initial toolset (an LM that cannot be reached, say):
                 nothing could be learned; and when the proposer LM is not set up (no API key, a model its provider
@@ -604,6 +621,12 @@ class FunctionOptimizer(Teleprompter):
                 LM failure ends a compile.
         """
         start = time.perf_counter()
+        if kwargs:
+            raise TypeError(
+                f"FunctionOptimizer.compile() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}; it "
+                "takes student, trainset, teacher, valset and toolset (the optimizer's settings go to "
+                "FunctionOptimizer(...))"
+            )
         for name, given in (("trainset", trainset), ("valset", valset)):
             if (given is None and name == "trainset") or isinstance(given, str | dict | dspy.Example | int | float):
                 raise ToolforgeError(f"{name} must be a list of dspy.Example, got {type(given).__name__}")
@@ -620,7 +643,7 @@ class FunctionOptimizer(Teleprompter):
         param_name, initial = find_toolset(student, toolset)
         work = student.deepcopy()
         limit = self.max_functions if self.max_functions is not None else initial.max_functions
-        initial = Toolset(initial.functions, max_functions=limit)
+        initial = Toolset(_with_teacher(initial, teacher, param_name).functions, max_functions=limit)
         set_attribute_by_name(work, param_name, initial)
         proposer_lm = self.proposer_lm
         if proposer_lm is None and dspy.settings.lm is None:
@@ -645,6 +668,40 @@ class FunctionOptimizer(Teleprompter):
         trained.toolforge_report = report
         trained._compiled = True
         return trained
+
+
+def _with_teacher(initial: Toolset, teacher: dspy.Module | Toolset | None, param_name: str) -> Toolset:
+    """The student's toolset with the functions of the teacher's it lacks (see `FunctionOptimizer.compile`)."""
+    if teacher is None:
+        return initial
+    if isinstance(teacher, Toolset):
+        given = teacher
+    elif isinstance(teacher, dspy.Module):
+        found = dict((n, p) for n, p in teacher.named_parameters() if isinstance(p, Toolset))
+        if not found:
+            logger.warning(
+                "compile(teacher=%s): the teacher holds no Toolset, so it is ignored; FunctionOptimizer learns "
+                "functions, not demos: a teacher's toolset (or a Toolset given as teacher) seeds the student's",
+                type(teacher).__name__,
+            )
+            return initial
+        if param_name not in found and len(found) > 1:
+            raise ToolforgeError(
+                f"compile(teacher=...): the teacher holds several toolsets ({', '.join(found)}) and none is named "
+                f"{param_name!r} as the student's is; pass the one to start from: teacher=<program>.<toolset>"
+            )
+        given = found.get(param_name) or next(iter(found.values()))
+    else:
+        raise ToolforgeError(
+            f"compile(teacher=...) takes a dspy.Module holding a Toolset, or a Toolset; got {type(teacher).__name__}"
+        )
+    differ = [f.name for f in given if f.name in initial and initial[f.name].fingerprint != f.fingerprint]
+    if differ:
+        logger.warning(
+            "compile(teacher=...): the student and the teacher define %s differently; the student's are kept",
+            ", ".join(differ),
+        )
+    return initial.merge(given, on_conflict="ours")
 
 
 class _RunState:
