@@ -381,9 +381,15 @@ def _literals(toolset: Toolset) -> int:
 
 
 def _acceptance(evidence: StepEvidence) -> str:
-    val = f"; validation: {evidence.val_touched.describe()}" if evidence.val_touched is not None else ""
+    val = f"; validation: {_shown(evidence.val_touched)}" if evidence.val_touched is not None else ""
     kind = "better" if evidence.verdict == "better" else "a tie that does not grow the toolset"
-    return f"{kind}: on the examples it touched, training: {evidence.touched.describe()}{val}"
+    return f"{kind}: on the examples it touched, training: {_shown(evidence.touched)}{val}"
+
+
+def _shown(evidence: Flips) -> str:
+    """The flips as a reason gives them: counts, then the examples that flipped."""
+    which = evidence.which()
+    return f"{evidence.describe()}; {which}" if which else evidence.describe()
 
 
 _MIN_FOR_HOLDOUT = 20  # training examples: below this, a held-out share is too small to tell anything
@@ -636,6 +642,7 @@ class FunctionOptimizer(Teleprompter):
             raise ToolforgeError("trainset is empty; pass the examples to train on")
         check_examples(trainset, "trainset item")
         check_examples(valset or [], "valset item")
+        labels = _labels(trainset, valset)
         held_out = 0
         if valset is None and self.holdout and len(trainset) >= _MIN_FOR_HOLDOUT:
             trainset, valset = _hold_out(trainset, self.holdout, self.seed)
@@ -650,6 +657,7 @@ class FunctionOptimizer(Teleprompter):
             proposer_lm = resolve_lm("local", role="proposer_lm")
         run = _RunState(self, work, param_name, trainset, valset, proposer_lm)
         run.held_out = held_out
+        run.labels = labels
         with _exclusive(self.log_dir):
             if self.log_dir is not None and not self.resume:
                 _discard_run(self.log_dir)
@@ -668,6 +676,16 @@ class FunctionOptimizer(Teleprompter):
         trained.toolforge_report = report
         trained._compiled = True
         return trained
+
+
+def _labels(trainset: list[dspy.Example], valset: list[dspy.Example] | None) -> dict[str, str]:
+    """How a report names each example, by its id: its place in the trainset or valset the user gave (a held-out
+    example keeps its trainset place)."""
+    labels: dict[str, str] = {}
+    for name, examples in (("valset", valset or []), ("trainset", trainset)):
+        for index, example in enumerate(examples):
+            labels.setdefault(example_id(example), f"{name}[{index}]")
+    return labels
 
 
 def _with_teacher(initial: Toolset, teacher: dspy.Module | Toolset | None, param_name: str) -> Toolset:
@@ -750,6 +768,7 @@ class _RunState:
         self.initial_toolset = Toolset()  # the student's: the seed functions
         self.seeds: set[str] = set()
         self.held_out = 0  # training examples moved to the valset (no valset was given)
+        self.labels: dict[str, str] = {}  # example id -> "trainset[3]", how reasons and reports name it
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def restore_or_start(self, initial: Toolset) -> None:
@@ -1017,8 +1036,14 @@ class _RunState:
         if not kept:
             self.stale += 1
             no_change = "proposal_failed" if last_call_failed and not outcomes else "no_change"
+            if no_change == "proposal_failed":
+                why = note or "the proposer failed"
+            elif outcomes:
+                why = f"none of the {len(outcomes)} proposed action(s) passed the checks (each says why)"
+            else:
+                why = note or "the proposer proposed no action"
             return self._step_report(
-                base | {"outcome": no_change, "best_fingerprint": self.best.fingerprint}, counts, start
+                base | {"outcome": no_change, "best_fingerprint": self.best.fingerprint, "reason": why}, counts, start
             )
         self._budget_check()
         actions = [_action_of(outcomes[i]) for i in kept]
@@ -1031,20 +1056,25 @@ class _RunState:
         chosen = list(range(len(kept)))
         evidence: dict[int, ActionEvidence] = {}
         reasons: dict[int, str] = {}
-        if len(kept) > 1:  # credit per action: each on the examples it touched, the others beside it
-            for j, action in enumerate(actions):
-                names = _changed(self.best, together_toolset, only={action.name})
-                own = flips(
-                    best_run,
-                    together,
-                    touched_by(names, best_run, together),
-                    *_sides(self.best, together_toolset, names),
-                )
-                evidence[j] = ActionEvidence(flips=own, score_together=together.score)
-                refusal = self._refusal(self._verdict(own, None, flips(best_run, together)), own, [action])
-                if refusal:
-                    reasons[j] = refusal
-            chosen = [j for j in range(len(kept)) if j not in reasons]
+        # credit per action: each on the examples it touched, the others beside it (the record of a lone action
+        # says which examples flipped, too)
+        overall = flips(best_run, together, labels=self.labels)
+        for j, action in enumerate(actions):
+            names = _changed(self.best, together_toolset, only={action.name})
+            own = flips(
+                best_run,
+                together,
+                touched_by(names, best_run, together),
+                *_sides(self.best, together_toolset, names),
+                labels=self.labels,
+            )
+            evidence[j] = ActionEvidence(flips=own, score_together=together.score)
+            if len(kept) == 1:
+                continue
+            refusal = self._refusal(self._verdict(own, None, overall), own, [action])
+            if refusal:
+                reasons[j] = refusal
+        chosen = [j for j in range(len(kept)) if j not in reasons]
         if not chosen:
             weighed = self._weigh(candidate, best_run, together, counts, with_val=False)
             decision = _Decision(False, False, "no action earned its place on its own evidence")
@@ -1086,16 +1116,17 @@ class _RunState:
         """The evidence on `candidate` (`run` is its training run) against the best toolset: its training flips,
         and, unless those already show harm, its validation flips."""
         names = _changed(self.best, candidate)
-        touched = flips(best_run, run, touched_by(names, best_run, run), *_sides(self.best, candidate, names))
-        overall = flips(best_run, run)
+        sides = _sides(self.best, candidate, names)
+        touched = flips(best_run, run, touched_by(names, best_run, run), *sides, labels=self.labels)
+        overall = flips(best_run, run, labels=self.labels)
         verdict, why = self._verdict(touched, None, overall)
         if not with_val or not self.valset or verdict == "harmful":
             return StepEvidence(touched=touched, overall=overall, verdict=verdict, why=why)
         self._budget_check()
         best_val = self._evaluate(self.best, self.valset, counts)
         val = self._evaluate(candidate, self.valset, counts)
-        val_touched = flips(best_val, val, touched_by(names, best_val, val), *_sides(self.best, candidate, names))
-        overall = overall + flips(best_val, val)
+        val_touched = flips(best_val, val, touched_by(names, best_val, val), *sides, labels=self.labels)
+        overall = overall + flips(best_val, val, labels=self.labels)
         verdict, why = self._verdict(touched, val_touched, overall)
         return StepEvidence(touched=touched, val_touched=val_touched, overall=overall, verdict=verdict, why=why)
 
@@ -1103,16 +1134,16 @@ class _RunState:
         """better / neutral / harmful, and why, when harmful."""
         pooled = touched + (val or Flips())
         if pooled.net < 0:
-            return "harmful", f"more of the examples it touched got worse than better ({pooled.describe()})"
+            return "harmful", f"more of the examples it touched got worse than better ({_shown(pooled)})"
         if overall.worse_p() <= HARM_SIGNIFICANCE:
             return "harmful", (
                 f"over all {overall.examples} examples compared it is significantly worse ({overall.wins} better, "
-                f"{overall.losses} worse; sign test p = {overall.worse_p():.3f})"
+                f"{overall.losses} worse; sign test p = {overall.worse_p():.3f}; {overall.which()})"
             )
         if val is not None and touched.net > 0 and val.net < 0 and val.worse_p() <= _VAL_AGAINST:
             return "harmful", (
-                f"it helps on the training examples it touched ({touched.describe()}) and hurts on the validation "
-                f"ones ({val.describe()})"
+                f"it helps on the training examples it touched ({_shown(touched)}) and hurts on the validation "
+                f"ones ({_shown(val)})"
             )
         significant = self.opt.significance is None or (
             sign_test(pooled.wins, pooled.wins + pooled.losses) <= self.opt.significance
@@ -1128,7 +1159,7 @@ class _RunState:
     ) -> str | None:
         """Why actions with this verdict are not accepted, or None. `candidate`: the toolset they build, when they
         are judged whole (a tie is then weighed by its size and literals against the best toolset's)."""
-        shown = f"on the examples it touched: {evidence.describe()}"
+        shown = f"on the examples it touched: {_shown(evidence)}"
         kind, why = verdict
         if kind == "harmful":
             return f"the evidence is against it: {why}"
