@@ -88,6 +88,7 @@ __all__ = [
     "Checkpoint",
     "FailedCandidate",
     "FunctionOptimizer",
+    "HeldOutScores",
     "OptimizationReport",
     "StepEvidence",
     "StepReport",
@@ -217,6 +218,16 @@ class StepReport(BaseModel):
     note: str | None = None
 
 
+class HeldOutScores(BaseModel):
+    """The program's score on examples the compile never saw (a test split), before and after training; a compile
+    does not know them: whoever evaluates writes them into the report (`toolforge.report.record_held_out`)."""
+
+    examples: int
+    before: float  # the student as it came
+    after: float  # the trained program
+    source: str = ""  # which examples, e.g. "load_dataset('test'), first 5"
+
+
 class OptimizationReport(BaseModel):
     """What a compile did: every step, why it stopped, and what it kept.
 
@@ -250,6 +261,15 @@ class OptimizationReport(BaseModel):
     interrupted_lm_calls: int = 0  # of the LM calls above, those made by runs that were interrupted (see below)
     resumed_after_step: int | None = None
     wall_time_s: float = 0.0
+    agent_prompt_tokens: int = 0  # tokens of the LM calls above, per role (a checkpoint from before they were
+    agent_completion_tokens: int = 0  # counted adds its steps' tokens, not its baseline's)
+    proposer_prompt_tokens: int = 0
+    proposer_completion_tokens: int = 0
+    agent_lm: str | None = None  # the model the agent's requests went to (DSPy's configured LM at compile time)
+    proposer_lm: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)  # the optimizer's settings for this compile
+    final_code: dict[str, str] = Field(default_factory=dict)  # name -> code of every final function
+    held_out_scores: HeldOutScores | None = None  # written afterwards (`toolforge.report.record_held_out`)
 
 
 class FailedCandidate(BaseModel):
@@ -295,6 +315,7 @@ class Checkpoint(BaseModel):
     initial_errors: int
     initial_error: str | None
     trajectory_budget: int
+    tokens: dict[str, list[int]] = Field(default_factory=dict)  # role -> [prompt, completion], every run's
 
 
 def _complete_v1(data: dict[str, Any], *, trajectory_budget: int) -> dict[str, Any]:
@@ -755,6 +776,7 @@ class _RunState:
         self.steps: list[StepReport] = []
         self.agent_lm_calls = 0
         self.proposer_lm_calls = 0
+        self.tokens = {"agent": [0, 0], "proposer": [0, 0]}  # role -> [prompt, completion]
         self.stop_reason: Literal["max_epochs", "early_stop", "solved", "budget"] | None = None
         self.initial_errors = 0
         self.initial_error: str | None = None
@@ -788,6 +810,7 @@ class _RunState:
             self.steps = checkpoint.steps
             self.agent_lm_calls = checkpoint.agent_lm_calls
             self.proposer_lm_calls = checkpoint.proposer_lm_calls
+            self.tokens = _tokens_of(checkpoint)
             self.stop_reason = checkpoint.stop_reason
             if self.stop_reason == "max_epochs" and self.step < self.opt.max_epochs:
                 self.stop_reason = None  # asked for more epochs this time: continue
@@ -893,6 +916,14 @@ class _RunState:
             interrupted_lm_calls=self.interrupted_lm_calls,
             resumed_after_step=self.resumed_after,
             wall_time_s=time.perf_counter() - start,
+            agent_prompt_tokens=self.tokens["agent"][0],
+            agent_completion_tokens=self.tokens["agent"][1],
+            proposer_prompt_tokens=self.tokens["proposer"][0],
+            proposer_completion_tokens=self.tokens["proposer"][1],
+            agent_lm=_model_name(dspy.settings.lm),
+            proposer_lm=_model_name(self.proposer_lm or dspy.settings.lm),
+            settings=self._settings(),
+            final_code={f.name: f.code for f in final.functions},
         )
         if self.log_dir is not None:
             final.save(self.log_dir / "toolset-final.json")
@@ -1298,6 +1329,8 @@ class _RunState:
         finally:
             calls = usage.calls if usage is not None else 0
             self.proposer_lm_calls += calls
+            if usage is not None:
+                self._add_tokens("proposer", *usage.tokens)
             counts.usage.proposer.calls += calls
         tokens = usage.tokens
         counts.usage.proposer.add(tokens[0], tokens[1], calls=0)
@@ -1352,6 +1385,11 @@ class _RunState:
         with self._logged("agent"):
             run = self.opt.evaluator.evaluate(self.program, examples, display_progress=False)
         self.agent_lm_calls += run.lm_calls
+        self._add_tokens(
+            "agent",
+            sum(r.prompt_tokens for r in run.records if not r.cached),
+            sum(r.completion_tokens for r in run.records if not r.cached),
+        )
         if counts is not None:  # a step's evaluation (the baseline's errors are reported when it is made)
             if run.errors:
                 logger.warning(
@@ -1409,6 +1447,24 @@ class _RunState:
             return toolset, []
         return toolset.apply([RemoveFunction(name) for name in unused]), unused
 
+    def _add_tokens(self, role: str, prompt: int, completion: int) -> None:
+        self.tokens[role] = [self.tokens[role][0] + prompt, self.tokens[role][1] + completion]
+
+    def _settings(self) -> dict[str, Any]:
+        """The optimizer's settings as the report shows them: what a user set or would tune."""
+        opt = self.opt
+        names = (
+            "max_epochs", "max_actions_per_step", "max_trials", "patience", "accept_ties", "max_functions",
+            "prune_unused", "prune_seeds", "min_net_flips", "significance", "holdout", "rollback", "progressive",
+            "max_lm_calls", "num_threads", "seed", "trajectory_budget_chars",
+        )  # fmt: skip
+        settings: dict[str, Any] = {name: getattr(opt, name) for name in names}
+        settings["metric_range"] = list(opt.evaluator.metric_range)
+        settings["failure_score"] = opt.evaluator.failure_score
+        settings["cache"] = str(opt.cache.directory) if opt.cache is not None else None
+        settings["log_dir"] = str(opt.log_dir) if opt.log_dir is not None else None
+        return settings
+
     def _budget_spent(self) -> bool:
         limit = self.opt.max_lm_calls
         return limit is not None and self.agent_lm_calls + self.proposer_lm_calls >= limit
@@ -1463,6 +1519,7 @@ class _RunState:
             steps=self.steps,
             agent_lm_calls=self.agent_lm_calls,
             proposer_lm_calls=self.proposer_lm_calls,
+            tokens=self.tokens,
             stop_reason=self.stop_reason,
             initial_errors=self.initial_errors,
             initial_error=self.initial_error,
@@ -1493,6 +1550,9 @@ class _RunState:
         carried.interrupted = carried.usage.agent.calls + carried.usage.proposer.calls
         self.agent_lm_calls += carried.usage.agent.calls
         self.proposer_lm_calls += carried.usage.proposer.calls
+        for role in ("agent", "proposer"):
+            usage = getattr(carried.usage, role)
+            self._add_tokens(role, usage.prompt_tokens, usage.completion_tokens)
         self.interrupted_lm_calls += carried.interrupted
         self._carried = carried if step_runs_next else None
         logger.info(
@@ -1689,6 +1749,26 @@ def _exclusive(log_dir: Path | None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _tokens_of(checkpoint: Checkpoint) -> dict[str, list[int]]:
+    """The token totals a checkpoint holds; one written before they were kept has its steps' (not its baseline's)."""
+    if checkpoint.tokens:
+        return {role: list(checkpoint.tokens.get(role, [0, 0])) for role in ("agent", "proposer")}
+    return {
+        role: [
+            sum(getattr(s.usage, role).prompt_tokens for s in checkpoint.steps),
+            sum(getattr(s.usage, role).completion_tokens for s in checkpoint.steps),
+        ]
+        for role in ("agent", "proposer")
+    }
+
+
+def _model_name(lm: Any) -> str | None:
+    """How the report names an LM: its model string (`openai/gpt-4o-mini`, the GGUF of the embedded model)."""
+    if lm is None:
+        return None
+    return str(getattr(lm, "model", None) or type(lm).__name__)
 
 
 def _lm_name(lm: Any) -> str | None:
