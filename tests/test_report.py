@@ -133,6 +133,50 @@ def test_the_legend_is_outside_the_axes(run_dir, tmp_path):
     assert legend.x0 >= axes.x1  # entirely to the right of the plotting area
     assert legend.x1 <= fig.bbox.x1  # and not cut off by the figure's edge
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["train (best toolset)", "candidate accepted", "rolled back", "held-out (5 examples)"]
+    assert labels == ["train (best toolset)", "candidate accepted", "rolled back", "held-out: untrained, trained (5)"]
     path = learning_curve(report, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+PROGRAM = '''
+import dspy
+import toolforge as tf
+from tests.test_optimizer import DOUBLE, agent_lm, examples
+
+LM = agent_lm()[0]
+
+
+def build_program():
+    return tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([DOUBLE]))
+
+
+def load_dataset(split, limit=None):
+    return examples(10)[:limit]
+
+
+def metric(example, prediction, trace=None):
+    return float(prediction.answer) == example.answer
+'''
+
+
+def test_the_demo_s_held_out_scores_reach_the_report(run_dir, tmp_path, monkeypatch, capsys):
+    """programs/held_out.py (run by `make demo`) scores the untrained and the trained program on the test split
+    and writes both into report.json, which report.md then shows."""
+    import dspy
+
+    from programs.held_out import main
+
+    (tmp_path / "heldout_program.py").write_text(PROGRAM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TOOLFORGE_CACHE_DIR", str(tmp_path / "eval-cache"))
+    lm, adapter = dspy.settings.lm, dspy.settings.adapter
+    try:
+        main([str(run_dir), str(tmp_path / "heldout_program.py"), "--lm", "heldout_program:LM", "--limit", "5"])
+    finally:
+        dspy.configure(lm=lm, adapter=adapter)
+    # examples 1..5: the fifth asks for a square, which only the trained toolset (double, cube, square) has
+    assert "untrained 0.800, trained 1.000" in capsys.readouterr().out
+    held = load_report(run_dir).held_out_scores
+    assert (held.examples, held.before, held.after, held.source) == (5, 0.8, 1.0, "load_dataset('test'), first 5")
+    _, md = write_report(run_dir)
+    assert "untrained 0.800 -> trained 1.000" in md.read_text()

@@ -113,7 +113,7 @@ def curve_figure(report: OptimizationReport) -> Figure:
     held = report.held_out_scores
     if held is not None:  # measured once each, untrained and trained: drawn at the start and at the end
         ax.scatter([0, steps[-1]], [held.before, held.after], color="#9467bd", marker="D", s=40, zorder=4,
-                   label=f"held-out ({held.examples} examples)")  # fmt: skip
+                   label=f"held-out: untrained, trained ({held.examples})")  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("score")
     ax.set_ylim(-0.05, 1.05)
