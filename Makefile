@@ -35,9 +35,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix toolforge tests benchmarks programs
 
 # The main job, small enough for a laptop: train the table agent's functions with the embedded LM (agent and
-# proposer), then score the untrained and the trained agent on held-out problems (written into the report). Run it again (after an
-# interruption, or with another toolforge version): it starts afresh, and everything already computed comes from the
-# caches, so it takes seconds.
+# proposer), then score the untrained and the trained agent on held-out problems, written into the report. Run it
+# again (after an interruption, or with another toolforge version): it starts afresh, and everything already computed
+# comes from the caches, so it takes seconds.
 DEMO_RUN := runs/demo
 demo: $(STAMP)
 	$(BIN)/toolforge compile programs/table_agent.py --lm local --epochs 2 --limit 4 --trials 1 --max-actions 1 \
