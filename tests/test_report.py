@@ -138,7 +138,7 @@ def test_the_legend_is_outside_the_axes(run_dir, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-PROGRAM = '''
+PROGRAM = """
 import dspy
 import toolforge as tf
 from tests.test_optimizer import DOUBLE, agent_lm, examples
@@ -156,7 +156,7 @@ def load_dataset(split, limit=None):
 
 def metric(example, prediction, trace=None):
     return float(prediction.answer) == example.answer
-'''
+"""
 
 
 def test_the_demo_s_held_out_scores_reach_the_report(run_dir, tmp_path, monkeypatch, capsys):

@@ -1456,7 +1456,7 @@ class _RunState:
         names = (
             "max_epochs", "max_actions_per_step", "max_trials", "patience", "accept_ties", "max_functions",
             "prune_unused", "prune_seeds", "min_net_flips", "significance", "holdout", "rollback", "progressive",
-            "max_lm_calls", "num_threads", "seed", "trajectory_budget_chars",
+            "max_lm_calls", "num_threads", "seed", "trajectory_budget_chars", "stop_when_solved",
         )  # fmt: skip
         settings: dict[str, Any] = {name: getattr(opt, name) for name in names}
         settings["metric_range"] = list(opt.evaluator.metric_range)
