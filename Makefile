@@ -35,18 +35,15 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix toolforge tests benchmarks programs
 
 # The main job, small enough for a laptop: train the table agent's functions with the embedded LM (agent and
-# proposer), then score the untrained and the trained agent on held-out problems. Run it again (after an
-# interruption, or with another toolforge version): it starts afresh, and everything already computed comes from the
-# caches, so it takes seconds.
+# proposer), then score the untrained and the trained agent on held-out problems, written into the report. Run it
+# again (after an interruption, or with another toolforge version): it starts afresh, and everything already computed
+# comes from the caches, so it takes seconds.
 DEMO_RUN := runs/demo
 demo: $(STAMP)
 	$(BIN)/toolforge compile programs/table_agent.py --lm local --epochs 2 --limit 4 --trials 1 --max-actions 1 \
 		--trajectory-budget 3000 --threads 2 --out $(DEMO_RUN) --restart
-	@echo "== held-out problems, untrained agent (python tool only):"
-	$(BIN)/toolforge evaluate programs/table_agent.py --lm local --limit 5 --threads 2 --quiet
-	@echo "== held-out problems, trained agent:"
-	$(BIN)/toolforge evaluate programs/table_agent.py --lm local --limit 5 --threads 2 --quiet \
-		--toolset $(DEMO_RUN)/toolset-final.json
+	@echo "== held-out problems, untrained agent (python tool only) and trained agent, recorded in the report:"
+	$(BIN)/python -m programs.held_out $(DEMO_RUN) programs/table_agent.py --lm local --limit 5 --threads 2
 	$(BIN)/toolforge report $(DEMO_RUN)
 	@echo "== report: $(DEMO_RUN)/report.md; learning curve: $(DEMO_RUN)/learning-curve.png"
 

@@ -309,12 +309,6 @@ def test_ctrl_c_drops_the_examples_not_started_and_keeps_the_finished_ones(cache
     assert again.hits + again.misses == 40 and len(started) == again.misses
 
 
-def test_a_metric_out_of_range_is_an_error_in_the_record(lm, cache):
-    run = evaluate(make_program(), lm, cache, examples=make_examples(1), metric=lambda e, p, t=None: 5)
-    assert run.records[0].score == 0.0
-    assert "the metric returned 5 (int); return a bool or a number in [0, 1]" in run.records[0].error
-
-
 @pytest.mark.parametrize(
     ("returned", "score"),
     [
@@ -327,13 +321,6 @@ def test_a_metric_out_of_range_is_an_error_in_the_record(lm, cache):
 def test_numpy_scores_are_numbers(lm, cache, returned, score):
     run = evaluate(make_program(), lm, cache, examples=make_examples(1), metric=lambda e, p, t=None: returned)
     assert run.records[0].error is None and run.records[0].score == score
-
-
-@pytest.mark.parametrize("returned", ["1", None, float("nan"), [1]])
-def test_a_metric_that_returns_no_number_is_an_error_in_the_record(lm, cache, returned):
-    run = evaluate(make_program(), lm, cache, examples=make_examples(1), metric=lambda e, p, t=None: returned)
-    assert run.records[0].score == 0.0
-    assert f"the metric returned {returned!r} ({type(returned).__name__}); return a bool" in run.records[0].error
 
 
 def test_metric_may_return_a_prediction_with_a_score(lm, cache):

@@ -16,8 +16,10 @@ may be passing, e.g. a network error), so they are tried again next time.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,8 +55,10 @@ class Evaluator:
     """Evaluate programs on examples, in parallel, reusing every record whose dependencies did not change.
 
     Args:
-        metric: `metric(example, prediction, trace=None)` returning a bool, a number in [0, 1], or an object with a
-            `score` attribute (such as a `dspy.Prediction(score=..., feedback=...)`).
+        metric: `metric(example, prediction, trace=None)`, as DSPy's optimizers call it, or a GEPA feedback metric
+            `metric(gold, pred, trace, pred_name, pred_trace)` (called with None for the last three: it scores the
+            whole program). It returns a bool (1 or 0), a number in `metric_range`, or an object with such a `score`
+            attribute (a `dspy.Prediction(score=..., feedback=...)`, as GEPA's metrics return).
         cache: Where records live (an `EvaluationCache`, or a directory path for one); None evaluates without a
             cache.
         num_threads: Examples run at once.
@@ -63,6 +67,9 @@ class Evaluator:
             cannot be read, or to keep records across cosmetic edits).
         display_progress: Show a tqdm progress bar.
         warn_errors: Log a warning after an evaluation in which examples raised: how many, and the first error.
+        metric_range: The scale of the metric's numbers, `(low, high)`; a score `s` counts as
+            `(s - low) / (high - low)`, so every score is in [0, 1] (a bool is 1 or 0 on any scale). A number
+            outside the range is a set-up mistake: the evaluation stops, naming the example, the value and this fix.
 
     Examples:
         >>> evaluator = Evaluator(metric, cache=EvaluationCache(), num_threads=8)      # doctest: +SKIP
@@ -80,9 +87,12 @@ class Evaluator:
         metric_version: str | None = None,
         display_progress: bool = False,
         warn_errors: bool = True,
+        metric_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         if not callable(metric):
             raise ToolforgeError(f"metric must be callable as metric(example, prediction, trace=None), got {metric!r}")
+        self._metric_args = _metric_arity(metric)
+        self.metric_range = _check_range(metric_range)
         check_int("Evaluator", "num_threads", num_threads, 1, allow_bool=True)
         if not 0.0 <= failure_score <= 1.0:
             raise ToolforgeError(f"Evaluator(failure_score={failure_score!r}): failure_score must be in [0, 1]")
@@ -93,6 +103,8 @@ class Evaluator:
         self.display_progress = display_progress
         self.warn_errors = warn_errors
         self.metric_id = metric_version if metric_version is not None else metric_source(metric)
+        if self.metric_range != (0.0, 1.0):  # another scale gives other scores: records of one are not the other's
+            self.metric_id += f"\n# metric_range={self.metric_range!r}"
 
     def evaluate(
         self, program: dspy.Module, examples: Sequence[dspy.Example], *, display_progress: bool | None = None
@@ -240,11 +252,12 @@ class Evaluator:
         feedback = None
         if error is None:
             try:
-                result = self.metric(example, prediction)
-                score = _as_score(result)
-                feedback = _feedback(result)
+                result = self.metric(example, prediction, *(None,) * (self._metric_args - 2))
             except Exception as exc:
                 error = f"metric: {type(exc).__name__}: {exc}"
+            else:  # outside the try: a score on the wrong scale is the user's set-up, not this example's fault
+                score = _as_score(result, self.metric_range, example)
+                feedback = _feedback(result)
         tokens = usage.tokens
         fields = dict(prediction.items()) if isinstance(prediction, dspy.Prediction) else {}
         trajectory = fields.pop("trajectory", None)
@@ -308,9 +321,44 @@ def _still_holds(
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _as_score(value: Any) -> float:
-    """The score in [0, 1] of what a metric returned: a bool or a number (NumPy's included, as `np.isclose` gives),
-    or an object with such a `score`."""
+def _metric_arity(metric: Metric) -> int:
+    """How many positional arguments to pass `metric`: 2 (example, prediction) for DSPy's `metric(example,
+    prediction, trace=None)`, up to 5 for a metric that requires more, as GEPA's `(gold, pred, trace, pred_name,
+    pred_trace)` does (the extra ones get None: the whole program is scored, outside a trace)."""
+    try:
+        parameters = list(inspect.signature(metric).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: call it as DSPy does
+        return 2
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    variadic = any(p.kind is p.VAR_POSITIONAL for p in parameters)
+    keyword_only = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    name = getattr(metric, "__qualname__", None) or type(metric).__name__
+    if keyword_only or len(required) > 5 or (len(positional) < 2 and not variadic):
+        raise ToolforgeError(
+            f"metric {name}{inspect.signature(metric)} cannot be called as metric(example, prediction, trace=None) "
+            "or as GEPA's metric(gold, pred, trace, pred_name, pred_trace); give it one of those signatures"
+        )
+    return max(2, len(required))
+
+
+def _check_range(value: Any) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not (math.isfinite(low) and math.isfinite(high) and low < high) or isinstance(value, str):
+        raise ToolforgeError(
+            f"metric_range={value!r}: give the metric's scale as (low, high), two numbers with low < high, "
+            "e.g. (0, 100) for a percentage"
+        )
+    return low, high
+
+
+def _as_score(value: Any, scale: tuple[float, float] = (0.0, 1.0), example: dspy.Example | None = None) -> float:
+    """The score in [0, 1] of what a metric returned: a bool (1 or 0), or a number on the metric's `scale` (NumPy's
+    included, as `np.isclose` gives), or an object with such a `score`; anything else raises, naming the
+    example."""
     raw = getattr(value, "score", value)
     score = None
     if not isinstance(raw, str | bytes) and raw is not None:
@@ -318,8 +366,18 @@ def _as_score(value: Any) -> float:
             score = float(raw)
         except (TypeError, ValueError):
             pass
+    low, high = scale
+    if score is not None and type(raw).__name__ not in ("bool", "bool_"):  # True is a pass on any scale
+        score = (score - low) / (high - low)
     if score is None or not 0.0 <= score <= 1.0:  # NaN fails this too
-        raise ToolforgeError(f"the metric returned {raw!r} ({type(raw).__name__}); return a bool or a number in [0, 1]")
+        on = f" on example {one_line(repr(dict(example.inputs())), 160)}" if example is not None else ""
+        if score is None:
+            fix = "return a bool or a number"
+        elif scale == (0.0, 1.0):
+            fix = "return a bool or a number in [0, 1], or give the metric's scale as metric_range=(low, high)"
+        else:
+            fix = f"return a bool or a number in metric_range={scale!r}, or widen metric_range"
+        raise ToolforgeError(f"the metric returned {raw!r} ({type(raw).__name__}){on}; {fix}")
     return score
 
 

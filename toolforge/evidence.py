@@ -14,9 +14,9 @@ Everything here is arithmetic on `EvaluationRun` records: no LM, no sandbox.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from toolforge.records import EvaluationRun, ExampleRecord
 
@@ -32,13 +32,16 @@ class Flips(BaseModel):
     no worse, through a call of a function the change made, where the best toolset's run called no function at
     all (its answer was the LM's own, so a tie there says the LM was right once, not that the function adds
     nothing); `relied`, the mirror: examples the best toolset answered through a function the change takes away,
-    and the candidate answers as well with no function call at all (a tie that the LM's own guess made)."""
+    and the candidate answers as well with no function call at all (a tie that the LM's own guess made).
+    `better` and `worse` name the examples that flipped (as the compile labels them: `trainset[3]`, `valset[0]`)."""
 
     examples: int = 0
     wins: int = 0
     losses: int = 0
     carried: int = 0
     relied: int = 0
+    better: list[str] = Field(default_factory=list)
+    worse: list[str] = Field(default_factory=list)
 
     @property
     def net(self) -> int:
@@ -51,6 +54,8 @@ class Flips(BaseModel):
             losses=self.losses + other.losses,
             carried=self.carried + other.carried,
             relied=self.relied + other.relied,
+            better=self.better + other.better,
+            worse=self.worse + other.worse,
         )
 
     def worse_p(self) -> float:
@@ -59,6 +64,15 @@ class Flips(BaseModel):
 
     def describe(self) -> str:
         return f"{self.examples} example(s), {self.wins} better, {self.losses} worse"
+
+    def which(self, limit: int = 8) -> str:
+        """The examples that flipped, e.g. "better: trainset[1], trainset[6]; worse: valset[2]"; "" for none."""
+        parts = []
+        for word, names in (("better", self.better), ("worse", self.worse)):
+            if names:
+                more = f" and {len(names) - limit} more" if len(names) > limit else ""
+                parts.append(f"{word}: {', '.join(names[:limit])}{more}")
+        return "; ".join(parts)
 
 
 def sign_test(successes: int, trials: int) -> float:
@@ -84,24 +98,33 @@ def flips(
     mask: Sequence[bool] | None = None,
     made: Iterable[str] = (),
     taken: Iterable[str] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> Flips:
     """The paired flips from `before` to `after` on the examples `mask` selects (all without a mask); `made`: the
-    functions the change adds or revises, for `carried`; `taken`: those it removes, for `relied`."""
+    functions the change adds or revises, for `carried`; `taken`: those it removes, for `relied`; `labels`: the name
+    of each example by its id, for `better` and `worse` (default: the id's first 12 characters)."""
     made, taken = set(made), set(taken)
     wins = losses = examples = carried = relied = 0
+    better: list[str] = []
+    worse: list[str] = []
     for i, (b, a) in enumerate(zip(before.records, after.records, strict=True)):
         if mask is not None and not mask[i]:
             continue
         examples += 1
+        label = (labels or {}).get(a.example_id) or a.example_id[:12]
         if a.score > b.score:
             wins += 1
+            better.append(label)
         elif a.score < b.score:
             losses += 1
+            worse.append(label)
         elif a.score > 0 and not b.calls and any(c.ok and c.name in made for c in a.calls):
             carried += 1
         elif b.score > 0 and not a.calls and any(c.ok and c.name in taken for c in b.calls):
             relied += 1
-    return Flips(examples=examples, wins=wins, losses=losses, carried=carried, relied=relied)
+    return Flips(
+        examples=examples, wins=wins, losses=losses, carried=carried, relied=relied, better=better, worse=worse
+    )
 
 
 def _names(record: ExampleRecord) -> set[str]:

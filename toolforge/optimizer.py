@@ -94,6 +94,7 @@ __all__ = [
     "Checkpoint",
     "FailedCandidate",
     "FunctionOptimizer",
+    "HeldOutScores",
     "OptimizationReport",
     "StepEvidence",
     "StepReport",
@@ -223,6 +224,16 @@ class StepReport(BaseModel):
     note: str | None = None
 
 
+class HeldOutScores(BaseModel):
+    """The program's score on examples the compile never saw (a test split), before and after training; a compile
+    does not know them: whoever evaluates writes them into the report (`toolforge.report.record_held_out`)."""
+
+    examples: int
+    before: float  # the student as it came
+    after: float  # the trained program
+    source: str = ""  # which examples, e.g. "load_dataset('test'), first 5"
+
+
 class OptimizationReport(BaseModel):
     """What a compile did: every step, why it stopped, and what it kept.
 
@@ -256,6 +267,15 @@ class OptimizationReport(BaseModel):
     interrupted_lm_calls: int = 0  # of the LM calls above, those made by runs that were interrupted (see below)
     resumed_after_step: int | None = None
     wall_time_s: float = 0.0
+    agent_prompt_tokens: int = 0  # tokens of the LM calls above, per role (a checkpoint from before they were
+    agent_completion_tokens: int = 0  # counted adds its steps' tokens, not its baseline's)
+    proposer_prompt_tokens: int = 0
+    proposer_completion_tokens: int = 0
+    agent_lm: str | None = None  # the model the agent's requests went to (DSPy's configured LM at compile time)
+    proposer_lm: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)  # the optimizer's settings for this compile
+    final_code: dict[str, str] = Field(default_factory=dict)  # name -> code of every final function
+    held_out_scores: HeldOutScores | None = None  # written afterwards (`toolforge.report.record_held_out`)
 
 
 class FailedCandidate(BaseModel):
@@ -301,6 +321,7 @@ class Checkpoint(BaseModel):
     initial_errors: int
     initial_error: str | None
     trajectory_budget: int
+    tokens: dict[str, list[int]] = Field(default_factory=dict)  # role -> [prompt, completion], every run's
 
 
 def _complete_v1(data: dict[str, Any], *, trajectory_budget: int) -> dict[str, Any]:
@@ -387,9 +408,15 @@ def _literals(toolset: Toolset) -> int:
 
 
 def _acceptance(evidence: StepEvidence) -> str:
-    val = f"; validation: {evidence.val_touched.describe()}" if evidence.val_touched is not None else ""
+    val = f"; validation: {_shown(evidence.val_touched)}" if evidence.val_touched is not None else ""
     kind = "better" if evidence.verdict == "better" else "a tie that does not grow the toolset"
-    return f"{kind}: on the examples it touched, training: {evidence.touched.describe()}{val}"
+    return f"{kind}: on the examples it touched, training: {_shown(evidence.touched)}{val}"
+
+
+def _shown(evidence: Flips) -> str:
+    """The flips as a reason gives them: counts, then the examples that flipped."""
+    which = evidence.which()
+    return f"{evidence.describe()}; {which}" if which else evidence.describe()
 
 
 _MIN_FOR_HOLDOUT = 20  # training examples: below this, a held-out share is too small to tell anything
@@ -424,7 +451,9 @@ class FunctionOptimizer(Teleprompter):
     """Train the functions (a `Toolset`) of a DSPy program: the AgentOptimizer method.
 
     Args:
-        metric: `metric(example, prediction, trace=None)` -> bool or number in [0, 1].
+        metric: `metric(example, prediction, trace=None)` (DSPy's) or `metric(gold, pred, trace, pred_name,
+            pred_trace)` (GEPA's, called with None for the last three), returning a bool, a number in
+            `metric_range`, or a `dspy.Prediction(score=..., feedback=...)`: the proposer reads the feedback.
         proposer_lm: The LM that proposes actions: a `dspy.BaseLM`, any `dspy.LM` model string, or "local" (the
             embedded model). None uses the configured LM, or the embedded model when none is configured.
         max_epochs: Steps to run at most (one evaluation of a candidate each).
@@ -465,6 +494,8 @@ class FunctionOptimizer(Teleprompter):
         sandbox: Where smoke calls run (default: the process-wide sandbox).
         failure_score: Score of an example whose program raised.
         metric_version: Identifies the metric in cache keys instead of its source.
+        metric_range: The scale of the metric's numbers, `(low, high)` (default `(0, 1)`): a score `s` counts as
+            `(s - low) / (high - low)`, a bool as 1 or 0. A number outside it stops the compile, naming the example.
         trajectory_budget_chars: Size budget of the trajectories shown to the proposer; halved (down to 500) for the
             rest of the compile whenever the proposer's prompt exceeds its LM's context window.
         proposer: The module that proposes actions (default: `Proposer()`); it is called with the inputs of
@@ -507,6 +538,7 @@ class FunctionOptimizer(Teleprompter):
         metric_version: str | None = None,
         trajectory_budget_chars: int = 12_000,
         proposer: dspy.Module | None = None,
+        metric_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__()
         for name, value, low in (
@@ -576,6 +608,7 @@ class FunctionOptimizer(Teleprompter):
             num_threads=num_threads,
             failure_score=failure_score,
             metric_version=metric_version,
+            metric_range=metric_range,
             warn_errors=False,  # the compile says it itself, with the step (and stops if the baseline all raised)
         )
         self.proposer = proposer if proposer is not None else Proposer()
@@ -586,22 +619,33 @@ class FunctionOptimizer(Teleprompter):
         student: dspy.Module,
         *,
         trainset: list[dspy.Example],
+        teacher: dspy.Module | Toolset | None = None,
         valset: list[dspy.Example] | None = None,
         toolset: str | None = None,
+        **kwargs: Any,
     ) -> dspy.Module:
         """Train the student's toolset; return a copy of the student holding the best one.
 
         Args:
             student: A DSPy program holding a `Toolset` (e.g. a `ToolAgent`). It is never changed.
             trainset: Examples with inputs marked; every step evaluates on them.
+            teacher: What the student starts from, as DSPy's teleprompters take a teacher: a program holding a
+                `Toolset` (a trained one, say), or a `Toolset`. Its functions the student lacks are added to the
+                student's before training, as seed functions (kept unless the evidence says they hurt); where both
+                have a function of one name, the student's is kept (a warning names them). A teacher holding no
+                toolset has nothing to give here (this optimizer learns functions, not demos): it is ignored, with
+                a warning.
             valset: Optional examples every candidate that holds on the training set must hold on too (see
                 `holdout` for what happens without one). The proposer never sees them.
             toolset: The name (as in `named_parameters()`) of the toolset to train, when the student holds several.
+            **kwargs: Accepted by the signature of `dspy.teleprompt.Teleprompter.compile`; any given is refused
+                with a `TypeError` that names it (the optimizer's settings are `FunctionOptimizer(...)`'s).
 
         Returns:
             A copy of `student` with the trained toolset, and the report as `.toolforge_report`.
 
         Raises:
+            TypeError: For a keyword argument `compile` does not take.
             ToolforgeError: For settings that cannot work (no toolset, an empty trainset, ...), and when the student
                 raises on every training example with its initial toolset (an LM that cannot be reached, say):
                 nothing could be learned; and when the proposer LM is not set up (no API key, a model its provider
@@ -610,6 +654,12 @@ class FunctionOptimizer(Teleprompter):
                 LM failure ends a compile.
         """
         start = time.perf_counter()
+        if kwargs:
+            raise TypeError(
+                f"FunctionOptimizer.compile() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}; it "
+                "takes student, trainset, teacher, valset and toolset (the optimizer's settings go to "
+                "FunctionOptimizer(...))"
+            )
         for name, given in (("trainset", trainset), ("valset", valset)):
             if (given is None and name == "trainset") or isinstance(given, str | dict | dspy.Example | int | float):
                 raise ToolforgeError(f"{name} must be a list of dspy.Example, got {type(given).__name__}")
@@ -619,6 +669,7 @@ class FunctionOptimizer(Teleprompter):
             raise ToolforgeError("trainset is empty; pass the examples to train on")
         check_examples(trainset, "trainset item")
         check_examples(valset or [], "valset item")
+        labels = _labels(trainset, valset)
         held_out = 0
         if valset is None and self.holdout and len(trainset) >= _MIN_FOR_HOLDOUT:
             trainset, valset = _hold_out(trainset, self.holdout, self.seed)
@@ -627,13 +678,14 @@ class FunctionOptimizer(Teleprompter):
         check_toolset_reaches_agent(student, param_name)
         work = student.deepcopy()
         limit = self.max_functions if self.max_functions is not None else initial.max_functions
-        initial = Toolset(initial.functions, max_functions=limit)
+        initial = Toolset(_with_teacher(initial, teacher, param_name).functions, max_functions=limit)
         set_attribute_by_name(work, param_name, initial)
         proposer_lm = self.proposer_lm
         if proposer_lm is None and dspy.settings.lm is None:
             proposer_lm = resolve_lm("local", role="proposer_lm")
         run = _RunState(self, work, param_name, trainset, valset, proposer_lm)
         run.held_out = held_out
+        run.labels = labels
         with _exclusive(self.log_dir):
             if self.log_dir is not None and not self.resume:
                 _discard_run(self.log_dir)
@@ -652,6 +704,50 @@ class FunctionOptimizer(Teleprompter):
         trained.toolforge_report = report
         trained._compiled = True
         return trained
+
+
+def _labels(trainset: list[dspy.Example], valset: list[dspy.Example] | None) -> dict[str, str]:
+    """How a report names each example, by its id: its place in the trainset or valset the user gave (a held-out
+    example keeps its trainset place)."""
+    labels: dict[str, str] = {}
+    for name, examples in (("valset", valset or []), ("trainset", trainset)):
+        for index, example in enumerate(examples):
+            labels.setdefault(example_id(example), f"{name}[{index}]")
+    return labels
+
+
+def _with_teacher(initial: Toolset, teacher: dspy.Module | Toolset | None, param_name: str) -> Toolset:
+    """The student's toolset with the functions of the teacher's it lacks (see `FunctionOptimizer.compile`)."""
+    if teacher is None:
+        return initial
+    if isinstance(teacher, Toolset):
+        given = teacher
+    elif isinstance(teacher, dspy.Module):
+        found = dict((n, p) for n, p in teacher.named_parameters() if isinstance(p, Toolset))
+        if not found:
+            logger.warning(
+                "compile(teacher=%s): the teacher holds no Toolset, so it is ignored; FunctionOptimizer learns "
+                "functions, not demos: a teacher's toolset (or a Toolset given as teacher) seeds the student's",
+                type(teacher).__name__,
+            )
+            return initial
+        if param_name not in found and len(found) > 1:
+            raise ToolforgeError(
+                f"compile(teacher=...): the teacher holds several toolsets ({', '.join(found)}) and none is named "
+                f"{param_name!r} as the student's is; pass the one to start from: teacher=<program>.<toolset>"
+            )
+        given = found.get(param_name) or next(iter(found.values()))
+    else:
+        raise ToolforgeError(
+            f"compile(teacher=...) takes a dspy.Module holding a Toolset, or a Toolset; got {type(teacher).__name__}"
+        )
+    differ = [f.name for f in given if f.name in initial and initial[f.name].fingerprint != f.fingerprint]
+    if differ:
+        logger.warning(
+            "compile(teacher=...): the student and the teacher define %s differently; the student's are kept",
+            ", ".join(differ),
+        )
+    return initial.merge(given, on_conflict="ours")
 
 
 class _RunState:
@@ -687,6 +783,7 @@ class _RunState:
         self.steps: list[StepReport] = []
         self.agent_lm_calls = 0
         self.proposer_lm_calls = 0
+        self.tokens = {"agent": [0, 0], "proposer": [0, 0]}  # role -> [prompt, completion]
         self.stop_reason: Literal["max_epochs", "early_stop", "solved", "budget"] | None = None
         self.initial_errors = 0
         self.initial_error: str | None = None
@@ -700,6 +797,7 @@ class _RunState:
         self.initial_toolset = Toolset()  # the student's: the seed functions
         self.seeds: set[str] = set()
         self.held_out = 0  # training examples moved to the valset (no valset was given)
+        self.labels: dict[str, str] = {}  # example id -> "trainset[3]", how reasons and reports name it
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def restore_or_start(self, initial: Toolset) -> None:
@@ -719,6 +817,7 @@ class _RunState:
             self.steps = checkpoint.steps
             self.agent_lm_calls = checkpoint.agent_lm_calls
             self.proposer_lm_calls = checkpoint.proposer_lm_calls
+            self.tokens = _tokens_of(checkpoint)
             self.stop_reason = checkpoint.stop_reason
             if self.stop_reason == "max_epochs" and self.step < self.opt.max_epochs:
                 self.stop_reason = None  # asked for more epochs this time: continue
@@ -824,6 +923,14 @@ class _RunState:
             interrupted_lm_calls=self.interrupted_lm_calls,
             resumed_after_step=self.resumed_after,
             wall_time_s=time.perf_counter() - start,
+            agent_prompt_tokens=self.tokens["agent"][0],
+            agent_completion_tokens=self.tokens["agent"][1],
+            proposer_prompt_tokens=self.tokens["proposer"][0],
+            proposer_completion_tokens=self.tokens["proposer"][1],
+            agent_lm=_model_name(dspy.settings.lm),
+            proposer_lm=_model_name(self.proposer_lm or dspy.settings.lm),
+            settings=self._settings(),
+            final_code={f.name: f.code for f in final.functions},
         )
         if self.log_dir is not None:
             final.save(self.log_dir / "toolset-final.json")
@@ -967,8 +1074,14 @@ class _RunState:
         if not kept:
             self.stale += 1
             no_change = "proposal_failed" if last_call_failed and not outcomes else "no_change"
+            if no_change == "proposal_failed":
+                why = note or "the proposer failed"
+            elif outcomes:
+                why = f"none of the {len(outcomes)} proposed action(s) passed the checks (each says why)"
+            else:
+                why = note or "the proposer proposed no action"
             return self._step_report(
-                base | {"outcome": no_change, "best_fingerprint": self.best.fingerprint}, counts, start
+                base | {"outcome": no_change, "best_fingerprint": self.best.fingerprint, "reason": why}, counts, start
             )
         self._budget_check()
         actions = [_action_of(outcomes[i]) for i in kept]
@@ -981,20 +1094,25 @@ class _RunState:
         chosen = list(range(len(kept)))
         evidence: dict[int, ActionEvidence] = {}
         reasons: dict[int, str] = {}
-        if len(kept) > 1:  # credit per action: each on the examples it touched, the others beside it
-            for j, action in enumerate(actions):
-                names = _changed(self.best, together_toolset, only={action.name})
-                own = flips(
-                    best_run,
-                    together,
-                    touched_by(names, best_run, together),
-                    *_sides(self.best, together_toolset, names),
-                )
-                evidence[j] = ActionEvidence(flips=own, score_together=together.score)
-                refusal = self._refusal(self._verdict(own, None, flips(best_run, together)), own, [action])
-                if refusal:
-                    reasons[j] = refusal
-            chosen = [j for j in range(len(kept)) if j not in reasons]
+        # credit per action: each on the examples it touched, the others beside it (the record of a lone action
+        # says which examples flipped, too)
+        overall = flips(best_run, together, labels=self.labels)
+        for j, action in enumerate(actions):
+            names = _changed(self.best, together_toolset, only={action.name})
+            own = flips(
+                best_run,
+                together,
+                touched_by(names, best_run, together),
+                *_sides(self.best, together_toolset, names),
+                labels=self.labels,
+            )
+            evidence[j] = ActionEvidence(flips=own, score_together=together.score)
+            if len(kept) == 1:
+                continue
+            refusal = self._refusal(self._verdict(own, None, overall), own, [action])
+            if refusal:
+                reasons[j] = refusal
+        chosen = [j for j in range(len(kept)) if j not in reasons]
         if not chosen:
             weighed = self._weigh(candidate, best_run, together, counts, with_val=False)
             decision = _Decision(False, False, "no action earned its place on its own evidence")
@@ -1036,16 +1154,17 @@ class _RunState:
         """The evidence on `candidate` (`run` is its training run) against the best toolset: its training flips,
         and, unless those already show harm, its validation flips."""
         names = _changed(self.best, candidate)
-        touched = flips(best_run, run, touched_by(names, best_run, run), *_sides(self.best, candidate, names))
-        overall = flips(best_run, run)
+        sides = _sides(self.best, candidate, names)
+        touched = flips(best_run, run, touched_by(names, best_run, run), *sides, labels=self.labels)
+        overall = flips(best_run, run, labels=self.labels)
         verdict, why = self._verdict(touched, None, overall)
         if not with_val or not self.valset or verdict == "harmful":
             return StepEvidence(touched=touched, overall=overall, verdict=verdict, why=why)
         self._budget_check()
         best_val = self._evaluate(self.best, self.valset, counts)
         val = self._evaluate(candidate, self.valset, counts)
-        val_touched = flips(best_val, val, touched_by(names, best_val, val), *_sides(self.best, candidate, names))
-        overall = overall + flips(best_val, val)
+        val_touched = flips(best_val, val, touched_by(names, best_val, val), *sides, labels=self.labels)
+        overall = overall + flips(best_val, val, labels=self.labels)
         verdict, why = self._verdict(touched, val_touched, overall)
         return StepEvidence(touched=touched, val_touched=val_touched, overall=overall, verdict=verdict, why=why)
 
@@ -1053,16 +1172,16 @@ class _RunState:
         """better / neutral / harmful, and why, when harmful."""
         pooled = touched + (val or Flips())
         if pooled.net < 0:
-            return "harmful", f"more of the examples it touched got worse than better ({pooled.describe()})"
+            return "harmful", f"more of the examples it touched got worse than better ({_shown(pooled)})"
         if overall.worse_p() <= HARM_SIGNIFICANCE:
             return "harmful", (
                 f"over all {overall.examples} examples compared it is significantly worse ({overall.wins} better, "
-                f"{overall.losses} worse; sign test p = {overall.worse_p():.3f})"
+                f"{overall.losses} worse; sign test p = {overall.worse_p():.3f}; {overall.which()})"
             )
         if val is not None and touched.net > 0 and val.net < 0 and val.worse_p() <= _VAL_AGAINST:
             return "harmful", (
-                f"it helps on the training examples it touched ({touched.describe()}) and hurts on the validation "
-                f"ones ({val.describe()})"
+                f"it helps on the training examples it touched ({_shown(touched)}) and hurts on the validation "
+                f"ones ({_shown(val)})"
             )
         significant = self.opt.significance is None or (
             sign_test(pooled.wins, pooled.wins + pooled.losses) <= self.opt.significance
@@ -1078,7 +1197,7 @@ class _RunState:
     ) -> str | None:
         """Why actions with this verdict are not accepted, or None. `candidate`: the toolset they build, when they
         are judged whole (a tie is then weighed by its size and literals against the best toolset's)."""
-        shown = f"on the examples it touched: {evidence.describe()}"
+        shown = f"on the examples it touched: {_shown(evidence)}"
         kind, why = verdict
         if kind == "harmful":
             return f"the evidence is against it: {why}"
@@ -1217,6 +1336,8 @@ class _RunState:
         finally:
             calls = usage.calls if usage is not None else 0
             self.proposer_lm_calls += calls
+            if usage is not None:
+                self._add_tokens("proposer", *usage.tokens)
             counts.usage.proposer.calls += calls
         tokens = usage.tokens
         counts.usage.proposer.add(tokens[0], tokens[1], calls=0)
@@ -1271,6 +1392,11 @@ class _RunState:
         with self._logged("agent"):
             run = self.opt.evaluator.evaluate(self.program, examples, display_progress=False)
         self.agent_lm_calls += run.lm_calls
+        self._add_tokens(
+            "agent",
+            sum(r.prompt_tokens for r in run.records if not r.cached),
+            sum(r.completion_tokens for r in run.records if not r.cached),
+        )
         if counts is not None:  # a step's evaluation (the baseline's errors are reported when it is made)
             if run.errors:
                 logger.warning(
@@ -1328,6 +1454,24 @@ class _RunState:
             return toolset, []
         return toolset.apply([RemoveFunction(name) for name in unused]), unused
 
+    def _add_tokens(self, role: str, prompt: int, completion: int) -> None:
+        self.tokens[role] = [self.tokens[role][0] + prompt, self.tokens[role][1] + completion]
+
+    def _settings(self) -> dict[str, Any]:
+        """The optimizer's settings as the report shows them: what a user set or would tune."""
+        opt = self.opt
+        names = (
+            "max_epochs", "max_actions_per_step", "max_trials", "patience", "accept_ties", "max_functions",
+            "prune_unused", "prune_seeds", "min_net_flips", "significance", "holdout", "rollback", "progressive",
+            "max_lm_calls", "num_threads", "seed", "trajectory_budget_chars", "stop_when_solved",
+        )  # fmt: skip
+        settings: dict[str, Any] = {name: getattr(opt, name) for name in names}
+        settings["metric_range"] = list(opt.evaluator.metric_range)
+        settings["failure_score"] = opt.evaluator.failure_score
+        settings["cache"] = str(opt.cache.directory) if opt.cache is not None else None
+        settings["log_dir"] = str(opt.log_dir) if opt.log_dir is not None else None
+        return settings
+
     def _budget_spent(self) -> bool:
         limit = self.opt.max_lm_calls
         return limit is not None and self.agent_lm_calls + self.proposer_lm_calls >= limit
@@ -1382,6 +1526,7 @@ class _RunState:
             steps=self.steps,
             agent_lm_calls=self.agent_lm_calls,
             proposer_lm_calls=self.proposer_lm_calls,
+            tokens=self.tokens,
             stop_reason=self.stop_reason,
             initial_errors=self.initial_errors,
             initial_error=self.initial_error,
@@ -1412,6 +1557,9 @@ class _RunState:
         carried.interrupted = carried.usage.agent.calls + carried.usage.proposer.calls
         self.agent_lm_calls += carried.usage.agent.calls
         self.proposer_lm_calls += carried.usage.proposer.calls
+        for role in ("agent", "proposer"):
+            usage = getattr(carried.usage, role)
+            self._add_tokens(role, usage.prompt_tokens, usage.completion_tokens)
         self.interrupted_lm_calls += carried.interrupted
         self._carried = carried if step_runs_next else None
         logger.info(
@@ -1608,6 +1756,26 @@ def _exclusive(log_dir: Path | None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _tokens_of(checkpoint: Checkpoint) -> dict[str, list[int]]:
+    """The token totals a checkpoint holds; one written before they were kept has its steps' (not its baseline's)."""
+    if checkpoint.tokens:
+        return {role: list(checkpoint.tokens.get(role, [0, 0])) for role in ("agent", "proposer")}
+    return {
+        role: [
+            sum(getattr(s.usage, role).prompt_tokens for s in checkpoint.steps),
+            sum(getattr(s.usage, role).completion_tokens for s in checkpoint.steps),
+        ]
+        for role in ("agent", "proposer")
+    }
+
+
+def _model_name(lm: Any) -> str | None:
+    """How the report names an LM: its model string (`openai/gpt-4o-mini`, the GGUF of the embedded model)."""
+    if lm is None:
+        return None
+    return str(getattr(lm, "model", None) or type(lm).__name__)
 
 
 def _lm_name(lm: Any) -> str | None:
