@@ -21,7 +21,6 @@ toolset as `toolsets/toolset-<step>.json`; and at the end `report.json`, `report
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import sys
@@ -45,10 +44,12 @@ RUN_NAME = "toolforge compile"
 
 def require_mlflow(owner: str) -> None:
     """Raise, naming the extra to install, if MLflow is not installed."""
-    if importlib.util.find_spec("mlflow") is None:
+    try:
+        import mlflow  # noqa: F401
+    except ImportError as exc:
         raise ToolforgeError(
             f"{owner} needs MLflow, which is not installed: pip install 'toolforge[mlflow]' (or pip install mlflow)"
-        )
+        ) from exc
 
 
 def _autolog_config(key: str) -> Any:
