@@ -323,7 +323,7 @@ class _EvaluateEvent(dspy.Evaluate):
     ) -> EvaluationResult:
         self.run = self.evaluator._evaluate(program, devset, self.progress, self.description)
         results = [
-            (example, dspy.Prediction(**record.prediction), record.score)
+            (example, dspy.Prediction(dict(record.prediction)), record.score)  # a dict base: any field name
             for example, record in zip(devset, self.run.records, strict=False)
         ]
         return EvaluationResult(score=round(100 * self.run.score, 2), results=results)
