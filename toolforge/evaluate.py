@@ -11,6 +11,11 @@ behaviour re-runs nothing.
 
 A program that raises scores `failure_score` and never ends the run; such records are not cached (the failure
 may be passing, e.g. a network error), so they are tried again next time.
+
+Every evaluation fires DSPy's evaluate callbacks (`on_evaluate_start` / `on_evaluate_end` of the callbacks in
+`dspy.settings`), as `dspy.Evaluate` does, with a `dspy.evaluate.EvaluationResult` (score in percent, as DSPy
+reports it) and the caller's `callback_metadata`: so MLflow's DSPy autologging and any other DSPy callback see
+toolforge's evaluations as they see DSPy's own.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any
 
 import dspy
 import tqdm
+from dspy.evaluate.evaluate import EvaluationResult
+from dspy.utils.callback import with_callbacks
 
 from toolforge._checks import check_int
 from toolforge._hashing import content_hash
@@ -107,16 +114,39 @@ class Evaluator:
             self.metric_id += f"\n# metric_range={self.metric_range!r}"
 
     def evaluate(
-        self, program: dspy.Module, examples: Sequence[dspy.Example], *, display_progress: bool | None = None
+        self,
+        program: dspy.Module,
+        examples: Sequence[dspy.Example],
+        *,
+        display_progress: bool | None = None,
+        description: str = "toolforge evaluate",
+        callback_metadata: dict[str, Any] | None = None,
     ) -> EvaluationRun:
-        """Run `program` on every example (or reuse its record), score it, and return the records in order."""
-        start = time.perf_counter()
+        """Run `program` on every example (or reuse its record), score it, and return the records in order.
+
+        Args:
+            program: The DSPy program to run.
+            examples: The examples, with inputs marked.
+            display_progress: Show a tqdm bar (examples done, running score); None: the evaluator's setting.
+            description: The bar's label.
+            callback_metadata: Passed to DSPy's evaluate callbacks, as `dspy.Evaluate(...)(callback_metadata=...)`
+                does (MLflow reads `metric_key` from it).
+        """
         if not isinstance(program, dspy.Module):
             raise ToolforgeError(
                 f"Evaluator.evaluate needs a dspy.Module as program, got {type(program).__name__} {program!r:.60}"
             )
         examples = list(examples)
         check_examples(examples)
+        event = _EvaluateEvent(self, examples, display_progress, description)
+        event(program, examples, callback_metadata=callback_metadata)
+        assert event.run is not None  # set by the call, or it raised
+        return event.run
+
+    def _evaluate(
+        self, program: dspy.Module, examples: list[dspy.Example], display_progress: bool | None, description: str
+    ) -> EvaluationRun:
+        start = time.perf_counter()
         base = program_fingerprint(program, metric_id=self.metric_id)
         functions = forged_functions(program)
         code_hashes = {name: function.code_hash for name, function in functions.items()}
@@ -136,7 +166,7 @@ class Evaluator:
                 revalidated.append((keys[index], record))
             todo = [i for i in todo if records[i] is None]
         show = self.display_progress if display_progress is None else display_progress
-        with tqdm.tqdm(total=len(examples), disable=not show, desc="toolforge evaluate", leave=False) as bar:
+        with tqdm.tqdm(total=len(examples), disable=not show, desc=description, leave=False) as bar:
             bar.update(len(examples) - len(todo))
             pending = list(revalidated)  # stored under the new code, so that next time they are plain hits
 
@@ -274,6 +304,42 @@ class Evaluator:
             error=error,
             feedback=feedback,
         )
+
+
+class _EvaluateEvent(dspy.Evaluate):
+    """One evaluation as DSPy's callbacks see it: a `dspy.Evaluate` (DSPy dispatches `on_evaluate_*` on that type)
+    whose call runs the toolforge evaluation and returns what `dspy.Evaluate` returns. Made per evaluation, so
+    concurrent evaluations share nothing; MLflow's patch of `dspy.Evaluate.__call__` (traces of DSPy's own
+    evaluations) does not reach this override."""
+
+    def __init__(
+        self, evaluator: Evaluator, examples: list[dspy.Example], display_progress: bool | None, description: str
+    ) -> None:
+        super().__init__(
+            devset=examples,
+            metric=evaluator.metric,
+            num_threads=evaluator.num_threads,
+            display_progress=bool(display_progress),
+            failure_score=evaluator.failure_score,
+        )
+        self.evaluator = evaluator
+        self.progress = display_progress
+        self.description = description
+        self.run: EvaluationRun | None = None
+
+    @with_callbacks
+    def __call__(  # the arguments DSPy's evaluate callbacks read, and no others
+        self,
+        program: dspy.Module,
+        devset: list[dspy.Example],
+        callback_metadata: dict[str, Any] | None = None,
+    ) -> EvaluationResult:
+        self.run = self.evaluator._evaluate(program, devset, self.progress, self.description)
+        results = [
+            (example, dspy.Prediction(dict(record.prediction)), record.score)  # a dict base: any field name
+            for example, record in zip(devset, self.run.records, strict=False)
+        ]
+        return EvaluationResult(score=round(100 * self.run.score, 2), results=results)
 
 
 def _summary(records: list[ExampleRecord | None], revalidated: int, start: float) -> EvaluationRun:

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -85,6 +86,7 @@ from toolforge.proposer import (
 from toolforge.records import EvaluationRun
 from toolforge.sandbox import Sandbox
 from toolforge.toolset import Toolset
+from toolforge.tracking import MlflowTracker, adopt_autolog, require_mlflow
 from toolforge.validator import check_proposal
 
 __all__ = [
@@ -490,7 +492,16 @@ class FunctionOptimizer(Teleprompter):
             first deleting what an earlier compile wrote there (checkpoint, report, toolsets); cached evaluations
             and DSPy's LM cache still make the work done before free.
         seed: Seeds which trajectories the proposer sees.
-        display_progress: Show a tqdm bar over steps.
+        display_progress: Show a tqdm bar over steps, and a nested one over each evaluation (examples done, running
+            score).
+        verbose: Log each proposal and each decision as it happens (at INFO, through this module's logger; shown on
+            stderr for the compile when logging is not configured).
+        use_mlflow: Log the compile to MLflow, as GEPA's `use_mlflow` does (needs the `mlflow` extra): per-step
+            scores and LM calls, each accepted toolset and the report (see `toolforge.tracking`). Logs into the active
+            run if there is one (e.g. `mlflow.dspy.autolog(log_compiles=True)`'s, which is logged to without this
+            too), else into a new run it ends.
+        mlflow_tracking_uri: With `use_mlflow`, the tracking URI to set first (None: MLflow's own setting).
+        mlflow_experiment_name: With `use_mlflow`, the experiment to set first (None: MLflow's own setting).
         sandbox: Where smoke calls run (default: the process-wide sandbox).
         failure_score: Score of an example whose program raised.
         metric_version: Identifies the metric in cache keys instead of its source.
@@ -533,6 +544,10 @@ class FunctionOptimizer(Teleprompter):
         resume: bool = True,
         seed: int = 0,
         display_progress: bool = True,
+        verbose: bool = False,
+        use_mlflow: bool = False,
+        mlflow_tracking_uri: str | None = None,
+        mlflow_experiment_name: str | None = None,
         sandbox: Sandbox | None = None,
         failure_score: float = 0.0,
         metric_version: str | None = None,
@@ -600,6 +615,12 @@ class FunctionOptimizer(Teleprompter):
         self.resume = resume
         self.seed = seed
         self.display_progress = display_progress
+        self.verbose = verbose
+        if use_mlflow:
+            require_mlflow("FunctionOptimizer(use_mlflow=True)")
+        self.use_mlflow = use_mlflow
+        self.mlflow_tracking_uri = mlflow_tracking_uri
+        self.mlflow_experiment_name = mlflow_experiment_name
         self.sandbox = sandbox
         self.trajectory_budget_chars = trajectory_budget_chars
         self.evaluator = Evaluator(
@@ -653,6 +674,10 @@ class FunctionOptimizer(Teleprompter):
                 score `failure_score`; after the start, no program error, bad proposal, failing function or passing
                 LM failure ends a compile.
         """
+        if adopt_autolog(FunctionOptimizer):  # MLflow's autolog, called before toolforge was imported, missed us
+            return FunctionOptimizer.compile(
+                self, student, trainset=trainset, teacher=teacher, valset=valset, toolset=toolset, **kwargs
+            )
         start = time.perf_counter()
         if kwargs:
             raise TypeError(
@@ -686,10 +711,18 @@ class FunctionOptimizer(Teleprompter):
         run = _RunState(self, work, param_name, trainset, valset, proposer_lm)
         run.held_out = held_out
         run.labels = labels
-        with _exclusive(self.log_dir):
+        with _exclusive(self.log_dir), _verbose_logging(self.verbose):
             if self.log_dir is not None and not self.resume:
                 _discard_run(self.log_dir)
+            run.tracker = MlflowTracker.for_compile(
+                use_mlflow=self.use_mlflow,
+                tracking_uri=self.mlflow_tracking_uri,
+                experiment_name=self.mlflow_experiment_name,
+            )
+            failed = True
             try:
+                if run.tracker is not None:
+                    run.tracker.params(self.get_params())
                 run.restore_or_start(initial)
                 try:
                     run.train()
@@ -697,8 +730,13 @@ class FunctionOptimizer(Teleprompter):
                     run.stop_reason = "budget"
                     run.checkpoint()
                 final, report = run.finish(start)
+                if run.tracker is not None:
+                    run.tracker.finish(report, final, self.log_dir)
+                failed = False
             finally:
                 run.close()
+                if run.tracker is not None:
+                    run.tracker.close(failed)
         trained = student.deepcopy()
         set_attribute_by_name(trained, param_name, final)
         trained.toolforge_report = report
@@ -798,6 +836,8 @@ class _RunState:
         self.seeds: set[str] = set()
         self.held_out = 0  # training examples moved to the valset (no valset was given)
         self.labels: dict[str, str] = {}  # example id -> "trainset[3]", how reasons and reports name it
+        self.tracker: MlflowTracker | None = None
+        self._say = logger.info if optimizer.verbose else logger.debug  # proposals and decisions, as they happen
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def restore_or_start(self, initial: Toolset) -> None:
@@ -864,6 +904,7 @@ class _RunState:
             disable=not opt.display_progress,
         ) as bar:
             bar.set_postfix(best=f"{self.best_score:.3f}")
+            self._track_history()
             while self.stop_reason is None:
                 if self.step >= opt.max_epochs:
                     self.stop_reason = "max_epochs"
@@ -876,6 +917,7 @@ class _RunState:
                     report = self._one_step(self.step + 1)
                     self.steps.append(report)
                     self.step += 1
+                    self._tell(report)
                     bar.update(1)
                     bar.set_postfix(best=f"{self.best_score:.3f}", last=report.outcome)
                 self.checkpoint()
@@ -1039,6 +1081,7 @@ class _RunState:
                     trial=trial,
                 )
                 outcomes.append(outcome)
+                self._say("step %d, trial %d: proposed %s: %s", step, trial, outcome.summary, reason or "checked")
                 if reason:
                     rejected_now += 1
                     feedback.append(f"- {proposal.summary()} (trial {trial}): {reason}")
@@ -1389,8 +1432,23 @@ class _RunState:
         self, toolset: Toolset, examples: list[dspy.Example], counts: _StepCounts | None = None
     ) -> EvaluationRun:
         set_attribute_by_name(self.program, self.param_name, toolset)
+        # the baseline is step 0; every later evaluation (the final ones too) belongs to the step that made it
+        step = self.step + 1 if self.accepted and self.stop_reason is None else self.step
+        split = "val" if examples is self.valset else "train"
+        role = "best" if toolset == self.best else "candidate"
+        metadata = {"metric_key": f"{split}_{role}", "toolforge_step": step, "toolforge_split": split,
+                    "toolforge_role": role, "toolforge_fingerprint": toolset.fingerprint}  # fmt: skip
+        label = f"baseline ({split})" if not self.accepted else f"step {step}: {role} ({split})"
         with self._logged("agent"):
-            run = self.opt.evaluator.evaluate(self.program, examples, display_progress=False)
+            run = self.opt.evaluator.evaluate(
+                self.program,
+                examples,
+                display_progress=self.opt.display_progress,
+                description=label,
+                callback_metadata=metadata,
+            )
+        if self.tracker is not None:
+            self.tracker.evaluated(split, role, run.score)
         self.agent_lm_calls += run.lm_calls
         self._add_tokens(
             "agent",
@@ -1613,6 +1671,38 @@ class _RunState:
     def _save_toolset(self, step: int, toolset: Toolset) -> None:
         if self.log_dir is not None:
             toolset.save(self.log_dir / f"toolset-{step}.json")
+        if self.tracker is not None and step:  # the baseline's is logged with the history (`_track_history`)
+            self.tracker.toolset(step, toolset)
+
+    def _tell(self, report: StepReport) -> None:
+        """Say what the step decided (with `verbose`), and log it to MLflow (with a tracker)."""
+        after = "" if report.score_after is None else f" -> {report.score_after:.3f}"
+        self._say(
+            "step %d: %s (train score %.3f%s)%s",
+            report.step,
+            report.outcome.replace("_", " "),
+            report.score_before,
+            after,
+            f": {report.reason}" if report.reason else "",
+        )
+        for action in report.actions:
+            if action.status in ("rolled_back", "dropped"):  # rejections were said when they were checked
+                self._say("step %d: %s %s: %s", report.step, action.summary, action.status, action.reason or "")
+        if self.tracker is not None:
+            self.tracker.step(report, self.best_score, len(self.best))
+
+    def _track_history(self) -> None:
+        """Log to MLflow what the compile holds before its next step: the baseline and, on resume, the steps done."""
+        if self.tracker is None:
+            return
+        self.tracker.baseline(self.initial_score, len(self.initial_toolset))
+        toolsets = {a.step: Toolset.from_dict(a.toolset, source="checkpoint") for a in self.accepted}
+        for step, toolset in toolsets.items():
+            self.tracker.toolset(step, toolset)
+        for report in self.steps:
+            best = max((s for s in toolsets if s <= report.step), default=0)
+            score = report.score_after if report.outcome == "accepted" and report.score_after is not None else None
+            self.tracker.step(report, report.score_before if score is None else score, len(toolsets[best]))
 
 
 class _StepCounts:
@@ -1776,6 +1866,40 @@ def _model_name(lm: Any) -> str | None:
     if lm is None:
         return None
     return str(getattr(lm, "model", None) or type(lm).__name__)
+
+
+@contextlib.contextmanager
+def _verbose_logging(verbose: bool) -> Iterator[None]:
+    """With `verbose`, let this module's INFO messages through for the compile, and show them (above any progress
+    bars) when logging is not configured at all."""
+    if not verbose or (logger.isEnabledFor(logging.INFO) and logger.hasHandlers()):
+        yield
+        return
+    level = logger.level
+    handler = None if logger.hasHandlers() else _TqdmHandler()
+    logger.setLevel(logging.INFO)
+    if handler is not None:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if handler is not None:
+            logger.removeHandler(handler)
+
+
+class _TqdmHandler(logging.Handler):
+    """Writes records with `tqdm.write`, so that they print above the progress bars instead of through them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
 
 
 def _lm_name(lm: Any) -> str | None:
