@@ -25,7 +25,7 @@ GOLDEN_KEYS = {
     "record 1": "34c161e4aa7fe348450919b919d6387a4952dc1d1ae1156de778f8f127d265bd",
     "record 2": "5a37c882d9c89b469f3b5ad115753d6e72a8d38418c82ed7b488f541fe7a2839",
 }
-GOLDEN_CHECKPOINT = "958cac920f38ce07c3f6e5b36a64a21daf1cab7164d52da1fd1b93dc3a2c2fc5"
+GOLDEN_CHECKPOINT = "d7635cdbebf6fc254e79b527b997d633291accb821b0eeed435d935fbc6ccefb"
 
 
 def current_keys() -> dict[str, str]:
