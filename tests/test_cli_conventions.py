@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shlex
 from pathlib import Path
 
 import dspy
@@ -13,7 +15,7 @@ import pytest
 
 import toolforge as tf
 from tests.evaluation_fixtures import exact, unary
-from tests.test_cli import AGENT, PROPOSER, toolforge
+from tests.test_cli import AGENT, PROPOSER, ROOT, toolforge
 from tests.test_optimizer import DOUBLE, SQUARE, add_square_once, compile_with, examples
 from toolforge.cli import LoadedProgram, _dataset, _optimizer, _parser, main
 
@@ -254,7 +256,7 @@ def test_evaluate_calls_an_empty_toolset_file_untrained(tmp_path):
 # ------------------------------------------------------------------------------------------------ presets
 @pytest.mark.parametrize(
     ("auto", "budget"),
-    [(None, (10, 5, 3, 3)), ("light", (4, 2, 2, 2)), ("medium", (10, 5, 3, 3)), ("heavy", (20, 8, 3, 5))],
+    [(None, (10, 5, 3, 3)), ("light", (6, 3, 2, 2)), ("medium", (12, 5, 3, 3)), ("heavy", (18, 8, 3, 4))],
 )
 def test_auto_presets_set_the_budget(auto, budget):
     optimizer = tf.FunctionOptimizer(exact, auto=auto, cache=False)
@@ -263,12 +265,8 @@ def test_auto_presets_set_the_budget(auto, budget):
 
 def test_options_given_explicitly_win_over_the_preset():
     optimizer = tf.FunctionOptimizer(exact, auto="heavy", max_epochs=2, max_trials=1, cache=False)
-    assert (optimizer.max_epochs, optimizer.patience, optimizer.max_actions_per_step, optimizer.max_trials) == (
-        2,
-        8,
-        3,
-        1,
-    )
+    budget = (optimizer.max_epochs, optimizer.patience, optimizer.max_actions_per_step, optimizer.max_trials)
+    assert budget == (2, 8, 3, 1)
 
 
 def test_an_unknown_preset_is_refused_with_the_ones_there_are():
@@ -281,11 +279,11 @@ def test_a_presets_budget_is_checked_like_explicit_options():
         tf.FunctionOptimizer(exact, auto="light", patience=0, cache=False)
 
 
-def test_a_light_preset_stops_a_compile_after_its_steps():
+def test_a_compile_with_a_preset_stops_at_the_presets_patience():
     _, _, report, _, _ = compile_with(
         lambda inputs: [], tf.Toolset([DOUBLE]), max_epochs=None, patience=None, auto="light"
     )
-    assert (report.stop_reason, len(report.steps)) == ("early_stop", 2)  # patience 2: two steps without a change
+    assert (report.stop_reason, len(report.steps)) == ("early_stop", 3)  # light: patience 3 of its 6 steps
 
 
 # ------------------------------------------------------------------------------------------------ training flags
@@ -328,9 +326,9 @@ def test_without_training_flags_the_library_defaults_hold_and_compile_runs_5_epo
 
 def test_auto_on_the_command_line_sets_the_budget_and_flags_win_over_it(tmp_path):
     light = _optimizer_of(tmp_path, "--auto", "light")
-    assert (light.max_epochs, light.patience, light.max_actions_per_step, light.max_trials) == (4, 2, 2, 2)
+    assert (light.max_epochs, light.patience, light.max_actions_per_step, light.max_trials) == (6, 3, 2, 2)
     heavy = _optimizer_of(tmp_path, "--auto", "heavy", "--epochs", "3")
-    assert (heavy.max_epochs, heavy.patience, heavy.max_trials) == (3, 8, 5)
+    assert (heavy.max_epochs, heavy.patience, heavy.max_trials) == (3, 8, 4)
 
 
 def test_accept_ties_can_be_turned_on_explicitly(tmp_path):
@@ -393,3 +391,23 @@ def test_the_command_names_the_flag_of_each_setting_that_differs(tmp_path):
         other.stderr
     )
     assert "start afresh in it with resume=False (--restart)" in other.stderr
+
+
+# ------------------------------------------------------------------------------------------------ README
+def readme_commands() -> list[list[str]]:
+    """The `toolforge ...` lines of README's bash blocks in "The command" section, as argument lists."""
+    section = (ROOT / "README.md").read_text().split("## The command\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    lines = [line.split("  #")[0].split(" | ")[0] for block in blocks for line in block.splitlines()]
+    return [shlex.split(line)[1:] for line in lines if line.startswith("toolforge ")]
+
+
+def test_readme_shows_the_new_flags():
+    flags = {arg for argv in readme_commands() for arg in argv if arg.startswith("--")}
+    assert {"--auto", "--val-split", "--no-prune", "--max-functions", "--json", "--version"} <= flags
+
+
+@pytest.mark.parametrize("argv", [a for a in readme_commands() if a != ["--version"]], ids=" ".join)
+def test_every_command_in_the_readme_parses_as_written(argv):
+    args = _parser().parse_args(argv)
+    assert callable(args.func)

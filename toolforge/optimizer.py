@@ -431,24 +431,28 @@ _LM_SETUP_ERRORS = (LMConfigurationError, LMAuthError, LMBillingError, LMUnsuppo
 _CUT = "; the reply was cut at the proposer LM's token limit (max_tokens): propose fewer or shorter actions"
 _MIN_TRAJECTORY_BUDGET = 500  # characters: below this, no trajectory is shown whole enough to learn from
 
-# How far a compile searches, by name, as GEPA's `auto`: the steps it may take, how long it waits for a better
-# candidate, how much a step may change and how often a step's rejected actions go back to the proposer. "medium"
-# holds the defaults. A preset bounds the search, not its price: `max_lm_calls` caps that.
+# How far a compile searches, by name, as GEPA's `auto`: GEPA's presets propose about 6, 12 and 18 candidates, and
+# a step here evaluates one, so they bound the steps alike; with them, how long to wait for a better candidate, how
+# much a step may change and how often its rejected actions go back to the proposer. A preset bounds the search, not
+# its price (an example's LM calls are the program's own): `max_lm_calls` caps that. Without a preset, _DEFAULTS.
 AUTO_PRESETS: Final[dict[str, dict[str, int]]] = {
-    "light": {"max_epochs": 4, "patience": 2, "max_actions_per_step": 2, "max_trials": 2},
-    "medium": {"max_epochs": 10, "patience": 5, "max_actions_per_step": 3, "max_trials": 3},
-    "heavy": {"max_epochs": 20, "patience": 8, "max_actions_per_step": 3, "max_trials": 5},
+    "light": {"max_epochs": 6, "patience": 3, "max_actions_per_step": 2, "max_trials": 2},
+    "medium": {"max_epochs": 12, "patience": 5, "max_actions_per_step": 3, "max_trials": 3},
+    "heavy": {"max_epochs": 18, "patience": 8, "max_actions_per_step": 3, "max_trials": 4},
 }
+_DEFAULTS: Final = {"max_epochs": 10, "patience": 5, "max_actions_per_step": 3, "max_trials": 3}
 
 
 def _budget(auto: str | None, given: dict[str, int | None]) -> dict[str, int]:
-    """The budget options: those given explicitly, the rest from the preset `auto` (default: "medium")."""
+    """The budget options: those given explicitly, the rest from the preset `auto`, or the defaults without one."""
     if auto is not None and (not isinstance(auto, str) or auto not in AUTO_PRESETS):
         raise ToolforgeError(
             f"FunctionOptimizer(auto={auto!r}): no such preset; give one of {', '.join(map(repr, AUTO_PRESETS))}, "
             "or None and set max_epochs, patience, max_actions_per_step and max_trials yourself"
         )
-    return AUTO_PRESETS[auto or "medium"] | {name: value for name, value in given.items() if value is not None}
+    return (AUTO_PRESETS[auto] if auto else _DEFAULTS) | {
+        name: value for name, value in given.items() if value is not None
+    }
 
 
 class FunctionOptimizer(Teleprompter):
@@ -458,8 +462,8 @@ class FunctionOptimizer(Teleprompter):
         metric: `metric(example, prediction, trace=None)` -> bool or number in [0, 1].
         proposer_lm: The LM that proposes actions: a `dspy.BaseLM`, any `dspy.LM` model string, or "local" (the
             embedded model). None uses the configured LM, or the embedded model when none is configured.
-        auto: A budget preset, as GEPA's: "light" (4 steps, patience 2, 2 actions and 2 proposer calls a step),
-            "medium" (10, 5, 3, 3: the defaults) or "heavy" (20, 8, 3, 5). Any of `max_epochs`, `patience`,
+        auto: A budget preset, as GEPA's: "light" (6 steps, patience 3, 2 actions and 2 proposer calls a step),
+            "medium" (12, 5, 3, 3) or "heavy" (18, 8, 3, 4). Any of `max_epochs`, `patience`,
             `max_actions_per_step` and `max_trials` given explicitly wins over the preset. `max_lm_calls` caps cost.
         max_epochs: Steps to run at most (one evaluation of a candidate each). Default 10 (or the preset's).
         max_actions_per_step: Actions the proposer may take in one step. Default 3 (or the preset's).
