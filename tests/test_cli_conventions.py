@@ -253,6 +253,12 @@ def test_evaluate_calls_an_empty_toolset_file_untrained(tmp_path):
     assert f"cli_fixtures with {empty}, untrained (no functions): score 0.000" in result.stdout
 
 
+def test_evaluate_calls_the_functions_of_every_toolset_a_program_holds_seeded(tmp_path):
+    result = toolforge("evaluate", "tests.cli_fixtures:TwoAgents", *AGENT, "--quiet", tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "tests.cli_fixtures:TwoAgents, seeded (its own functions: double, triple): score 0.500" in result.stdout
+
+
 # ------------------------------------------------------------------------------------------------ presets
 @pytest.mark.parametrize(
     ("auto", "budget"),

@@ -36,6 +36,7 @@ from toolforge.cache import CacheError, EvaluationCache, discard_cache_files
 from toolforge.data import load_jsonl
 from toolforge.errors import ToolforgeError, ToolsetError
 from toolforge.evaluate import Evaluator
+from toolforge.function import ForgedFunction
 from toolforge.lm import LocalLM, resolve_lm
 from toolforge.optimizer import AUTO_PRESETS, FunctionOptimizer, OptimizationReport
 from toolforge.program import find_toolset
@@ -364,10 +365,15 @@ def _summary(report: OptimizationReport, toolset: Toolset, out: Path) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = load_program(args.program)
     program = _build(loaded)
-    seeds = find_toolset(program, args.toolset_name)[1]
-    toolset = Toolset.load(args.toolset) if args.toolset else seeds
     if args.toolset:
+        seeds = list(find_toolset(program, args.toolset_name)[1])
+        toolset = Toolset.load(args.toolset)
         _set_toolset(program, toolset, args.toolset_name)
+        functions = list(toolset)
+    elif args.toolset_name:
+        functions = seeds = list(find_toolset(program, args.toolset_name)[1])
+    else:  # every toolset the program holds, if any: evaluating needs none
+        functions = seeds = [f for _, t in program.named_parameters() if isinstance(t, Toolset) for f in t]
     examples = _dataset(loaded, program, args.data, args.split, args, args.limit)
     _configure_lm(args.lm, args.api_base)
     evaluator = Evaluator(
@@ -379,7 +385,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     run = evaluator.evaluate(program, examples)
     correct = sum(1 for r in run.records if r.score >= 1.0)
-    label = _toolset_label(toolset, seeds, args.toolset)
+    label = _toolset_label(functions, seeds, args.toolset)
     _out(
         f"{loaded.name}{label}: score {run.score:.3f} ({correct}/{len(run.records)} correct, "
         f"{len(run.errors)} errors); {run.lm_calls} LM calls, {run.hits} of {len(run.records)} from cache; "
@@ -402,13 +408,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _toolset_label(toolset: Toolset, seeds: Toolset, path: str | None) -> str:
+def _toolset_label(functions: list[ForgedFunction], seeds: list[ForgedFunction], path: str | None) -> str:
     """Which functions were evaluated: none (untrained), the program's own (seeded), or others (trained)."""
     where = f" with {path}" if path else ""
-    if not len(toolset):
+    if not functions:
         return f"{where}, untrained (no functions)"
-    names = ", ".join(toolset.names)
-    if [f.fingerprint for f in toolset] == [f.fingerprint for f in seeds]:
+    names = ", ".join(f.name for f in functions)
+    if [f.fingerprint for f in functions] == [f.fingerprint for f in seeds]:
         return f"{where}, seeded (its own functions: {names})"
     return f"{where}, trained (functions: {names})"
 
