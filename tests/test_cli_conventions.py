@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import dspy
@@ -61,6 +64,23 @@ def test_diff_exits_2_when_a_toolset_cannot_be_read(tmp_path, capsys):
     a = saved(tmp_path, "a", DOUBLE)
     assert main(["diff", a, str(tmp_path / "missing.json")]) == 2
     assert "toolforge: error: toolset file" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """`toolforge show T.json | head -1`: no error line, status 141 (128 + SIGPIPE) as a shell reports for it."""
+    padding = "\n".join(f"    # {'x' * 100}" for _ in range(20))  # 2 kB a function: more than a pipe holds
+    functions = [
+        unary(f"f{i}", "x").model_copy(update={"code": f"def f{i}(x):\n{padding}\n    return x\n"}) for i in range(60)
+    ]
+    path = saved(tmp_path, "big", *functions)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOOLFORGE_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "toolforge.cli", "show", path]
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline().startswith(path.encode())
+        process.stdout.close()
+        assert process.wait(timeout=120) == 141
+        assert process.stderr.read() == b""
 
 
 # ------------------------------------------------------------------------------------------------ --json

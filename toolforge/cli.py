@@ -936,6 +936,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted; run the same command again to resume where it stopped")
         return 130
+    except BrokenPipeError:  # the reader went away (`toolforge show T.json | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush has nowhere to fail
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer the pipe's end stopped
     except Exception as exc:  # a bug, or an LM service failing: one line unless --debug
         if args.debug:
             raise
