@@ -115,9 +115,11 @@ def test_evaluate_with_and_without_the_trained_toolset(run):
         tmp=tmp,
     )
     assert trained.returncode == 0, trained.stderr
-    assert "score 1.000 (6/6 correct, 0 errors)" in trained.stdout
+    assert "toolset-final.json, trained (functions: double, square): score 1.000 (6/6 correct, 0 errors)" in (
+        trained.stdout
+    )
     untrained = toolforge("evaluate", "tests/cli_fixtures.py", *AGENT, "--quiet", "--failures", "2", tmp=tmp)
-    assert "no toolset (untrained): score 0.500 (3/6 correct" in untrained.stdout
+    assert "cli_fixtures, seeded (its own functions: double): score 0.500 (3/6 correct" in untrained.stdout
     shown = untrained.stdout.split("--- score ")[1:]  # the first two of the three squares it got wrong
     assert len(shown) == 2 and all(part.startswith("0.00 (failure)") for part in shown)
     assert "inputs:\n  question: square 2\n" in shown[0] and "expected: answer: 4.0" in shown[0]
@@ -130,7 +132,7 @@ def test_an_openai_compatible_server_serves_the_lm_through_api_base(tmp_path):
             "evaluate", "tests/cli_fixtures.py", "--lm", "hosted_vllm/served-model", "--api-base", base, tmp=tmp_path
         )
     assert result.returncode == 0, result.stderr
-    assert "no toolset (untrained): score 0.500 (3/6 correct, 0 errors)" in result.stdout
+    assert "cli_fixtures, seeded (its own functions: double): score 0.500 (3/6 correct, 0 errors)" in result.stdout
     assert len(requests) >= 6 and {(r["path"], r["model"]) for r in requests} == {
         ("/v1/chat/completions", "served-model")
     }
@@ -157,7 +159,7 @@ def test_show_and_diff(run):
     tf.Toolset([unary("jitter", "x", deterministic=False)]).save(noisy)
     assert "  not deterministic: its results are never cached\n" in toolforge("show", str(noisy), tmp=tmp).stdout
     diff = toolforge("diff", str(tmp / "run" / "toolset-0.json"), str(tmp / "run" / "toolset-final.json"), tmp=tmp)
-    assert diff.stdout.strip() == "+ square"
+    assert diff.stdout.strip() == "+ square" and diff.returncode == 1  # they differ, as diff(1) says
 
 
 def test_compile_with_a_validation_file_says_which_toolset_it_kept(tmp_path):
@@ -343,7 +345,7 @@ def test_the_console_script_imports_module_attr_from_the_current_directory(tmp_p
         ),
         (["evaluate", "tests/cli_fixtures.py", "--toolset", "nope.json", *AGENT], "toolset file 'nope.json' does not"),
         (["report", "nowhere"], "'nowhere' has no report.json; run `toolforge compile PROGRAM --out nowhere` to"),
-        (["compile", "tests/cli_fixtures.py", "--epochs", "-1"], "--epochs -1: must be a positive number"),
+        (["compile", "tests/cli_fixtures.py", "--epochs", "-1"], "--epochs -1: must be a non-negative number"),
         (
             ["evaluate", "tests/cli_fixtures.py", "--api-base", "localhost:8000"],
             "--lm api base 'localhost:8000' is not an http(s) URL; give the server's base, e.g. 'http://localhost:8000/v1'",

@@ -25,7 +25,7 @@ GOLDEN_KEYS = {
     "record 1": "34c161e4aa7fe348450919b919d6387a4952dc1d1ae1156de778f8f127d265bd",
     "record 2": "5a37c882d9c89b469f3b5ad115753d6e72a8d38418c82ed7b488f541fe7a2839",
 }
-GOLDEN_CHECKPOINT = "7d6218428e8657a59f0cea7faea2dcb9cb273d92ba3372f8cde9049b07b93faf"
+GOLDEN_CHECKPOINT = "9791d8a9fdd035c7dff7f802e7e6163031ff084db5037c0fb79b711694bd225d"
 
 
 def current_keys() -> dict[str, str]:

@@ -8,6 +8,8 @@ PROGRAM is a Python file (`programs/table_agent.py`) or `package.module:attr`. I
 (`build_program()`, or `attr`: a dspy.Module or a function returning one), `metric(example, prediction,
 trace=None)`, and optionally `load_dataset(split, limit=None)` for when no data file is given. An error a user can
 make prints one line and exits with status 2; an interrupted compile resumes when the same command runs again.
+`diff` exits 1 when the toolsets differ and 0 when they are equal, as diff(1) does. `--json` (show, diff, report,
+cache stats) prints one JSON object whose `format` and `version` name its layout (README, "JSON output").
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import logging
 import os
+import platform
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,13 +30,15 @@ from typing import Any
 
 import dspy
 
+from toolforge import __version__
 from toolforge._text import one_line, printable
 from toolforge.cache import CacheError, EvaluationCache, discard_cache_files
 from toolforge.data import load_jsonl
 from toolforge.errors import ToolforgeError, ToolsetError
 from toolforge.evaluate import Evaluator
+from toolforge.function import ForgedFunction
 from toolforge.lm import LocalLM, resolve_lm
-from toolforge.optimizer import FunctionOptimizer, OptimizationReport
+from toolforge.optimizer import AUTO_PRESETS, FunctionOptimizer, OptimizationReport
 from toolforge.program import find_toolset
 from toolforge.proposer import Proposer, render_record
 from toolforge.toolset import Toolset
@@ -45,6 +52,16 @@ def _out(text: str = "") -> None:
     """Print a line; control characters other than newline and tab are shown escaped (`\\x1b`), so that text from
     a file (a function's description or code, a trajectory) cannot drive the terminal."""
     sys.stdout.write(printable(text) + "\n")
+    sys.stdout.flush()
+
+
+JSON_VERSION = 1  # of every `--json` layout; a change that removes or renames a key bumps it
+
+
+def _out_json(kind: str, data: dict[str, Any]) -> None:
+    """Print `data` as one JSON object headed by its layout's name and version (ASCII only: JSON escapes control
+    characters, so nothing in it drives the terminal)."""
+    sys.stdout.write(json.dumps({"format": f"toolforge.{kind}", "version": JSON_VERSION, **data}, indent=2) + "\n")
     sys.stdout.flush()
 
 
@@ -151,8 +168,18 @@ def _dataset(
             raise ToolforgeError(fix) from None
     if loaded.load_dataset is None:
         raise ToolforgeError(f"{loaded.name!r} has no load_dataset(split); pass a JSONL file (--train / --data)")
-    examples = loaded.load_dataset(split, limit=limit)
-    return list(examples)
+    try:
+        examples = list(loaded.load_dataset(split, limit=limit))
+    except ToolforgeError:
+        raise
+    except Exception as exc:  # the user's loader: its error, with the split that was asked for
+        raise ToolforgeError(
+            f"{loaded.name!r}: load_dataset({split!r}) raised {type(exc).__name__}: {one_line(str(exc), 200)}; check "
+            "the split's name, or pass a JSONL file"
+        ) from None
+    if not examples:
+        raise ToolforgeError(f"{loaded.name!r}: load_dataset({split!r}) returned no examples; name another split")
+    return examples
 
 
 def _configure_lm(spec: str | None, api_base: str | None) -> dspy.BaseLM:
@@ -190,9 +217,33 @@ _FLAGS = (
 )
 
 
+# The settings a refused resume names (`name: old -> new`), and the flags that set them.
+_SETTING_FLAGS = {
+    "max_actions_per_step": "--max-actions",
+    "max_trials": "--trials",
+    "patience": "--patience",
+    "accept_ties": "--accept-ties / --no-accept-ties",
+    "prune_unused": "--no-prune",
+    "prune_seeds": "--prune-seeds",
+    "min_net_flips": "--min-net-flips",
+    "significance": "--significance",
+    "rollback": "--no-rollback",
+    "progressive": "--no-progressive",
+    "seed": "--seed",
+    "trajectory_budget_chars": "--trajectory-budget",
+    "max_functions": "--max-functions",
+    "proposer_lm": "--proposer-lm",
+    "trainset": "--train, --limit",
+    "valset": "--val, --val-split, --val-limit",
+}
+
+
 def _with_flags(message: str) -> str:
     for python, flag in _FLAGS:
         message = message.replace(python, flag)
+    if "holds a checkpoint of a different compile" in message:
+        names = "|".join(_SETTING_FLAGS)
+        message = re.sub(rf"\b({names}): ", lambda m: f"{m[1]} ({_SETTING_FLAGS[m[1]]}): ", message)
     return message
 
 
@@ -207,7 +258,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     loaded = load_program(args.program)
     program = _build(loaded)
     trainset = _dataset(loaded, program, args.train, "train", args, args.limit)
-    valset = _dataset(loaded, program, args.val, "test", args, args.val_limit) if args.val else None
+    if args.val_split == "train" and not args.train:
+        raise ToolforgeError("--val-split train is the split compile trains on; name another, e.g. --val-split test")
+    valset = (
+        _dataset(loaded, program, args.val, args.val_split or "test", args, args.val_limit)
+        if args.val or args.val_split
+        else None
+    )
     lm = _configure_lm(args.lm, args.api_base)
     proposer = _configure_proposer(args.proposer_lm, args.proposer_api_base, lm)
     out = Path(args.out or f"runs/{Path(loaded.name.split(':')[0]).stem.replace('.', '_')}")
@@ -223,23 +280,39 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _optimizer(args: argparse.Namespace, metric: Any, proposer: dspy.BaseLM, out: Path) -> FunctionOptimizer:
-    """The optimizer the training flags describe, with its run directory `out` (shared by compile and paper)."""
+    """The optimizer the training flags describe, with its run directory `out` (shared by compile and paper). A flag
+    not given leaves its option to the --auto preset, or to the library's default."""
+    chosen = {
+        "auto": args.auto,
+        "max_epochs": args.epochs if args.epochs is not None or args.auto else args.default_epochs,
+        "max_actions_per_step": args.max_actions,
+        "max_trials": args.trials,
+        "patience": args.patience,
+        "max_lm_calls": args.max_lm_calls,
+        "max_functions": args.max_functions,
+        "accept_ties": args.accept_ties,
+        "prune_unused": args.prune,
+        "prune_seeds": args.prune_seeds,
+        "min_net_flips": args.min_net_flips,
+        "significance": args.significance,
+        "holdout": args.holdout,
+        "rollback": args.rollback,
+        "progressive": args.progressive,
+        "stop_when_solved": args.stop_when_solved,
+    }
     return FunctionOptimizer(
         metric,
         proposer_lm=proposer,
-        max_epochs=args.epochs,
-        max_actions_per_step=args.max_actions,
-        max_trials=args.trials,
-        patience=args.patience,
-        max_lm_calls=args.max_lm_calls,
         num_threads=args.threads,
         cache=_cache(args),
         log_dir=out,
         resume=not args.restart,
         seed=args.seed,
         display_progress=not args.quiet,
+        verbose=args.verbose,
         trajectory_budget_chars=args.trajectory_budget,
         proposer=Proposer(reasoning=not isinstance(proposer, LocalLM)),
+        **{name: value for name, value in chosen.items() if value is not None},
     )
 
 
@@ -295,7 +368,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = load_program(args.program)
     program = _build(loaded)
     if args.toolset:
-        _set_toolset(program, Toolset.load(args.toolset), args.toolset_name)
+        seeds = list(find_toolset(program, args.toolset_name)[1])
+        toolset = Toolset.load(args.toolset)
+        _set_toolset(program, toolset, args.toolset_name)
+        functions = list(toolset)
+    elif args.toolset_name:
+        functions = seeds = list(find_toolset(program, args.toolset_name)[1])
+    else:  # every toolset the program holds, if any: evaluating needs none
+        functions = seeds = [f for _, t in program.named_parameters() if isinstance(t, Toolset) for f in t]
     examples = _dataset(loaded, program, args.data, args.split, args, args.limit)
     _configure_lm(args.lm, args.api_base)
     evaluator = Evaluator(
@@ -307,9 +387,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     run = evaluator.evaluate(program, examples)
     correct = sum(1 for r in run.records if r.score >= 1.0)
-    label = args.toolset or "no toolset (untrained)"
+    label = _toolset_label(functions, seeds, args.toolset)
     _out(
-        f"{loaded.name} with {label}: score {run.score:.3f} ({correct}/{len(run.records)} correct, "
+        f"{loaded.name}{label}: score {run.score:.3f} ({correct}/{len(run.records)} correct, "
         f"{len(run.errors)} errors); {run.lm_calls} LM calls, {run.hits} of {len(run.records)} from cache; "
         f"{run.wall_time_s:.1f} s"
     )
@@ -328,6 +408,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if 0 < args.failures < len(failed):
         _out(f"\n({len(failed) - args.failures} more not fully correct; --failures N shows more)")
     return 0
+
+
+def _toolset_label(functions: list[ForgedFunction], seeds: list[ForgedFunction], path: str | None) -> str:
+    """Which functions were evaluated: none (untrained), the program's own (seeded), or others (trained)."""
+    where = f" with {path}" if path else ""
+    if not functions:
+        return f"{where}, untrained (no functions)"
+    names = ", ".join(f.name for f in functions)
+    if [f.fingerprint for f in functions] == [f.fingerprint for f in seeds]:
+        return f"{where}, seeded (its own functions: {names})"
+    return f"{where}, trained (functions: {names})"
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
@@ -437,6 +528,22 @@ def _levels(text: str | None) -> set[int] | None:
 
 def cmd_show(args: argparse.Namespace) -> int:
     toolset = Toolset.load(args.toolset)
+    if args.json:
+        fields = {"name", "description", "parameters", "code", "packages", "deterministic"}
+        functions = [
+            f.model_dump(mode="json", include=fields) | {"signature": f.signature(), "fingerprint": f.fingerprint}
+            for f in toolset
+        ]
+        _out_json(
+            "show",
+            {
+                "path": args.toolset,
+                "fingerprint": toolset.fingerprint,
+                "max_functions": toolset.max_functions,
+                "functions": functions,
+            },
+        )
+        return 0
     _out(f"{args.toolset}: {len(toolset)} function(s), fingerprint {toolset.fingerprint[:16]}")
     for function in toolset:
         _out()
@@ -451,9 +558,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    """Exit status as diff(1)'s: 0 when the toolsets are equal, 1 when they differ (2, an error, is main's)."""
     diff = Toolset.load(args.a).diff(Toolset.load(args.b))
-    _out(str(diff))
-    return 0
+    if args.json:
+        _out_json("diff", {"a": args.a, "b": args.b, "equal": not diff} | diff.model_dump(mode="json"))
+    else:
+        _out(str(diff))
+    return 1 if diff else 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -479,9 +590,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "clear":
+        if args.json:
+            raise ToolforgeError("--json is for `toolforge cache stats`; `cache clear` has no data to print, drop it")
         return _clear_cache(args)
     with _cache(args) as cache:
         stats = cache.stats()
+    if args.json:
+        _out_json("cache-stats", stats.model_dump(mode="json") | {"hit_rate": stats.hit_rate})
+        return 0
     _out(f"cache {stats.directory}: {stats.entries} entries, {stats.size_bytes / 1e6:.1f} MB")
     _out(f"  evaluations: {stats.hits} hits, {stats.misses} misses (hit rate {stats.hit_rate:.1%})")
     _out(f"  saved: {stats.lm_calls_saved} LM calls, {stats.seconds_saved:.1f} s")
@@ -519,16 +635,47 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ToolforgeError as exc:  # the library says how to compile in Python; the command, on the command line
         how = f"`toolforge compile PROGRAM --out {Path(args.run_dir)}`"
         raise ToolforgeError(str(exc).replace("FunctionOptimizer(..., log_dir=...).compile(...)", how)) from None
+    if args.json:
+        from toolforge.report import load_report
+
+        report = load_report(args.run_dir).model_dump(mode="json")
+        _out_json("report", {"learning_curve": str(png), "markdown": str(md), "report": report})
+        return 0
     _out(f"learning curve: {png}")
     _out(f"report: {md}")
     return 0
 
 
 # ------------------------------------------------------------------------------------------------ parsing
+def _global_flags() -> argparse.ArgumentParser:
+    """The flags every command takes, before or after its name (`toolforge --debug show x`, `toolforge show x
+    --debug`). SUPPRESS keeps a subcommand's parser from resetting what was given before its name."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
+    flags.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    flags.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log what toolforge does as it happens (proposals, decisions, resumes)",
+    )
+    return flags
+
+
+def _version() -> str:
+    return f"toolforge {__version__} (DSPy {dspy.__version__}, Python {platform.python_version()})"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="toolforge", description="Train DSPy agents by forging their functions.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    flags = _global_flags()
+    parser = argparse.ArgumentParser(
+        prog="toolforge", description="Train DSPy agents by forging their functions.", parents=[flags]
+    )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[flags], **kwargs)
 
     def run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--lm", help="agent LM: 'local' (default), a dspy.LM model string, a .gguf path, module:attr")
@@ -539,7 +686,6 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--threads", type=int, default=4, help="examples evaluated at once")
         p.add_argument("--cache-dir", help="evaluation cache directory (default: $TOOLFORGE_CACHE_DIR or .toolforge)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def data_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--input-keys", help="comma-separated JSONL keys of the program's inputs, in order")
@@ -550,13 +696,86 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     def training_options(p: argparse.ArgumentParser, epochs: int) -> None:
+        p.set_defaults(default_epochs=epochs)
         p.add_argument("--proposer-lm", help="LM that proposes functions (default: the agent LM)")
         p.add_argument("--proposer-api-base", metavar="URL", help="server for --proposer-lm, as --api-base is for --lm")
-        p.add_argument("--epochs", type=int, default=epochs, help="training steps at most")
-        p.add_argument("--patience", type=int, default=5, help="stop after N steps without a better candidate")
-        p.add_argument("--max-actions", type=int, default=3, help="actions per step at most")
-        p.add_argument("--trials", type=int, default=3, help="proposer calls per step at most")
-        p.add_argument("--max-lm-calls", type=int, help="budget of LM calls for the whole compile")
+        p.add_argument(
+            "--auto",
+            choices=list(AUTO_PRESETS),
+            help="budget preset, as GEPA's: "
+            + "; ".join(
+                f"{name}: {v['max_epochs']} epochs, patience {v['patience']}, {v['max_actions_per_step']} actions "
+                f"and {v['max_trials']} trials a step"
+                for name, v in AUTO_PRESETS.items()
+            )
+            + " (the flags below win over it)",
+        )
+        p.add_argument("--epochs", type=int, help=f"training steps at most (default: {epochs}, or the preset's)")
+        p.add_argument(
+            "--patience", type=int, help="stop after N steps without a better candidate (default: 5, or the preset's)"
+        )
+        p.add_argument("--max-actions", type=int, help="actions per step at most (default: 3, or the preset's)")
+        p.add_argument("--trials", type=int, help="proposer calls per step at most (default: 3, or the preset's)")
+        p.add_argument("--max-lm-calls", type=int, help="budget of LM calls for the whole compile (default: none)")
+        p.add_argument(
+            "--max-functions", type=int, help="functions the toolset may hold at most (default: the toolset's limit)"
+        )
+        p.add_argument(
+            "--accept-ties",
+            action=argparse.BooleanOptionalAction,
+            help="accept a change the evidence finds neither better nor harmful when it does not grow the toolset "
+            "(default: on)",
+        )
+        p.add_argument(
+            "--no-prune",
+            dest="prune",
+            action="store_false",
+            default=None,
+            help="keep functions no training run called successfully (by default they are pruned at the end)",
+        )
+        p.add_argument(
+            "--prune-seeds",
+            action="store_true",
+            default=None,
+            help="let pruning drop unused seed functions, the program's own (by default they are kept)",
+        )
+        p.add_argument(
+            "--min-net-flips",
+            type=int,
+            help="evidence a better change needs: touched examples that got better minus those that got worse "
+            "(default: 1)",
+        )
+        p.add_argument(
+            "--significance",
+            type=float,
+            help="also require the exact sign test on those flips at this level, e.g. 0.05 (default: off)",
+        )
+        p.add_argument(
+            "--holdout",
+            type=float,
+            help="without a valset, the share of the training set held out for acceptance (default: 0.2; 0: none)",
+        )
+        p.add_argument(
+            "--no-rollback",
+            dest="rollback",
+            action="store_false",
+            default=None,
+            help="the paper's ablation: accept every checked change and never stop early",
+        )
+        p.add_argument(
+            "--no-progressive",
+            dest="progressive",
+            action="store_false",
+            default=None,
+            help="the paper's ablation: apply each step's actions to the initial toolset, not the best so far",
+        )
+        p.add_argument(
+            "--no-stop-when-solved",
+            dest="stop_when_solved",
+            action="store_false",
+            default=None,
+            help="go on after the best toolset answers every training and validation example (default: stop)",
+        )
         p.add_argument(
             "--trajectory-budget", type=int, default=12_000, help="characters of trajectories the proposer sees"
         )
@@ -567,10 +786,14 @@ def _parser() -> argparse.ArgumentParser:
             help="start afresh in the run directory instead of resuming (cached work stays free)",
         )
 
-    p = sub.add_parser("compile", help="train a program's functions with FunctionOptimizer")
+    p = command("compile", help="train a program's functions with FunctionOptimizer")
     p.add_argument("program", help="a .py file or package.module:attr")
     p.add_argument("--train", help="training JSONL file (default: the program's own train split)")
-    p.add_argument("--val", help="validation JSONL file, to pick among the accepted toolsets")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val", help="validation JSONL file, to pick among the accepted toolsets")
+    val.add_argument(
+        "--val-split", metavar="NAME", help="take the valset from the program's own load_dataset(NAME), e.g. val"
+    )
     p.add_argument("--limit", type=int, help="use only the first N training examples")
     p.add_argument("--val-limit", type=int, help="use only the first N validation examples")
     p.add_argument("--out", help="run directory (default: runs/<program>); the same directory resumes")
@@ -578,7 +801,7 @@ def _parser() -> argparse.ArgumentParser:
     data_options(p)
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("evaluate", help="score a program, with a trained toolset or without")
+    p = command("evaluate", help="score a program, with a trained toolset or with its own functions")
     p.add_argument("program", help="a .py file or package.module:attr")
     p.add_argument("--toolset", help="a toolset JSON file (e.g. RUN_DIR/toolset-final.json)")
     p.add_argument("--data", help="JSONL file (default: the program's own split)")
@@ -594,7 +817,7 @@ def _parser() -> argparse.ArgumentParser:
     data_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser(
+    p = command(
         "paper",
         help="the paper's experiment on MATH, TabMWP or GAIA: train, test without and with the functions, and a "
         "results table beside the paper's numbers",
@@ -618,16 +841,21 @@ def _parser() -> argparse.ArgumentParser:
     run_options(p)
     p.set_defaults(func=cmd_paper)
 
-    p = sub.add_parser("show", help="print a toolset's functions with signatures and code")
+    def json_flag(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--json", action="store_true", help=f"print {what} as one JSON object (README: JSON output)")
+
+    p = command("show", help="print a toolset's functions with signatures and code")
     p.add_argument("toolset")
+    json_flag(p, "the toolset")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("diff", help="what changed from toolset A to toolset B")
+    p = command("diff", help="what changed from toolset A to toolset B; exit status 1 when they differ, as diff(1)")
     p.add_argument("a")
     p.add_argument("b")
+    json_flag(p, "the difference")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("merge", help="compose toolsets into one (e.g. trained on different tasks)")
+    p = command("merge", help="compose toolsets into one (e.g. trained on different tasks)")
     p.add_argument("toolsets", nargs="+", metavar="T.json", help="toolsets, in order; their functions keep it")
     p.add_argument("--out", required=True, help="where to write the merged toolset")
     p.add_argument(
@@ -640,19 +868,55 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("cache", help="evaluation cache statistics, or clear it")
+    p = command("cache", help="evaluation cache statistics, or clear it")
     p.add_argument("action", choices=["stats", "clear"])
     p.add_argument("--cache-dir", help="cache directory (default: $TOOLFORGE_CACHE_DIR or .toolforge/cache)")
+    json_flag(p, "the statistics")
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("report", help="learning-curve PNG and Markdown report of a compile run")
+    p = command("report", help="learning-curve PNG and Markdown report of a compile run")
     p.add_argument("run_dir")
+    json_flag(p, "the paths written and the report's contents")
     p.set_defaults(func=cmd_report)
     return parser
 
 
+# Flags checked before a command runs, with the least value each takes.
+_AT_LEAST = {
+    "epochs": 0,
+    "failures": 0,
+    "max_lm_calls": 0,
+    "max_functions": 0,
+    "limit": 1,
+    "val_limit": 1,
+    "threads": 1,
+    "trials": 1,
+    "max_actions": 1,
+    "patience": 1,
+    "min_net_flips": 1,
+}
+
+
+def _bad_flag(args: argparse.Namespace) -> str | None:
+    """What is wrong with a number given on the command line, in the flag's own terms; None when nothing is."""
+    for name, low in _AT_LEAST.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            return f"--{name.replace('_', '-')} {value}: must be a {'non-negative' if low == 0 else 'positive'} number"
+    for name, text, inside in (
+        ("significance", "between 0 and 1 (exclusive), e.g. 0.05", lambda v: 0 < v < 1),
+        ("holdout", "a share from 0 (hold out nothing) to below 1, e.g. 0.2", lambda v: 0 <= v < 1),
+    ):
+        value = getattr(args, name, None)
+        if value is not None and not inside(value):
+            return f"--{name} {value}: must be {text}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    for flag in ("debug", "quiet", "verbose"):
+        setattr(args, flag, getattr(args, flag, False))
     # `package.module:attr` (a program or an LM) is imported from the current directory, as `python -m` does
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -662,14 +926,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, handlers=[handler])
+    if args.verbose and not args.debug:
+        logging.getLogger("toolforge").setLevel(logging.INFO)
     if not args.debug:  # DSPy logs every reply a small LM gets wrong; the compile report records them
         logging.getLogger("dspy").setLevel(logging.ERROR)
-    for name, value in vars(args).items():
-        if name in ("epochs", "limit", "val_limit", "threads", "trials", "max_actions", "patience", "failures") and (
-            value is not None and value < (0 if name in ("epochs", "failures") else 1)
-        ):
-            _err(f"--{name.replace('_', '-')} {value}: must be a positive number")
-            return 2
+    problem = _bad_flag(args)
+    if problem:
+        _err(problem)
+        return 2
     try:
         code: int = args.func(args)
         return code
@@ -681,11 +945,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted; run the same command again to resume where it stopped")
         return 130
+    except BrokenPipeError:  # the reader went away (`toolforge show T.json | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush has nowhere to fail
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer the pipe's end stopped
     except Exception as exc:  # a bug, or an LM service failing: one line unless --debug
         if args.debug:
             raise
         _err(f"{type(exc).__name__}: {exc} (run with --debug for details)")
-        return 1
+        return 2 if args.command == "diff" else 1  # diff's 1 says "they differ"
 
 
 def _err(message: str) -> None:

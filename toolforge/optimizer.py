@@ -307,6 +307,7 @@ class Checkpoint(BaseModel):
     format: Literal["toolforge.checkpoint"]
     version: int
     signature: str  # the compile's: program, data, metric, LM, settings (see `_RunState._signature`)
+    settings: dict[str, Any] | None = None  # what the signature is made of, readably (None: an earlier toolforge's)
     mark: int  # checkpoints written by every run of the compile, which tags the ledger's lines
     interrupted_lm_calls: int
     step: int
@@ -342,6 +343,24 @@ def _complete_v1(data: dict[str, Any], *, trajectory_budget: int) -> dict[str, A
 # The checkpoint versions this toolforge reads, each with the step that brings it to the current layout; any other
 # version is refused, with the fix.
 _MIGRATIONS = {1: _complete_v1}
+
+
+# The settings a compile's signature holds (besides its program, data and proposer): one that differs makes another
+# compile, which a checkpoint does not resume. In this order: the signature hashes their values as a list.
+_SIGNED_SETTINGS: Final = (
+    "max_actions_per_step",
+    "max_trials",
+    "patience",
+    "accept_ties",
+    "prune_unused",
+    "prune_seeds",
+    "min_net_flips",
+    "significance",
+    "rollback",
+    "progressive",
+    "seed",
+    "trajectory_budget_chars",
+)
 
 
 class _Gathered(NamedTuple):
@@ -448,6 +467,29 @@ _LM_SETUP_ERRORS = (LMConfigurationError, LMAuthError, LMBillingError, LMUnsuppo
 _CUT = "; the reply was cut at the proposer LM's token limit (max_tokens): propose fewer or shorter actions"
 _MIN_TRAJECTORY_BUDGET = 500  # characters: below this, no trajectory is shown whole enough to learn from
 
+# How far a compile searches, by name, as GEPA's `auto`: GEPA's presets propose about 6, 12 and 18 candidates, and
+# a step here evaluates one, so they bound the steps alike; with them, how long to wait for a better candidate, how
+# much a step may change and how often its rejected actions go back to the proposer. A preset bounds the search, not
+# its price (an example's LM calls are the program's own): `max_lm_calls` caps that. Without a preset, _DEFAULTS.
+AUTO_PRESETS: Final[dict[str, dict[str, int]]] = {
+    "light": {"max_epochs": 6, "patience": 3, "max_actions_per_step": 2, "max_trials": 2},
+    "medium": {"max_epochs": 12, "patience": 5, "max_actions_per_step": 3, "max_trials": 3},
+    "heavy": {"max_epochs": 18, "patience": 8, "max_actions_per_step": 3, "max_trials": 4},
+}
+_DEFAULTS: Final = {"max_epochs": 10, "patience": 5, "max_actions_per_step": 3, "max_trials": 3}
+
+
+def _budget(auto: str | None, given: dict[str, int | None]) -> dict[str, int]:
+    """The budget options: those given explicitly, the rest from the preset `auto`, or the defaults without one."""
+    if auto is not None and (not isinstance(auto, str) or auto not in AUTO_PRESETS):
+        raise ToolforgeError(
+            f"FunctionOptimizer(auto={auto!r}): no such preset; give one of {', '.join(map(repr, AUTO_PRESETS))}, "
+            "or None and set max_epochs, patience, max_actions_per_step and max_trials yourself"
+        )
+    return (AUTO_PRESETS[auto] if auto else _DEFAULTS) | {
+        name: value for name, value in given.items() if value is not None
+    }
+
 
 class FunctionOptimizer(Teleprompter):
     """Train the functions (a `Toolset`) of a DSPy program: the AgentOptimizer method.
@@ -458,10 +500,15 @@ class FunctionOptimizer(Teleprompter):
             `metric_range`, or a `dspy.Prediction(score=..., feedback=...)`: the proposer reads the feedback.
         proposer_lm: The LM that proposes actions: a `dspy.BaseLM`, any `dspy.LM` model string, or "local" (the
             embedded model). None uses the configured LM, or the embedded model when none is configured.
-        max_epochs: Steps to run at most (one evaluation of a candidate each).
-        max_actions_per_step: Actions the proposer may take in one step.
+        auto: A budget preset, as GEPA's: "light" (6 steps, patience 3, 2 actions and 2 proposer calls a step),
+            "medium" (12, 5, 3, 3) or "heavy" (18, 8, 3, 4). Any of `max_epochs`, `patience`,
+            `max_actions_per_step` and `max_trials` given explicitly wins over the preset. `max_lm_calls` caps cost.
+        max_epochs: Steps to run at most (one evaluation of a candidate each). Default 10 (or the preset's).
+        max_actions_per_step: Actions the proposer may take in one step. Default 3 (or the preset's).
         max_trials: Proposer calls per step; rejected actions go back with their reason until this runs out.
-        patience: Stop after this many consecutive steps without a better candidate (see above).
+            Default 3 (or the preset's).
+        patience: Stop after this many consecutive steps without a better candidate (see above). Default 5 (or the
+            preset's).
         accept_ties: Accept a candidate that the evidence finds neither better nor harmful, when it does not add a
             function (a candidate with fewer functions, or with fewer literals, is accepted as a tie regardless).
         max_functions: The most functions the toolset may hold (default: the toolset's own limit).
@@ -523,10 +570,11 @@ class FunctionOptimizer(Teleprompter):
         metric: Any,
         *,
         proposer_lm: dspy.BaseLM | str | None = None,
-        max_epochs: int = 10,
-        max_actions_per_step: int = 3,
-        max_trials: int = 3,
-        patience: int = 5,
+        auto: Literal["light", "medium", "heavy"] | None = None,
+        max_epochs: int | None = None,
+        max_actions_per_step: int | None = None,
+        max_trials: int | None = None,
+        patience: int | None = None,
         accept_ties: bool = True,
         max_functions: int | None = None,
         prune_unused: bool = True,
@@ -556,11 +604,20 @@ class FunctionOptimizer(Teleprompter):
         metric_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__()
+        budget = _budget(
+            auto,
+            {
+                "max_epochs": max_epochs,
+                "patience": patience,
+                "max_actions_per_step": max_actions_per_step,
+                "max_trials": max_trials,
+            },
+        )
         for name, value, low in (
-            ("max_epochs", max_epochs, 0),
-            ("max_actions_per_step", max_actions_per_step, 1),
-            ("max_trials", max_trials, 1),
-            ("patience", patience, 1),
+            ("max_epochs", budget["max_epochs"], 0),
+            ("max_actions_per_step", budget["max_actions_per_step"], 1),
+            ("max_trials", budget["max_trials"], 1),
+            ("patience", budget["patience"], 1),
             ("num_threads", num_threads, 1),
             ("min_net_flips", min_net_flips, 1),
             ("trajectory_budget_chars", trajectory_budget_chars, _MIN_TRAJECTORY_BUDGET),
@@ -585,10 +642,11 @@ class FunctionOptimizer(Teleprompter):
                 )
         self.metric = metric
         self.proposer_lm = resolve_lm(proposer_lm, role="proposer_lm") if isinstance(proposer_lm, str) else proposer_lm
-        self.max_epochs = max_epochs
-        self.max_actions_per_step = max_actions_per_step
-        self.max_trials = max_trials
-        self.patience = patience
+        self.auto = auto
+        self.max_epochs: int = budget["max_epochs"]
+        self.max_actions_per_step: int = budget["max_actions_per_step"]
+        self.max_trials: int = budget["max_trials"]
+        self.patience: int = budget["patience"]
         self.accept_ties = accept_ties
         self.max_functions = max_functions
         self.prune_unused = prune_unused
@@ -842,7 +900,7 @@ class _RunState:
     # ---------------------------------------------------------------------------------------- lifecycle
     def restore_or_start(self, initial: Toolset) -> None:
         self.initial_toolset, self.seeds = initial, set(initial.names)
-        self.signature = self._signature(initial)
+        self.signature, self.settings = self._signature(initial)
         checkpoint = self._load_checkpoint()
         self._open_ledger(checkpoint)
         if checkpoint is not None:
@@ -1538,32 +1596,34 @@ class _RunState:
         if self._budget_spent():
             raise _BudgetExhausted()
 
-    def _signature(self, initial: Toolset) -> str:
+    def _signature(self, initial: Toolset) -> tuple[str, dict[str, Any]]:
+        """The compile's identity (a checkpoint of another is not resumed), and what it is made of, readably, by the
+        names a user sets them with: a refused resume names those that differ."""
         opt = self.opt
-        return content_hash(
+        program = program_fingerprint(self.program, metric_id=opt.evaluator.metric_id)
+        train = [example_id(e) for e in self.trainset]
+        val = [example_id(e) for e in self.valset] if self.valset else None
+        signature = content_hash(
             {
-                "program": program_fingerprint(self.program, metric_id=opt.evaluator.metric_id),
+                "program": program,
                 "initial": initial.fingerprint,
                 "max_functions": initial.max_functions,
-                "train": [example_id(e) for e in self.trainset],
-                "val": [example_id(e) for e in self.valset] if self.valset else None,
+                "train": train,
+                "val": val,
                 "proposer": _lm_name(self.proposer_lm),
-                "settings": [
-                    opt.max_actions_per_step,
-                    opt.max_trials,
-                    opt.patience,
-                    opt.accept_ties,
-                    opt.prune_unused,
-                    opt.prune_seeds,
-                    opt.min_net_flips,
-                    opt.significance,
-                    opt.rollback,
-                    opt.progressive,
-                    opt.seed,
-                    opt.trajectory_budget_chars,
-                ],
+                "settings": [getattr(opt, name) for name in _SIGNED_SETTINGS],
             }
         )
+        readable = {
+            "program": program[:12],  # its prompts, LMs, fixed tools and code, and the metric
+            "seed functions": f"{', '.join(initial.names) or 'none'} ({initial.fingerprint[:12]})",
+            "max_functions": initial.max_functions,
+            "trainset": f"{len(train)} examples ({content_hash(train)[:12]})",
+            "valset": f"{len(val)} examples ({content_hash(val)[:12]})" if val else None,
+            "proposer_lm": _lm_name(self.proposer_lm),
+            **{name: getattr(opt, name) for name in _SIGNED_SETTINGS},
+        }
+        return signature, readable
 
     def checkpoint(self) -> None:
         if self.log_dir is None:
@@ -1572,6 +1632,7 @@ class _RunState:
             format=CHECKPOINT_FORMAT,
             version=CHECKPOINT_VERSION,
             signature=self.signature,
+            settings=self.settings,
             mark=self.mark + 1,
             interrupted_lm_calls=self.interrupted_lm_calls,
             step=self.step,
@@ -1656,9 +1717,8 @@ class _RunState:
             )
         if data.get("signature") != self.signature:
             raise ToolforgeError(
-                f"log_dir {str(self.log_dir)!r} holds a checkpoint of a different compile (another program, data, "
-                "metric, LM, settings or toolforge version); use another log_dir, or start afresh in it with "
-                "resume=False"
+                f"log_dir {str(self.log_dir)!r} holds a checkpoint of a different compile "
+                f"({_differences(data, self)}); use another log_dir, or start afresh in it with resume=False"
             )
         try:
             return Checkpoint.model_validate(migrate(data, trajectory_budget=self.opt.trajectory_budget_chars))
@@ -1900,6 +1960,27 @@ class _TqdmHandler(logging.Handler):
             tqdm.tqdm.write(self.format(record), file=sys.stderr)
         except Exception:
             self.handleError(record)
+
+
+def _differences(checkpoint: dict[str, Any], run: _RunState) -> str:
+    """What differs between the compile that wrote `checkpoint` and `run`: each setting, its old and new value."""
+    old = checkpoint.get("settings")
+    if isinstance(old, dict):
+        changed = [
+            f"{_GLOSS.get(name, name)}: {_setting(old.get(name))} -> {_setting(value)}"
+            for name, value in run.settings.items()
+            if old.get(name) != value
+        ]
+        if changed:
+            return ", ".join(changed)
+    return "another program, data, metric, LM, settings or toolforge version"
+
+
+_GLOSS = {"program": "program (its prompts, LMs, fixed tools or code) or metric"}
+
+
+def _setting(value: Any) -> str:
+    return one_line(value if isinstance(value, str) else repr(value), 60)
 
 
 def _lm_name(lm: Any) -> str | None:
