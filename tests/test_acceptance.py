@@ -306,6 +306,12 @@ def test_a_table_of_training_answers_is_found_in_the_code(code):
     assert memorised_answers(code, digit_sums(12, 45, 381, 7)).startswith("its code holds the answers of")
 
 
+def test_a_table_whose_answers_are_small_numbers_is_found_too():
+    # digit sums of 11 and 20 are 2 and 2: trivial literals, but keyed by training inputs they are answers
+    code = "def f(x):\n    return {11: 2, 20: 2, 381: 12}.get(int(x), 0)\n"
+    assert memorised_answers(code, digit_sums(11, 20, 381, 7)).startswith("its code holds the answers of 3")
+
+
 @pytest.mark.parametrize(
     "code",
     [

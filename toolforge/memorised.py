@@ -5,11 +5,12 @@ literal table keyed by the questions' inputs (or a chain of `if x == 12: return 
 raises the training score and nothing else. `memorised_answers` finds such a table by reading the code (no call,
 no LM): pairs of literals in the code (a dict item, a 2-tuple, an `if` comparing with a literal and returning a
 literal) whose key is one of a training example's inputs (a whole input value, or a number or word in it) and whose
-value is that example's label. It is a table of answers when at least two training examples are in it and they make
-up at least half of the code's literal pairs, or when its only literal pairs are training answers (one is enough: a
-special case for the one training question of its kind); a table of domain facts (units, capitals) that happens to
-hold a training answer or two is general code, and passes. Trivial literals (-1, 0, 1, 2, empty, booleans) never
-make a pair, so base cases are not answers.
+value is that example's label (a small label too: `{289: 2}` keyed by a training input is an answer). It is a table
+of answers when at least two training examples are in it and they make up at least half of the code's literal
+pairs, or when its only literal pairs are training answers (one is enough: a special case for the one training
+question of its kind); a table of domain facts (units, capitals) that happens to hold a training answer or two is
+general code, and passes. Two trivial literals (-1, 0, 1, 2, empty, booleans) never make a pair, so base cases are
+not answers.
 
 `literal_count` measures how much of a function's behaviour is constants, for ties: of two toolsets that score the
 same, the one with fewer literals is the more general.
@@ -159,8 +160,10 @@ def _input_atoms(example: dspy.Example) -> set[Any]:
 
 
 def _label_atoms(example: dspy.Example) -> set[Any]:
+    # Trivial labels (0, 1, 2, ...) count: `{289: 2}` keyed by a training input is that example's answer. A pair of
+    # two trivial literals (a base case) was never a pair, so this does not take `if n == 0: return 1` for one.
     return {
         _norm(value)
         for value in example.labels().values()
-        if (isinstance(value, str | int | float) and not isinstance(value, bool)) and _norm(value) not in _TRIVIAL
+        if isinstance(value, str | int | float) and not isinstance(value, bool)
     }

@@ -348,7 +348,7 @@ def test_show_and_diff_escape_control_characters_from_a_file(tmp_path):
     assert '  \t"""Adds.\\x1b[2J"""\n  \treturn a + b  # \\x1b]0;pwned\\x07\n' in shown.stdout  # newline and tab kept
     empty = tf.Toolset().save(tmp_path / "empty.json")
     diff = toolforge("diff", str(path), str(empty), tmp=tmp_path)
-    assert diff.returncode == 0 and unprintable(diff.stdout) == [] and "- add" in diff.stdout
+    assert diff.returncode == 1 and unprintable(diff.stdout) == [] and "- add" in diff.stdout  # 1: they differ
     merged = toolforge("merge", str(path), "--out", str(tmp_path / "m.json"), tmp=tmp_path)
     assert merged.returncode == 0 and unprintable(merged.stdout) == []
 
