@@ -798,7 +798,9 @@ class FunctionOptimizer(Teleprompter):
         trained = student.deepcopy()
         set_attribute_by_name(trained, param_name, final)
         trained.toolforge_report = report
-        trained._compiled = True
+        # Not marked `_compiled`, as GEPA's and MIPROv2's results are not: DSPy freezes a compiled module's
+        # parameters inside a parent program and BootstrapFewShot (which MIPROv2 runs) refuses it as a student,
+        # so a prompt optimizer could not go on from here.
         return trained
 
 
