@@ -1,4 +1,4 @@
-"""Score a compile's program untrained and trained on held-out examples, and write both into its report.
+"""Score a compile's program as built (untrained, or seeded) and trained on held-out examples; record both.
 
     python -m programs.held_out RUN_DIR programs/table_agent.py --lm local --limit 5 --threads 2
 
@@ -42,12 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     dspy.configure(lm=lm, adapter=dspy.JSONAdapter() if isinstance(lm, tf.LocalLM) else dspy.settings.adapter)
     evaluator = tf.Evaluator(loaded.metric, cache=tf.EvaluationCache(), num_threads=args.threads)
 
-    untrained, trained = loaded.build(), loaded.build()
-    name, _ = find_toolset(trained)
+    given, trained = loaded.build(), loaded.build()
+    name, seeds = find_toolset(trained)
     set_attribute_by_name(trained, name, tf.Toolset.load(Path(args.run_dir) / "toolset-final.json"))
-    before = evaluator.evaluate(untrained, examples).score
+    before = evaluator.evaluate(given, examples).score
     after = evaluator.evaluate(trained, examples).score
-    print(f"held-out ({len(examples)} examples of load_dataset('test')): untrained {before:.3f}, trained {after:.3f}")
+    label = "seeded" if len(seeds) else "untrained"
+    print(f"held-out ({len(examples)} examples of load_dataset('test')): {label} {before:.3f}, trained {after:.3f}")
     source = f"load_dataset('test'), first {len(examples)}"
     record_held_out(args.run_dir, before=before, after=after, examples=len(examples), source=source)
     print(f"recorded in {Path(args.run_dir) / 'report.json'}")

@@ -11,7 +11,9 @@ import pytest
 from dspy.teleprompt.teleprompt import Teleprompter
 
 import toolforge as tf
-from tests.test_optimizer import DOUBLE, SQUARE, agent_lm, examples, proposer_lm
+from tests.scripted_lm import field, scripted_lm, tool_agent_script
+from tests.test_optimizer import DOUBLE, SQUARE, action, agent_lm, examples, offered, proposer_lm
+from tests.test_react import readme_snippet
 
 
 def optimizer(policy=lambda inputs: [], **kwargs) -> tf.FunctionOptimizer:
@@ -77,3 +79,34 @@ def test_a_teacher_that_is_no_program_is_refused():
     student = tf.ToolAgent("question -> answer: float")
     with pytest.raises(tf.ToolforgeError, match=r"teacher=\.\.\.\) takes a dspy.Module holding a Toolset.*got str"):
         optimizer().compile(student, trainset=examples(), teacher="gpt-4o")
+
+
+def test_the_readme_in_python_example_runs_as_written(tmp_path, monkeypatch):
+    def respond(system: str, user: str) -> dict:  # one LM, as the example configures: the agent and the proposer
+        if "[[ ## current_functions ## ]]" in user:
+            known = "### double" in field(user, "current_functions")
+            return {"reasoning": "Doubling fails.", "actions": [] if known else [action("add_function", DOUBLE)]}
+
+        def choose(question: str):
+            return ("double", {"x": float(question.split()[1])}) if offered(system, "double") else None
+
+        return tool_agent_script(choose)(system, user)
+
+    def example(i: int) -> dspy.Example:
+        return dspy.Example(table="a | b\n1 | 2", question=f"double {i}", answer=2.0 * i).with_inputs(
+            "table", "question"
+        )
+
+    monkeypatch.chdir(tmp_path)  # where the example's files go
+    namespace: dict = {
+        "metric": lambda example, prediction, trace=None: float(prediction.answer) == example.answer,
+        "train": [example(i) for i in range(1, 9)],
+        "val": [example(i) for i in range(20, 23)],
+        "devset": [example(i) for i in range(30, 34)],
+    }
+    with dspy.context(lm=scripted_lm(respond, name="readme")[0]):
+        exec(compile(readme_snippet("In Python"), "README.md", "exec"), namespace)
+    assert namespace["trained"].toolset.names == namespace["again"].toolset.names == ["double"]
+    assert namespace["trained"].toolforge_report.best_score == 1.0
+    assert [tool.name for tool in namespace["react"].tools.values()] == ["double", "finish"]
+    assert namespace["run"].score == 1.0

@@ -126,6 +126,20 @@ def test_a_valset_example_is_named_by_its_place_in_the_valset(cache):
     assert (evidence.touched.better, evidence.val_touched.better) == (["trainset[4]", "trainset[9]"], ["valset[1]"])
 
 
+def test_an_example_given_in_both_sets_is_named_by_the_side_it_flipped_on(cache):
+    train = examples()  # square 5 is trainset[4]
+    valset = [train[4], dspy.Example(question="square 12", answer=144.0).with_inputs("question")]
+    _, _, report, _, _ = compile_with(
+        lambda inputs: [action("add_function", SQUARE)], tf.Toolset([DOUBLE]), trainset=train, valset=valset,
+        cache=cache, max_epochs=1,
+    )  # fmt: skip
+    evidence = report.steps[0].evidence
+    assert (evidence.touched.better, evidence.val_touched.better) == (
+        ["trainset[4]", "trainset[9]"],
+        ["valset[0]", "valset[1]"],
+    )
+
+
 def test_a_step_without_a_checked_action_says_why(cache):
     report = irrelevant_and_rejected(cache)
     first, _, last = report.steps

@@ -279,7 +279,30 @@ def test_actions_that_change_nothing_are_sent_back(cache):
     _, _, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), cache=cache, max_epochs=1)
     step = report.steps[0]
     assert step.outcome == "no_change"
-    assert step.actions[0].reason == "together, the actions leave the functions exactly as they are; change something"
+    assert step.actions[0].reason == (
+        "revising 'square' changes nothing: the description, parameters and code given are the ones it has; propose "
+        "a different change, or none"
+    )
+
+
+def test_a_revision_repeated_in_a_later_trial_of_the_step_is_sent_back_not_judged_twice(cache):
+    wrong = unary("square", "x * 3", SQUARE_DESCRIPTION)
+
+    def policy(inputs):  # a revision and a crashing add; asked again for the add's place, the same revision
+        return [action("revise_function", wrong), action("add_function", unary("boom", "1 / 0"))]
+
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), cache=cache, max_epochs=1)
+    actions = report.steps[0].actions
+    assert [(a.summary, a.status, a.trial) for a in actions] == [
+        ("revise square", "rolled_back", 1),
+        ("add boom", "rejected", 1),
+        ("revise square", "rejected", 2),
+        ("add boom", "rejected", 2),
+        ("revise square", "dropped", 3),
+        ("add boom", "dropped", 3),
+    ]
+    assert actions[2].reason is not None and actions[2].reason.startswith("revising 'square' changes nothing")
+    assert trained.toolset["square"].code == SQUARE.code
 
 
 def test_accepting_a_candidate_clears_the_failure_list(cache):

@@ -232,7 +232,6 @@ def test_bootstrap_few_shot_gives_the_trained_program_demos_and_keeps_its_functi
     agent, engine = agent_lm()
     with dspy.context(lm=agent):
         trained = function_optimizer().compile(Solver(), trainset=examples())
-        trained._compiled = False  # BootstrapFewShot takes only an uncompiled student, after any DSPy optimizer too
         bootstrap = dspy.BootstrapFewShot(metric=exact, max_bootstrapped_demos=2, max_labeled_demos=0)
         tuned = bootstrap.compile(trained, trainset=examples(5))
         engine.requests.clear()
@@ -240,6 +239,64 @@ def test_bootstrap_few_shot_gives_the_trained_program_demos_and_keeps_its_functi
     assert tuned.react.toolset.names == ["double", "square"]
     assert [demo.next_tool_name for demo in tuned.react.react.demos] == ["double", "double"]  # questions 1 and 2
     assert lists(engine.requests[0][0], "square")
+
+
+def test_a_trained_program_inside_a_larger_one_leaves_its_toolset_and_predictors_to_optimize():
+    class Pipeline(dspy.Module):
+        def __init__(self, solver: dspy.Module) -> None:
+            super().__init__()
+            self.solver = solver
+
+    with dspy.context(lm=agent_lm()[0]):
+        trained = function_optimizer().compile(Solver(), trainset=examples())
+    names = [name for name, _ in Pipeline(trained).named_parameters()]
+    assert sorted(names) == ["solver.react.extract.predict", "solver.react.react", "solver.react.toolset"]
+
+
+def mipro_prompt_lm():
+    """MIPROv2's prompt model (ChatAdapter): every output field it is asked for, with instructions that carry the
+    hint wherever an instruction is asked for."""
+
+    def respond(system: str, user: str) -> dict[str, Any]:
+        listed = system.split("Your output fields are:\n", 1)[1].split("\nAll interactions", 1)[0]
+        names = re.findall(r"^\d+\. `(\w+)`", listed, re.M)
+        new = f"Use the tools to answer. {HINT}: a cube you compute yourself, as x * x * x."
+        return {name: new if "instruction" in name else "Questions about numbers." for name in names}
+
+    return scripted_lm(respond, name="prompt-model")
+
+
+def test_miprov2_tunes_the_trained_program_and_the_toolset_and_instructions_survive_save_and_load(tmp_path):
+    pytest.importorskip("optuna", reason="MIPROv2 needs optuna (the dev extra installs it)")
+    agent, engine = agent_lm()
+    prompt_model, proposals = mipro_prompt_lm()
+    with dspy.context(lm=agent):
+        trained = function_optimizer().compile(Solver(), trainset=examples())
+        mipro = dspy.MIPROv2(
+            metric=exact,
+            prompt_model=prompt_model,
+            task_model=agent,
+            auto=None,
+            num_candidates=2,
+            max_bootstrapped_demos=0,
+            max_labeled_demos=0,
+            num_threads=1,
+            verbose=False,
+        )
+        tuned = mipro.compile(
+            trained, trainset=cubes() + examples(3), valset=cubes((5, 6)), num_trials=4, minibatch=False
+        )
+    assert proposals.calls > 0  # MIPROv2 asked it for instructions
+    tuned.save(tmp_path / "solver.json")
+    loaded = Solver(tf.Toolset())
+    loaded.load(tmp_path / "solver.json")
+    assert loaded.react.toolset.names == ["double", "square"]
+    assert HINT in loaded.react.react.signature.instructions
+    engine.requests.clear()
+    with dspy.context(lm=agent):
+        assert loaded(question="cube 7").answer == 343.0  # the instructions MIPROv2 chose
+        assert loaded(question="square 8").answer == 64.0  # the function FunctionOptimizer forged
+    assert lists(engine.requests[-2][0], "square")
 
 
 # ------------------------------------------------------------------------------------------ the frozen pattern

@@ -88,9 +88,17 @@ def test_held_out_scores_go_into_report_json_and_the_markdown(run_dir):
     }  # fmt: skip
     _, md = write_report(run_dir)
     assert (
-        "- held-out score (examples the compile never saw: 5, load_dataset('test'), first 5): untrained 0.200 -> "
-        "trained 0.600\n"
+        "- held-out score (examples the compile never saw: 5, load_dataset('test'), first 5): seeded (double, cube) "
+        "0.200 -> trained 0.600\n"
     ) in md.read_text()
+
+
+def test_held_out_scores_of_a_program_without_seed_functions_say_untrained(tmp_path):
+    policy, _ = scripted([[action("add_function", DOUBLE)]])
+    compile_with(policy, tf.Toolset(), max_epochs=1, log_dir=tmp_path / "run")
+    record_held_out(tmp_path / "run", before=0.0, after=0.8, examples=5)
+    _, md = write_report(tmp_path / "run")
+    assert "- held-out score (examples the compile never saw: 5): untrained 0.000 -> trained 0.800\n" in md.read_text()
 
 
 @pytest.mark.parametrize(
@@ -133,7 +141,7 @@ def test_the_legend_is_outside_the_axes(run_dir, tmp_path):
     assert legend.x0 >= axes.x1  # entirely to the right of the plotting area
     assert legend.x1 <= fig.bbox.x1  # and not cut off by the figure's edge
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["train (best toolset)", "candidate accepted", "rolled back", "held-out: untrained, trained (5)"]
+    assert labels == ["train (best toolset)", "candidate accepted", "rolled back", "held-out: seeded, trained (5)"]
     path = learning_curve(report, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -160,7 +168,7 @@ def metric(example, prediction, trace=None):
 
 
 def test_the_demo_s_held_out_scores_reach_the_report(run_dir, tmp_path, monkeypatch, capsys):
-    """programs/held_out.py (run by `make demo`) scores the untrained and the trained program on the test split
+    """programs/held_out.py (run by `make demo`) scores the program as built and the trained one on the test split
     and writes both into report.json, which report.md then shows."""
     import dspy
 
@@ -175,8 +183,8 @@ def test_the_demo_s_held_out_scores_reach_the_report(run_dir, tmp_path, monkeypa
     finally:
         dspy.configure(lm=lm, adapter=adapter)
     # examples 1..5: the fifth asks for a square, which only the trained toolset (double, cube, square) has
-    assert "untrained 0.800, trained 1.000" in capsys.readouterr().out
+    assert "seeded 0.800, trained 1.000" in capsys.readouterr().out  # the program's own double and cube
     held = load_report(run_dir).held_out_scores
     assert (held.examples, held.before, held.after, held.source) == (5, 0.8, 1.0, "load_dataset('test'), first 5")
     _, md = write_report(run_dir)
-    assert "untrained 0.800 -> trained 1.000" in md.read_text()
+    assert "seeded (double, cube) 0.800 -> trained 1.000" in md.read_text()

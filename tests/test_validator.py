@@ -42,6 +42,7 @@ def test_a_revision_replaces_the_code(sandbox):
     ("proposal", "reason"),
     [
         (proposed("add_function", DOUBLE), "function 'double' already exists; use ReviseFunction"),
+        (proposed("revise_function", DOUBLE), "revising 'double' changes nothing: the description, parameters"),
         (proposed("remove_function", name="cube"), "cannot remove 'cube': no such function"),
         (proposed("add_function", unary("finish", "x")), "'finish' is the name of a fixed tool of the agent"),
         (proposed("add_function", SQUARE, y=1), "example_arguments do not fit"),

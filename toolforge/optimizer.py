@@ -363,6 +363,13 @@ _SIGNED_SETTINGS: Final = (
 )
 
 
+class _Labels(NamedTuple):
+    """Example id -> how reasons and reports name it (`trainset[3]`, `valset[0]`), for each side's flips."""
+
+    train: dict[str, str]
+    val: dict[str, str]
+
+
 class _Gathered(NamedTuple):
     """What a step's proposals came to, before the candidate is evaluated."""
 
@@ -798,18 +805,25 @@ class FunctionOptimizer(Teleprompter):
         trained = student.deepcopy()
         set_attribute_by_name(trained, param_name, final)
         trained.toolforge_report = report
-        trained._compiled = True
+        # Not marked `_compiled`, as GEPA's and MIPROv2's results are not: DSPy freezes a compiled module's
+        # parameters inside a parent program and BootstrapFewShot (which MIPROv2 runs) refuses it as a student,
+        # so a prompt optimizer could not go on from here.
         return trained
 
 
-def _labels(trainset: list[dspy.Example], valset: list[dspy.Example] | None) -> dict[str, str]:
+def _labels(trainset: list[dspy.Example], valset: list[dspy.Example] | None) -> _Labels:
     """How a report names each example, by its id: its place in the trainset or valset the user gave (a held-out
-    example keeps its trainset place)."""
-    labels: dict[str, str] = {}
-    for name, examples in (("valset", valset or []), ("trainset", trainset)):
+    example keeps its trainset place). One map per side, so that an example given in both is named by the side it
+    flipped on."""
+
+    def places(name: str, examples: list[dspy.Example]) -> dict[str, str]:
+        found: dict[str, str] = {}
         for index, example in enumerate(examples):
-            labels.setdefault(example_id(example), f"{name}[{index}]")
-    return labels
+            found.setdefault(example_id(example), f"{name}[{index}]")
+        return found
+
+    train = places("trainset", trainset)
+    return _Labels(train, places("valset", valset) if valset is not None else train)
 
 
 def _with_teacher(initial: Toolset, teacher: dspy.Module | Toolset | None, param_name: str) -> Toolset:
@@ -893,7 +907,7 @@ class _RunState:
         self.initial_toolset = Toolset()  # the student's: the seed functions
         self.seeds: set[str] = set()
         self.held_out = 0  # training examples moved to the valset (no valset was given)
-        self.labels: dict[str, str] = {}  # example id -> "trainset[3]", how reasons and reports name it
+        self.labels = _Labels({}, {})
         self.tracker: MlflowTracker | None = None
         self._say = logger.info if optimizer.verbose else logger.debug  # proposals and decisions, as they happen
 
@@ -1197,7 +1211,7 @@ class _RunState:
         reasons: dict[int, str] = {}
         # credit per action: each on the examples it touched, the others beside it (the record of a lone action
         # says which examples flipped, too)
-        overall = flips(best_run, together, labels=self.labels)
+        overall = flips(best_run, together, labels=self.labels.train)
         for j, action in enumerate(actions):
             names = _changed(self.best, together_toolset, only={action.name})
             own = flips(
@@ -1205,7 +1219,7 @@ class _RunState:
                 together,
                 touched_by(names, best_run, together),
                 *_sides(self.best, together_toolset, names),
-                labels=self.labels,
+                labels=self.labels.train,
             )
             evidence[j] = ActionEvidence(flips=own, score_together=together.score)
             if len(kept) == 1:
@@ -1256,16 +1270,16 @@ class _RunState:
         and, unless those already show harm, its validation flips."""
         names = _changed(self.best, candidate)
         sides = _sides(self.best, candidate, names)
-        touched = flips(best_run, run, touched_by(names, best_run, run), *sides, labels=self.labels)
-        overall = flips(best_run, run, labels=self.labels)
+        touched = flips(best_run, run, touched_by(names, best_run, run), *sides, labels=self.labels.train)
+        overall = flips(best_run, run, labels=self.labels.train)
         verdict, why = self._verdict(touched, None, overall)
         if not with_val or not self.valset or verdict == "harmful":
             return StepEvidence(touched=touched, overall=overall, verdict=verdict, why=why)
         self._budget_check()
         best_val = self._evaluate(self.best, self.valset, counts)
         val = self._evaluate(candidate, self.valset, counts)
-        val_touched = flips(best_val, val, touched_by(names, best_val, val), *sides, labels=self.labels)
-        overall = overall + flips(best_val, val, labels=self.labels)
+        val_touched = flips(best_val, val, touched_by(names, best_val, val), *sides, labels=self.labels.val)
+        overall = overall + flips(best_val, val, labels=self.labels.val)
         verdict, why = self._verdict(touched, val_touched, overall)
         return StepEvidence(touched=touched, val_touched=val_touched, overall=overall, verdict=verdict, why=why)
 

@@ -41,9 +41,9 @@ def load_report(run_dir: str | Path) -> OptimizationReport:
 def record_held_out(
     run_dir: str | Path, *, before: float, after: float, examples: int, source: str = ""
 ) -> OptimizationReport:
-    """Add the scores of the untrained and the trained program on held-out examples to the run's `report.json`
-    (the next `write_report` shows them); return the report. A compile run again in the directory writes its report
-    anew, without them: they belong to the toolset they were measured with.
+    """Add the scores of the program as given (untrained, or seeded) and trained on held-out examples to the run's
+    `report.json` (the next `write_report` shows them); return the report. A compile run again in the directory
+    writes its report anew, without them: they belong to the toolset they were measured with.
 
     Args:
         run_dir: The compile's `log_dir`.
@@ -111,9 +111,10 @@ def curve_figure(report: OptimizationReport) -> Figure:
         points = sorted(report.val_scores.items())
         ax.plot(*zip(*points, strict=True), color="#ff7f0e", marker="o", linestyle="--", label="validation")
     held = report.held_out_scores
-    if held is not None:  # measured once each, untrained and trained: drawn at the start and at the end
+    if held is not None:  # measured once each, as given and trained: drawn at the start and at the end
+        as_given = "seeded" if report.seed_functions else "untrained"
         ax.scatter([0, steps[-1]], [held.before, held.after], color="#9467bd", marker="D", s=40, zorder=4,
-                   label=f"held-out: untrained, trained ({held.examples})")  # fmt: skip
+                   label=f"held-out: {as_given}, trained ({held.examples})")  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("score")
     ax.set_ylim(-0.05, 1.05)
@@ -144,8 +145,11 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
     held = report.held_out_scores
     if held is not None:
         source = f", {held.source}" if held.source else ""
+        # the student as given holds its seed functions: not "untrained" then (as `toolforge evaluate` says)
+        seeds = report.seed_functions
+        as_given = f"seeded ({', '.join(seeds)})" if seeds else "untrained"
         lines.append(
-            f"- held-out score (examples the compile never saw: {held.examples}{source}): untrained "
+            f"- held-out score (examples the compile never saw: {held.examples}{source}): {as_given} "
             f"{held.before:.3f} -> trained {held.after:.3f}"
         )
     lines += [

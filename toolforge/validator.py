@@ -17,7 +17,7 @@ import dspy
 from pydantic import ValidationError
 
 from toolforge._text import one_line
-from toolforge.actions import RemoveFunction, validation_reasons
+from toolforge.actions import RemoveFunction, ReviseFunction, validation_reasons
 from toolforge.errors import FunctionCallError, FunctionError, ToolsetError
 from toolforge.memorised import memorised_answers
 from toolforge.proposer import ProposedAction
@@ -76,6 +76,13 @@ def check_proposal(
     if isinstance(action, RemoveFunction):
         return Check(None, updated)
     function = updated[action.name]
+    if isinstance(action, ReviseFunction) and function.fingerprint == candidate[action.name].fingerprint:
+        # else a repeated revision is judged, and reported, as a change of its own, with the first one's evidence
+        return Check(
+            f"revising {action.name!r} changes nothing: the description, parameters and code given are the ones it "
+            "has; propose a different change, or none",
+            candidate,
+        )
     memorised = memorised_answers(function.code, examples)
     if memorised:
         return Check(memorised, candidate)
