@@ -347,6 +347,14 @@ def test_a_solved_training_set_stops_the_compile_without_more_proposals(cache):
     assert proposer.calls == 1 and trained.toolset.names == ["double", "square"]
 
 
+def test_a_training_set_the_student_already_solves_costs_no_proposal(cache):
+    _, trained, report, _, proposer = compile_with(
+        add_square_once, tf.Toolset([DOUBLE, SQUARE]), cache=cache, max_epochs=10, stop_when_solved=True
+    )
+    assert (report.initial_score, report.stop_reason, report.steps) == (1.0, "solved", [])
+    assert proposer.calls == 0 and trained.toolset.names == ["double", "square"]
+
+
 def test_stop_when_solved_off_goes_on_until_patience(cache):
     _, _, report, _, proposer = compile_with(
         add_square_once, tf.Toolset([DOUBLE]), cache=cache, max_epochs=10, patience=2, stop_when_solved=False

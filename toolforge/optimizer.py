@@ -982,7 +982,7 @@ class _RunState:
                     self.stop_reason = "max_epochs"
                 elif opt.rollback and self.stale >= opt.patience:
                     self.stop_reason = "early_stop"
-                elif opt.rollback and opt.stop_when_solved and self.step > 0 and self._solved():
+                elif opt.rollback and opt.stop_when_solved and self._solved():
                     self.stop_reason = "solved"
                 else:
                     self._budget_check()
