@@ -1,7 +1,7 @@
 """Scripted LMs for the `toolforge paper` command tests (loaded by the command as module:attr).
 
-The agent answers a MATH problem "greatest common divisor of $a$ and $b$" by calling a `gcd` function when its
-prompt lists one, and answers 0 otherwise; the proposer adds `gcd` once.
+The agent (either kind) answers a MATH problem "greatest common divisor of $a$ and $b$" by calling a `gcd` function
+when its prompt lists one, and answers 0 otherwise; the proposer adds `gcd` once.
 """
 
 from __future__ import annotations
@@ -28,15 +28,24 @@ _GCD_PROBLEM = re.compile(r"greatest common divisor of \$(\d+)\$ and \$(\d+)\$")
 
 
 def agent_policy(system: str, user: str) -> dict[str, Any]:
+    """Either agent kind: the assistant (a ToolAgent, `next_tool_call`) or ReAct (`next_tool_name`, and an answer
+    with its reasoning)."""
     problem = field(user, "problem")
+    match = _GCD_PROBLEM.search(problem)
+    first_step = "[[ ## tool_name_0 ## ]]" not in user
     if "next_tool_call" in system:
-        match = _GCD_PROBLEM.search(problem)
-        if match and ") gcd: " in system and "[[ ## tool_name_0 ## ]]" not in user:
+        if match and ") gcd: " in system and first_step:
             args = {"a": int(match.group(1)), "b": int(match.group(2))}
             return {"next_thought": "Use gcd.", "next_tool_call": {"name": "gcd", "args": args}}
         return {"next_thought": "I can answer now.", "next_tool_call": {"name": "finish", "args": {}}}
+    if "next_tool_name" in system:
+        if match and ") gcd, whose description" in system and first_step:
+            args = {"a": int(match.group(1)), "b": int(match.group(2))}
+            return {"next_thought": "Use gcd.", "next_tool_name": "gcd", "next_tool_args": args}
+        return {"next_thought": "I can answer now.", "next_tool_name": "finish", "next_tool_args": {}}
     observation = field(user, "observation_0") if field(user, "tool_name_0") == "gcd" else ""
-    return {"answer": observation or "0"}
+    answer = {"answer": observation or "0"}
+    return {"reasoning": "From the trajectory.", **answer} if "`reasoning`" in system else answer
 
 
 def proposer_policy(system: str, user: str) -> dict[str, Any]:

@@ -11,7 +11,9 @@ import dspy
 import pytest
 
 import toolforge as tf
+from tests.scripted_lm import field, scripted_lm
 from toolforge import paper
+from toolforge.program import fixed_tool_names
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "paper"
 MATH = FIXTURES / "MATH"
@@ -215,22 +217,41 @@ def test_gaia_scorer(predicted, gold, correct):
 def test_both_agent_kinds_start_with_the_python_tool_and_no_function(task):
     for kind in paper.AGENT_KINDS:
         agent = paper.build_agent(kind, task)
-        assert [t.name for t in agent.tools] == ["python"] and len(agent.toolset) == 0
+        assert fixed_tool_names(agent) == {"python", "finish"} and len(agent.toolset) == 0
 
 
-def test_the_assistant_is_a_tool_agent_told_to_write_code_and_react_is_dspy_react():
+def test_the_assistant_is_a_tool_agent_told_to_write_code_and_react_is_toolforge_react():
     assert isinstance(paper.build_agent("assistant", "math"), tf.ToolAgent)
     assert "write Python code" in paper.build_agent("assistant", "math").signature.instructions
-    assert isinstance(paper.build_agent("react", "math"), paper.ReActAgent)
+    react = paper.build_agent("react", "math", max_iters=7)
+    assert isinstance(react, paper.ReActAgent) and isinstance(react, tf.ReAct) and react.max_iters == 7
 
 
-def test_the_react_agent_sees_its_current_toolset(monkeypatch):
-    seen = []
-    monkeypatch.setattr(dspy.ReAct, "forward", lambda self, **kw: seen.append(list(self.tools)) or dspy.Prediction())
+def test_the_react_agent_exposes_its_predictors_to_prompt_optimizers():
     agent = paper.build_agent("react", "math")
-    agent.toolset = tf.Toolset([tf.ForgedFunction.from_callable(_double)])
-    agent(problem="p")
-    assert seen == [["python", "_double", "finish"]]
+    assert [name for name, _ in agent.named_predictors()] == ["react", "extract.predict"]
+    assert "Solve the competition math problem." in agent.react.signature.instructions
+
+
+def test_the_react_agent_lists_a_new_toolset_at_its_next_call():
+    def respond(system: str, user: str) -> dict:
+        if "next_tool_name" in system:
+            return {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}}
+        return {"reasoning": "Nothing to compute.", "answer": "2"}
+
+    lm, engine = scripted_lm(respond)
+    agent = paper.build_agent("react", "math")
+    with dspy.context(lm=lm):
+        agent(problem="What is 1 + 1?")
+        agent.toolset = tf.Toolset([tf.ForgedFunction.from_callable(_double)])
+        agent(problem="What is 1 + 1?")
+    steps = [system for system, _ in engine.requests if "next_tool_name" in system]
+    assert [") _double, whose description" in system for system in steps] == [False, True]
+
+
+def test_the_react_agents_cache_settings_carry_its_steps_prompt_format_and_agent_format():
+    settings = paper.build_agent("react", "math", max_iters=7).cache_settings()
+    assert set(settings) == {"max_iters", "prompt_format", "agent_format"} and settings["max_iters"] == 7
 
 
 def _double(x: int) -> int:
@@ -243,6 +264,24 @@ def test_the_gaia_python_tool_puts_a_named_attachment_in_the_working_directory()
     tool = paper.attachment_python_tool(GAIA, [name])
     printed = tool(code=f"import csv\nprint(sum(int(r['visitors']) for r in csv.DictReader(open({name!r}))))")
     assert printed.strip() == "13312"
+
+
+def test_the_gaia_react_agent_runs_a_snippet_that_reads_the_attachment():
+    name = paper.load_gaia(GAIA)[0].attachment
+    code = f"import csv\nprint(sum(int(r['visitors']) for r in csv.DictReader(open({name!r}))))"
+
+    def respond(system: str, user: str) -> dict:
+        if "next_tool_name" in system:
+            if "[[ ## observation_0 ## ]]" in user:
+                return {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}}
+            return {"next_thought": "Sum the column.", "next_tool_name": "python", "next_tool_args": {"code": code}}
+        return {"reasoning": "Printed.", "answer": field(user, "observation_0").strip()}
+
+    lm, _ = scripted_lm(respond)
+    agent = paper.build_agent("react", "gaia", python=paper.attachment_python_tool(GAIA, [name]))
+    with dspy.context(lm=lm):
+        prediction = agent(question="How many visitors in all?", attachment=name)
+    assert prediction.answer == "13312"
 
 
 def test_the_gaia_python_tool_stages_nothing_a_snippet_does_not_name():
@@ -305,8 +344,6 @@ def test_the_table_puts_ours_beside_the_papers_cell():
 
 
 def test_a_react_step_reply_that_does_not_parse_ends_the_run_instead_of_failing_it():
-    from tests.scripted_lm import scripted_lm
-
     def respond(system: str, user: str) -> dict:
         if "next_tool_name" in system:
             return {"unexpected": "a reply cut at the token limit"}

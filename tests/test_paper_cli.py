@@ -50,6 +50,14 @@ def test_a_later_cell_joins_the_table_of_the_same_directory(math_run):
     assert [row.split(" | ")[0] for row in rows] == ["| MATH Algebra", "| MATH Number Theory"]
 
 
+def test_the_react_agent_trains_and_uses_its_function_in_the_same_protocol(tmp_path):
+    args = ["--type", "number_theory", "--train-size", "5", "--test-size", "4", "--epochs", "2", *SCRIPTED]
+    result = toolforge(*paper("math", FIXTURES / "MATH", tmp_path, *args, "--agent", "react"), tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cell = json.loads((tmp_path / "run" / "react" / "number_theory" / "result.json").read_text())
+    assert (cell["without"], cell["with_functions"], cell["functions"]) == (0.0, 25.0, ["gcd"])
+
+
 def test_tabmwp_runs_on_its_train_and_test_files(tmp_path):
     args = ["--train-size", "2", "--test-size", "2", "--epochs", "1", *SCRIPTED]
     result = toolforge(*paper("tabmwp", FIXTURES / "tabmwp", tmp_path, *args), tmp=tmp_path)

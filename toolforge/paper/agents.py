@@ -3,8 +3,8 @@
 - `assistant`: like the paper's GPT-4+ agent (an assistant that writes code and calls functions): a `ToolAgent`
   told to solve the problem by writing Python and running it, and to call its functions where they fit; its
   function calls are schema-constrained, as GPT-4's function calling is.
-- `react`: DSPy's own `dspy.ReAct` (thought, tool, observation), rebuilt over the current toolset on every call,
-  since ReAct writes its tool list into its prompt when it is built.
+- `react`: DSPy's own ReAct loop (thought, tool, observation), as `toolforge.ReAct`: its prompt lists the current
+  toolset at each call, and its predictors are DSPy's, so a prompt optimizer can tune it before or after training.
 
 Both have the `python` tool, the one function the paper's agents start with. A GAIA agent's `python` tool also
 puts the question's attached file into the working directory of the snippet that names it: the sandbox sees
@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import dspy
-from dspy.signatures.signature import ensure_signature
-from dspy.utils.exceptions import AdapterParseError
 
 from toolforge.agent import ToolAgent, python_tool
 from toolforge.errors import ToolforgeError
+from toolforge.react import ReAct
+from toolforge.sandbox import Sandbox
 from toolforge.toolset import Toolset
 
 __all__ = ["AGENT_KINDS", "ReActAgent", "attachment_python_tool", "build_agent"]
@@ -35,7 +35,7 @@ AgentKind = Literal["assistant", "react"]
 AGENT_KINDS: tuple[AgentKind, ...] = ("assistant", "react")
 Task = Literal["math", "tabmwp", "gaia"]
 
-_AGENT_FORMAT = 1  # in cache keys: toolforge's own source is not, so a change of these agents' behaviour bumps it
+_AGENT_FORMAT = 2  # in the react agent's cache keys: toolforge's source is not, so a change of its behaviour bumps it
 _MAX_ATTACHMENT_BYTES = 32 * 1024 * 1024  # under the sandbox's 64 MB file cap, with room for the encoded request
 
 SIGNATURES: dict[str, tuple[str, str]] = {
@@ -62,74 +62,32 @@ _ASSISTANT = (
 )
 
 
-class _ReAct(dspy.ReAct):
-    """`dspy.ReAct`, ending the trajectory on a step reply that does not parse, as it does on an invalid tool.
-
-    ReAct catches `ValueError` there; since DSPy 3.4 an adapter's parse failure is an `AdapterParseError`, which is
-    not one, so a small LM's reply cut at its token limit would fail the whole example instead of ending the run.
-    """
-
-    def _call_with_potential_trajectory_truncation(self, module: Any, trajectory: Any, **input_args: Any) -> Any:
-        try:
-            return super()._call_with_potential_trajectory_truncation(module, trajectory, **input_args)
-        except AdapterParseError as err:
-            if module is not self.react:
-                raise
-            raise ValueError(str(err)) from err
-
-    async def _async_call_with_potential_trajectory_truncation(
-        self, module: Any, trajectory: Any, **input_args: Any
-    ) -> Any:
-        try:
-            return await super()._async_call_with_potential_trajectory_truncation(module, trajectory, **input_args)
-        except AdapterParseError as err:
-            if module is not self.react:
-                raise
-            raise ValueError(str(err)) from err
-
-
-class ReActAgent(dspy.Module):
-    """`dspy.ReAct` over fixed tools and a trainable `Toolset`, rebuilt on every call so that it sees the toolset.
+class ReActAgent(ReAct):
+    """The paper's ReAct agent: `toolforge.ReAct` over fixed tools and a trainable `Toolset` (10 steps by default).
 
     Args:
         signature: The task, e.g. `"problem -> answer: str"` or a `dspy.Signature` class.
         tools: Fixed tools (`dspy.Tool`s), such as `python_tool()`.
         toolset: The forged functions (default: an empty toolset, ready to be trained).
         max_iters: The most tool calls in one run.
+        sandbox: Where forged functions run (default: the process-wide sandbox).
     """
 
     def __init__(
         self,
         signature: str | type[dspy.Signature],
         *,
-        tools: Iterable[dspy.Tool] = (),
+        tools: Sequence[dspy.Tool] = (),
         toolset: Toolset | None = None,
         max_iters: int = 10,
+        sandbox: Sandbox | None = None,
     ) -> None:
-        super().__init__()
-        self.signature = ensure_signature(signature)
-        self.tools = list(tools)
-        self.toolset = toolset if toolset is not None else Toolset()
-        self.max_iters = max_iters
+        super().__init__(signature, tools=tools, max_iters=max_iters, toolset=toolset, sandbox=sandbox)
 
     def cache_settings(self) -> dict[str, Any]:
-        """What besides tools shapes a run; evaluation records are keyed on it (toolforge's hook)."""
-        return {"agent": "dspy.ReAct", "max_iters": self.max_iters, "agent_format": _AGENT_FORMAT}
-
-    def tool_settings(self) -> dict[str, Any]:
-        """ReAct's own `finish` tool, which no forged function may be named (toolforge's hook)."""
-        return {"builtin_tools": {"finish": "ends the agent's run, once it can answer"}}
-
-    def _react(self) -> dspy.ReAct:
-        return _ReAct(self.signature, tools=[*self.tools, *self.toolset.as_tools()], max_iters=self.max_iters)
-
-    def forward(self, **inputs: Any) -> dspy.Prediction:
-        result: dspy.Prediction = self._react()(**inputs)
-        return result
-
-    async def aforward(self, **inputs: Any) -> dspy.Prediction:
-        result: dspy.Prediction = await self._react().acall(**inputs)
-        return result
+        """`toolforge.ReAct`'s settings and this agent's format, for what its prompts do not show (how its GAIA python
+        tool stages files): toolforge's source is not in cache keys (toolforge's hook)."""
+        return {**super().cache_settings(), "agent_format": _AGENT_FORMAT}
 
 
 class _AttachmentSnippet:
