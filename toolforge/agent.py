@@ -215,16 +215,16 @@ class ToolAgent(dspy.Module):
             if caches.tools_key == key:
                 return caches.tools
             reused = caches.forged if caches.sandbox is self.sandbox else {}
-        forged = {f.fingerprint: reused.get(f.fingerprint) for f in self.toolset}
+        forged: dict[str, Any] = {f.fingerprint: reused.get(f.fingerprint) for f in self.toolset}
         missing = [f for f in self.toolset if forged[f.fingerprint] is None]
         for function, tool in zip(missing, forged_tools(missing, self.sandbox), strict=True):
             forged[function.fingerprint] = tool
         tools = {t.name: t for t in self.tools}
         for function in self.toolset:
-            tools[function.name] = forged[function.fingerprint]  # type: ignore[assignment]
+            tools[function.name] = forged[function.fingerprint]
         tools[FINISH] = _FINISH_TOOL
         with caches.lock:
-            caches.tools_key, caches.tools, caches.forged, caches.sandbox = key, tools, forged, self.sandbox  # type: ignore[assignment]
+            caches.tools_key, caches.tools, caches.forged, caches.sandbox = key, tools, forged, self.sandbox
         return tools
 
     def _views(self) -> tuple[list[ToolView], list[ToolView], list[ToolView]]:

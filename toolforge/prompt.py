@@ -122,9 +122,13 @@ def type_text(schema: Any) -> str:
         properties = schema.get("properties")
         if isinstance(properties, dict) and properties:
             required = schema.get("required", [])
-            return "{" + ", ".join(
-                f"{key}{'' if key in required else '?'}: {type_text(value)}" for key, value in properties.items()
-            ) + "}"
+            return (
+                "{"
+                + ", ".join(
+                    f"{key}{'' if key in required else '?'}: {type_text(value)}" for key, value in properties.items()
+                )
+                + "}"
+            )
         values = schema.get("additionalProperties")
         return f"dict[string, {type_text(values)}]" if isinstance(values, dict) and values else "object"
     return kind if isinstance(kind, str) else "any"
@@ -182,8 +186,8 @@ class _RenderedOnce:
         with _LOCK:
             found = _SHOWN.get(signature)
         if found is None:
-            text: str = super().format_system_message(signature)  # type: ignore[misc]
-            return text
+            rendered: str = super().format_system_message(signature)  # type: ignore[misc]
+            return rendered
         shown, texts = found
         text = texts.get(self._base_class)  # a plain read: the dict only grows, and a race renders twice
         if text is None:

@@ -4,8 +4,8 @@
 tool, `{"name": Literal[tool], "args": <its arguments>}`, and which parses a call into that tool's model. ToolAgent
 gives its step signature this type for `next_tool_call`, so that a schema-constrained LM can only write a call that
 names a tool with that tool's arguments; it is one class (not a `Union`), so DSPy's adapters name it `ToolCall` in
-the prompt and build it with no per-request work (its schema is made once, as text). The schemas compiled here are the ones `ForgedFunction`
-(function.py) has already checked; a fixed tool's come from `dspy.Tool.args`.
+the prompt and build it with no per-request work (its schema is made once, as text). The schemas compiled here are
+the ones `ForgedFunction` (function.py) has already checked; a fixed tool's come from `dspy.Tool.args`.
 
 An argument name may be any string (each field is keyed by its alias), an object argument with declared properties
 becomes a model of its own, and an open mapping is written as a list of `{"key": ..., "value": ...}` entries (see
@@ -122,7 +122,9 @@ def call_type(tools: dict[str, dspy.Tool]) -> Any:
 
     Tying each tool's name to its own argument model means a schema-constrained LM can only write valid calls.
     """
-    return union_of([tool_call_model(tool.name, json.dumps(tool.args or {}, sort_keys=True)) for tool in tools.values()])
+    return union_of(
+        [tool_call_model(tool.name, json.dumps(tool.args or {}, sort_keys=True)) for tool in tools.values()]
+    )
 
 
 def union_of(models: Sequence[Any]) -> Any:
