@@ -258,7 +258,7 @@ class ToolAgent(dspy.Module):
             index = self.ranker.index([view.document for view in forged])
             with caches.lock:
                 caches.index_key, caches.index = key[:2], index
-        chosen = set(top_k([view.name for view in forged], index.scores(query), self.max_tools))
+        chosen = set(top_k(_names(forged), index.scores(query), self.max_tools))
         selection = tuple(view.name for view in forged if view.name in chosen)
         with caches.lock:
             caches.selections[key] = selection
@@ -278,7 +278,8 @@ class ToolAgent(dspy.Module):
         if selection is not None:
             chosen = set(selection)
             forged = [view for view in forged if view.name in chosen]
-            tools = {name: tool for name, tool in tools.items() if name in chosen or name not in self.toolset.names}
+            shown = [*(t.name for t in self.tools), *selection, FINISH]
+            tools = {name: tools[name] for name in shown}
         base = self.react.signature
         # Keyed on the identity of the fixed tools and the base signature (which a prompt optimizer replaces);
         # each entry holds those objects, so that no id in a live key can be reused by a new object.
@@ -431,6 +432,10 @@ def _step_signature(base: type[Signature], views: list[ToolView]) -> type[Signat
     signature: type[Signature] = dspy.Signature(fields, base.instructions + "\n\n" + listing(views))
     register_step_signature(signature)
     return signature
+
+
+def _names(views: list[ToolView]) -> list[str]:
+    return [view.name for view in views]
 
 
 def _query(inputs: dict[str, Any], signature: type[Signature]) -> str:

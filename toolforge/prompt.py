@@ -169,7 +169,11 @@ PromptToolCall.__name__ = PromptToolCall.__qualname__ = "ToolCall"
 def register_step_signature(signature: type[Signature]) -> None:
     """Mark `signature` as a ToolAgent step: its system message is then rendered from a copy whose `next_tool_call`
     is `PromptToolCall`, once per adapter class."""
-    shown = signature.with_updated_fields("next_tool_call", type_=PromptToolCall)
+    fields = {
+        name: (PromptToolCall if name == "next_tool_call" else field.annotation, field)
+        for name, field in signature.fields.items()
+    }
+    shown = dspy.Signature(fields, signature.instructions)  # not `with_updated_fields`, which deep-copies them all
     with _LOCK:
         _SHOWN[signature] = (shown, {})
 

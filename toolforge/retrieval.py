@@ -9,8 +9,10 @@ shown: `top_k` breaks ties by name, so the same inputs and toolset always select
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,16 +49,16 @@ def top_k(names: Sequence[str], scores: Sequence[float], k: int) -> list[str]:
         raise ToolforgeError(
             f"the tool ranker returned {len(scores)} scores for {len(names)} tools; give one score per document"
         )
-    keyed = [(-_number(score), name) for name, score in zip(names, scores, strict=True)]
-    return [name for _, name in sorted(keyed)[:k]]
+    return [name for _, name in heapq.nsmallest(k, zip(map(_rank, scores), names, strict=True))]
 
 
-def _number(score: Any) -> float:
+def _rank(score: Any) -> float:
+    """The sort key of a score: its negative, and +inf (last) for one that is not a finite number."""
     try:
         value = float(score)
     except (TypeError, ValueError):
-        return -math.inf
-    return value if math.isfinite(value) else -math.inf
+        return math.inf
+    return -value if math.isfinite(value) else math.inf
 
 
 class BM25Ranker:
@@ -80,21 +82,23 @@ class BM25Ranker:
 
 class _BM25Index:
     def __init__(self, bm25s: Any, documents: list[str], stopwords: str | list[str] | None) -> None:
-        self._bm25s = bm25s
-        self._stopwords = stopwords or []
         self._size = len(documents)
         self._retriever = bm25s.BM25()
-        tokens = bm25s.tokenize(documents, stopwords=self._stopwords, show_progress=False)
+        tokens = bm25s.tokenize(documents, stopwords=stopwords or [], show_progress=False)
         self._retriever.index(tokens, show_progress=False)
+        # a query is split as bm25s.tokenize splits (its default pattern, lower case, the same stopwords), here:
+        # bm25s.tokenize builds a vocabulary on each call, which cost more than scoring 1,000 documents
+        self._stopwords = frozenset(bm25s.tokenization._infer_stopwords(stopwords) if stopwords else ())
 
     def scores(self, query: str) -> list[float]:
-        tokens = self._bm25s.tokenize(
-            [_words(query)], stopwords=self._stopwords, return_ids=False, show_progress=False
-        )[0]
-        known = [t for t in tokens if t in self._retriever.vocab_dict]
+        tokens = [t for t in _TOKEN.findall(_words(query).lower()) if t not in self._stopwords]
+        known = [t for t in dict.fromkeys(tokens) if t in self._retriever.vocab_dict]
         if not known or not self._size:
             return [0.0] * self._size
         return [float(s) for s in self._retriever.get_scores(known)]
+
+
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
 
 def _words(text: str) -> str:
