@@ -10,8 +10,8 @@ temporary folder and the same measurements run there in a subprocess; this tree'
     parse into a call of a listed tool, on the same questions (needs the `local` extra; skipped with --no-lm);
   * CPU per uncached example with 3 tools (a scripted LM with no latency, one thread, no cache): everything but the
     LM, which answers at once;
-  * one interface revision (a function's description changed): the first run after it minus a run that renders
-    nothing new, at 100 and at 1,000 functions;
+  * one interface revision (a function's description changed): CPU time of the first run after it minus that of a
+    run that renders nothing new (medians), at 100 and at 1,000 functions;
   * 16 threads against one on a scripted LM with 20 ms latency.
 
 Goals (issue 16): prompt characters and tokens per tool <= 55% of the baseline's; CPU per example <= 50%; a revision
@@ -117,21 +117,21 @@ def measure(root: str, repeats: int, with_lm: bool) -> dict[str, Any]:
     for n in (100, 1000):
         toolset = tf.Toolset([function(i) for i in range(n)])
         agent = tf.ToolAgent("question -> answer: float", toolset=toolset, sandbox=sandbox)
-        costs = []
+        firsts, steadies = [], []
         with dspy.context(lm=finish_lm):
             agent(question="double 3")
-            for r in range(repeats):
+            for r in range(2 * repeats):
                 target = toolset.functions[(37 * r) % n]
                 revised = target.model_copy(update={"description": target.description + f" Revision {r}."})
                 toolset = tf.Toolset([revised if f.name == target.name else f for f in toolset])
                 agent.toolset = toolset
-                start = time.perf_counter()
+                start = time.process_time()  # CPU time: what the revision costs, whatever else the machine runs
                 agent(question="double 3")
-                first = time.perf_counter() - start
-                start = time.perf_counter()
+                firsts.append(time.process_time() - start)
+                start = time.process_time()
                 agent(question="double 3")
-                costs.append(first - (time.perf_counter() - start))
-        revision[str(n)] = statistics.median(costs)
+                steadies.append(time.process_time() - start)
+        revision[str(n)] = max(0.0, statistics.median(firsts) - statistics.median(steadies))
     out["revision_s"] = revision
 
     # 16 threads against 1 on a 20 ms LM
@@ -250,7 +250,10 @@ def main() -> None:
         rows.append(("embedded model: valid step calls", *shares, "", "no drop"))
     notes = [
         f"Medians of {args.repeats} repeats; baseline and this tree measured in the same run, each in its own "
-        "process. Per tool: (system message with 100 forged functions - with none) / 100.",
+        "process. Per tool: (system message with 100 forged functions - with none) / 100. A revision's cost: median "
+        "CPU time of the first run after it minus that of a run that renders nothing new (function descriptions "
+        f"revised). Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the thread "
+        "speed-up and CPU figures move with other work on the machine).",
     ]
     import _results
 
