@@ -10,7 +10,7 @@ temporary folder and the same measurements run there in a subprocess; this tree'
     parse into a call of a listed tool, on the same questions (needs the `local` extra; skipped with --no-lm);
   * CPU per uncached example with 3 tools (a scripted LM with no latency, one thread, no cache): everything but the
     LM, which answers at once;
-  * one interface revision (a function's description changed): CPU time of the first run after it minus that of a
+  * one interface revision (an argument's description changed, so its call model is made anew): CPU time of the first run after it minus that of a
     run that renders nothing new (medians), at 100 and at 1,000 functions;
   * 16 threads against one on a scripted LM with 20 ms latency.
 
@@ -122,7 +122,9 @@ def measure(root: str, repeats: int, with_lm: bool) -> dict[str, Any]:
             agent(question="double 3")
             for r in range(2 * repeats):
                 target = toolset.functions[(37 * r) % n]
-                revised = target.model_copy(update={"description": target.description + f" Revision {r}."})
+                parameters = json.loads(json.dumps(target.parameters))
+                parameters["properties"]["x"]["description"] = f"the number (revision {r})"
+                revised = target.model_copy(update={"parameters": parameters})
                 toolset = tf.Toolset([revised if f.name == target.name else f for f in toolset])
                 agent.toolset = toolset
                 start = time.process_time()  # CPU time: what the revision costs, whatever else the machine runs
@@ -239,8 +241,8 @@ def main() -> None:
     for n in ("100", "1000"):
         before, after = old["revision_s"][n], new["revision_s"][n]
         rows.append((f"one interface revision at {n} functions (ms)", f"{before * 1e3:.1f}", f"{after * 1e3:.1f}",
-                     f"{after / before:.0%}", ""))  # fmt: skip
-    cliff = [d["revision_s"]["1000"] / d["revision_s"]["100"] for d in (old, new)]
+                     f"{after / max(before, 1e-6):.0%}", ""))  # fmt: skip
+    cliff = [d["revision_s"]["1000"] / max(d["revision_s"]["100"], 1e-6) for d in (old, new)]
     rows.append(("revision at 1,000 / at 100", f"{cliff[0]:.1f}x", f"{cliff[1]:.1f}x", "", "<= 2x"))
     speedups = [d["threads_wall_s"]["1"] / d["threads_wall_s"]["16"] for d in (old, new)]
     rows.append(("16 threads vs 1, 20 ms LM (speed-up)", f"{speedups[0]:.1f}x", f"{speedups[1]:.1f}x", "", ">= 12x"))
@@ -251,8 +253,8 @@ def main() -> None:
     notes = [
         f"Medians of {args.repeats} repeats; baseline and this tree measured in the same run, each in its own "
         "process. Per tool: (system message with 100 forged functions - with none) / 100. A revision's cost: median "
-        "CPU time of the first run after it minus that of a run that renders nothing new (function descriptions "
-        f"revised). Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the thread "
+        "CPU time of the first run after it minus that of a run that renders nothing new (an argument's "
+        f"description revised, so its call model is new). Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the thread "
         "speed-up and CPU figures move with other work on the machine).",
     ]
     import _results
