@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
 		$(BIN)/python -m pip install --quiet --no-cache-dir 'llama-cpp-python>=0.3'
-	$(BIN)/python -m pip install --quiet -e '.[local,report,dev,paper,mlflow]'
+	$(BIN)/python -m pip install --quiet -e '.[local,report,dev,paper,mlflow,retrieval]'
 	touch $(STAMP)
 
 test: $(STAMP)

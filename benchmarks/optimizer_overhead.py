@@ -47,7 +47,7 @@ from _reference_loop import reference_loop  # noqa: E402
 
 import toolforge as tf  # noqa: E402
 from tests.evaluation_fixtures import exact, unary  # noqa: E402
-from tests.scripted_lm import field, scripted_lm, tool_agent_script  # noqa: E402
+from tests.scripted_lm import field, offers, scripted_lm, tool_agent_script  # noqa: E402
 
 KINDS = {"double": "x * 2", "triple": "x * 3", "half": "x / 2", "square": "x * x", "cube": "x ** 3"}
 STEPS = 5
@@ -56,7 +56,7 @@ STEPS = 5
 def agent_respond(system: str, user: str) -> dict[str, Any]:
     def choose(question: str):
         kind, number = question.split()
-        return (kind, {"x": float(number)}) if f") {kind}: " in system else None
+        return (kind, {"x": float(number)}) if offers(system, kind) else None
 
     return tool_agent_script(choose)(system, user)
 

@@ -53,7 +53,7 @@ import _results  # noqa: E402
 import dspy  # noqa: E402
 
 import toolforge as tf  # noqa: E402
-from tests.scripted_lm import field, scripted_lm  # noqa: E402
+from tests.scripted_lm import field, listed_tools, scripted_lm  # noqa: E402
 
 KINDS = {
     "digits": ("the sum of the digits of x", "sum(int(c) for c in str(abs(int(x))))"),
@@ -106,7 +106,7 @@ def agent_respond(system: str, user: str) -> dict[str, Any]:
     if "next_tool_call" in system:  # the step that sees the tools
         if "[[ ## tool_name_0 ## ]]" in user:
             return {"next_thought": "Done.", "next_tool_call": {"name": "finish", "args": {}}}
-        names = re.findall(rf"\b{kind}(?:_[a-z0-9]+)?\b", system)
+        names = [name for name in listed_tools(system) if re.fullmatch(rf"{kind}(?:_[a-z0-9]+)?", name)]
         if names and draw(system, question, "skip") >= SKIP_TOOL:
             return {
                 "next_thought": f"Use {names[0]}.",

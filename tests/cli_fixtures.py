@@ -8,7 +8,7 @@ import dspy
 
 import toolforge as tf
 from tests.evaluation_fixtures import exact, unary
-from tests.scripted_lm import field, scripted_lm, tool_agent_script
+from tests.scripted_lm import field, offers, scripted_lm, tool_agent_script
 
 SQUARE = unary("square", "x * x")
 
@@ -74,7 +74,7 @@ def agent_policy(system: str, user: str) -> dict[str, Any]:
 
     def choose(question: str):
         kind, number = question.split()
-        return (kind, {"x": float(number)}) if f") {kind}: " in system else None
+        return (kind, {"x": float(number)}) if offers(system, kind) else None
 
     return tool_agent_script(choose)(system, user)
 

@@ -12,7 +12,7 @@ from typing import Any
 import dspy
 
 import toolforge as tf
-from tests.scripted_lm import field, scripted_lm
+from tests.scripted_lm import field, offers, scripted_lm
 
 GCD = tf.ForgedFunction(
     name="gcd",
@@ -34,7 +34,7 @@ def agent_policy(system: str, user: str) -> dict[str, Any]:
     match = _GCD_PROBLEM.search(problem)
     first_step = "[[ ## tool_name_0 ## ]]" not in user
     if "next_tool_call" in system:
-        if match and ") gcd: " in system and first_step:
+        if match and offers(system, "gcd") and first_step:
             args = {"a": int(match.group(1)), "b": int(match.group(2))}
             return {"next_thought": "Use gcd.", "next_tool_call": {"name": "gcd", "args": args}}
         return {"next_thought": "I can answer now.", "next_tool_call": {"name": "finish", "args": {}}}

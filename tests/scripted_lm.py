@@ -7,6 +7,7 @@ usage tracking apply as they do to a real LM. `latency_s` simulates a remote LM'
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -82,6 +83,19 @@ def field(user: str, name: str) -> str:
         return ""
     rest = user.split(marker, 1)[1]
     return rest.split("\n\n[[ ## ", 1)[0].strip()
+
+
+def listed_tools(system: str) -> list[str]:
+    """The names of the tools a ToolAgent step's system prompt lists, in order (a line `name(args): description`
+    each, after the `Tools (` header)."""
+    if "Tools (" not in system:
+        return []
+    return re.findall(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\([^\n]*?\): ", system.split("Tools (", 1)[1], re.M)
+
+
+def offers(system: str, name: str) -> bool:
+    """Whether a ToolAgent step's system prompt lists the tool `name`."""
+    return name in listed_tools(system)
 
 
 def tool_agent_script(choose: Callable[[str], tuple[str, dict[str, Any]] | None]) -> Respond:

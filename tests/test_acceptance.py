@@ -11,7 +11,7 @@ import pytest
 
 import toolforge as tf
 from tests.evaluation_fixtures import exact, unary
-from tests.scripted_lm import field, scripted_lm
+from tests.scripted_lm import field, listed_tools, offers, scripted_lm
 from tests.test_optimizer import DOUBLE, SQUARE, action, compile_with, examples
 from toolforge.evidence import sign_test
 from toolforge.memorised import literal_count, memorised_answers
@@ -89,9 +89,9 @@ def lucky_agent():
     def respond(system: str, user: str) -> dict[str, Any]:
         kind, number = field(user, "question").split()
         if "next_tool_call" in system:
-            if f") {kind}: " in system and "[[ ## tool_name_0 ## ]]" not in user:
+            if offers(system, kind) and "[[ ## tool_name_0 ## ]]" not in user:
                 return {"next_thought": "Use it.", "next_tool_call": {"name": kind, "args": {"x": float(number)}}}
-            lucky = "(1) finish:" in system  # no function offered
+            lucky = listed_tools(system) == ["finish"]  # no function offered
             right = kind == "double" and (int(number) % 4 != 0 if lucky else int(number) == 8)
             thought = "guess right" if right else "guess wrong"
             return {"next_thought": thought, "next_tool_call": {"name": "finish", "args": {}}}
@@ -133,7 +133,7 @@ def test_an_irrelevant_function_is_not_kept_when_re_drawn_answers_raise_the_scor
     def respond(system: str, user: str) -> dict[str, Any]:
         number = field(user, "question").split()[1]
         if "next_tool_call" in system:
-            right = int(number) % 4 != 0 if ") cube: " in system else int(number) == 8
+            right = int(number) % 4 != 0 if offers(system, "cube") else int(number) == 8
             thought = "guess right" if right else "guess wrong"
             return {"next_thought": thought, "next_tool_call": {"name": "finish", "args": {}}}
         truth = 2 * float(number)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import pickle
+import re
 import threading
 
 import dspy
@@ -43,6 +44,11 @@ def script(*steps, answer="121.0"):
 
 def system_prompt(lm, index=0):
     return lm.history[index]["messages"][0]["content"]
+
+
+def tool_lines(prompt):
+    """The names of the tools the prompt lists, in order (one line each: `name(args): description`)."""
+    return re.findall(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\([^\n]*\): ", prompt.split("Tools (", 1)[1], re.M)
 
 
 def test_agent_calls_a_forged_function_and_uses_its_result(sandbox):
@@ -124,8 +130,7 @@ def test_prompt_shows_interface_but_never_code(sandbox):
     with dspy.context(lm=lm):
         agent(question=QUESTION)
     prompt = system_prompt(lm)
-    assert "compound: Amount after compounding yearly" in prompt
-    assert '"years": {"type": "integer"}' in prompt
+    assert "\n        compound(principal: number, rate: number, years: integer): Amount after compounding" in prompt
     assert "round(principal" not in prompt
 
 
@@ -135,15 +140,14 @@ def test_assigning_a_new_toolset_changes_the_very_next_prompt(sandbox):
     with dspy.context(lm=first):
         agent(question=QUESTION)
     assert "compound" not in system_prompt(first)
-    assert "(1) python: Run a Python code snippet" in system_prompt(first)
-    assert "(2) finish: Marks the task as complete" in system_prompt(first)
+    assert tool_lines(system_prompt(first)) == ["python", "finish"]
+    assert "python(code: string (Python source code to run)): Run a Python code snippet" in system_prompt(first)
 
     agent.toolset = tf.Toolset([COMPOUND])
     second = script(("compound", {"principal": 100, "rate": 0.1, "years": 2}), ("finish", {}))
     with dspy.context(lm=second):
         prediction = agent(question=QUESTION)
-    assert "(2) compound: Amount after compounding yearly" in system_prompt(second)
-    assert "(3) finish: Marks the task as complete" in system_prompt(second)
+    assert tool_lines(system_prompt(second)) == ["python", "compound", "finish"]
     assert prediction.trajectory["observation_0"] == 121.0
 
 
@@ -160,7 +164,7 @@ def test_new_instructions_reach_the_very_next_prompt_every_time(sandbox):
             agent(question=QUESTION)
         prompt = system_prompt(lm)
         assert f"Instructions, version {i}." in prompt
-        assert "(1) compound: Amount after compounding yearly" in prompt
+        assert tool_lines(prompt) == ["compound", "finish"]
 
 
 def test_a_failing_function_becomes_an_observation(sandbox):
@@ -229,9 +233,9 @@ def test_the_step_schema_ties_each_tool_to_its_own_arguments(sandbox):
     agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), tools=[tf.python_tool(sandbox)])
     _, signature = agent._rendered()
     schema = TypeAdapter(signature.output_fields["next_tool_call"].annotation).json_schema()
-    calls = {d["properties"]["name"]["const"]: d for d in schema["$defs"].values() if "name" in d.get("properties", {})}
+    calls = {d["properties"]["name"]["const"]: d for d in schema["anyOf"]}
     assert set(calls) == {"python", "compound", "finish"}
-    args = calls["compound"]["properties"]["args"]  # inlined: one definition per tool, no chain of references
+    args = calls["compound"]["properties"]["args"]  # inlined: one schema per tool, no chain of references
     assert {k: v["type"] for k, v in args["properties"].items()} == {
         "principal": "number",
         "rate": "number",
@@ -250,13 +254,19 @@ def test_structured_output_schema_requires_every_argument_of_the_chosen_tool(san
     agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]))
     _, signature = agent._rendered()
     schema = _get_structured_outputs_response_format(signature).model_json_schema()
-    compound_args = schema["$defs"]["CompoundCall"]["properties"]["args"]
+    (compound,) = schema["properties"]["next_tool_call"]["anyOf"][:1]
+    assert compound["required"] == ["name", "args"] and compound["additionalProperties"] is False
+    compound_args = compound["properties"]["args"]
     assert compound_args["required"] == ["principal", "rate", "years"]
     assert compound_args["additionalProperties"] is False
-    # those edits stay in that request: the schema of the next one (each call model's is made once) is as it was
-    again = TypeAdapter(signature.output_fields["next_tool_call"].annotation).json_schema()
-    assert "required" not in again["$defs"]["CompoundCall"]["properties"]["args"]
-    assert again["$defs"]["CompoundCall"]["properties"]["args"]["additionalProperties"] is True
+    # an edit of one request's schema stays in it: each use gets its own copy of the text made once
+    schema["properties"]["next_tool_call"]["anyOf"][0]["properties"]["args"]["required"].pop()
+    again = _get_structured_outputs_response_format(signature).model_json_schema()
+    assert again["properties"]["next_tool_call"]["anyOf"][0]["properties"]["args"]["required"] == [
+        "principal",
+        "rate",
+        "years",
+    ]
 
 
 PICK = tf.ForgedFunction(
@@ -282,7 +292,8 @@ def test_structured_outputs_can_write_a_mapping_argument_and_an_object_s_propert
 
     agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([PICK]))
     _, signature = agent._rendered()
-    args = _get_structured_outputs_response_format(signature).model_json_schema()["$defs"]["PickCall"]["properties"]
+    schema = _get_structured_outputs_response_format(signature).model_json_schema()
+    args = schema["properties"]["next_tool_call"]["anyOf"][0]["properties"]
     prices, fee = args["args"]["properties"]["prices"], args["args"]["properties"]["fee"]
     assert prices["type"] == "array" and prices["items"]["required"] == ["key", "value"]
     assert prices["items"]["properties"]["value"]["type"] == "number"

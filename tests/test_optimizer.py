@@ -14,7 +14,7 @@ import pytest
 
 import toolforge as tf
 from tests.evaluation_fixtures import exact, unary
-from tests.scripted_lm import field, scripted_lm, tool_agent_script
+from tests.scripted_lm import field, offers, scripted_lm, tool_agent_script
 from toolforge.report import markdown_report, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ SQUARE_DESCRIPTION = SQUARE.description
 
 
 def offered(system: str, name: str) -> bool:
-    return f") {name}: " in system
+    return offers(system, name)
 
 
 def agent_lm():

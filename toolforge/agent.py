@@ -1,9 +1,10 @@
 """`ToolAgent`: a ReAct-style DSPy module whose tools are fixed tools plus the current `Toolset`.
 
 DSPy's own `dspy.ReAct` writes its tool list into its prompt when it is constructed. `ToolAgent` renders the
-tools on every call instead, so assigning a new toolset (`agent.toolset = trained`) changes what the LM sees on
-the very next call, which is what lets an optimizer train the toolset. The LM sees each function's name,
-description and argument schema, never its code; the code runs in the sandbox.
+tools for the current toolset instead (once per toolset version, `toolforge.prompt`), so assigning a new toolset
+(`agent.toolset = trained`) changes what the LM sees on the very next call, which is what lets an optimizer train
+the toolset. The LM sees each function's name, description and arguments, once, never its code; the code runs in
+the sandbox. With `max_tools=k` it sees only the k functions most relevant to the inputs (`toolforge.retrieval`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import asyncio
 import inspect
 import json
 import logging
+import threading
 import typing
+from collections import OrderedDict
 from typing import Any
 
 import dspy
@@ -21,16 +24,23 @@ from dspy.utils.exceptions import AdapterParseError, ContextWindowExceededError
 
 from toolforge._checks import check_int
 from toolforge.errors import FunctionCallError, ToolforgeError
+from toolforge.prompt import ToolView, call_type_of, function_view, listing, register_step_signature, step_adapter
+from toolforge.prompt import tool_view as _tool_view
+from toolforge.retrieval import BM25Ranker, ToolIndex, ToolRanker, top_k
 from toolforge.sandbox import Sandbox, default_sandbox
-from toolforge.schema import call_type
 from toolforge.schema import rebuild_call as _rebuild_call  # noqa: F401  (pickled calls name it here)
+from toolforge.tools import forged_tools
 from toolforge.toolset import Toolset
 
 __all__ = ["ToolAgent", "python_tool"]
 
 logger = logging.getLogger(__name__)
 
-_PROMPT_FORMAT = 3  # 3: object arguments keep their properties, mappings are entry lists; 2: args inlined
+# 4: each tool once, as one line, and no tool-call schema in the prompt; 3: object arguments keep their
+# properties, mappings are entry lists; 2: args inlined
+_PROMPT_FORMAT = 4
+_SELECTIONS = 4096  # remembered tool selections (inputs -> functions shown) per agent
+_RENDERINGS = 1024  # remembered step signatures (one per set of tools shown) per agent
 
 FINISH = "finish"
 
@@ -47,6 +57,11 @@ class ToolAgent(dspy.Module):
             text); a longer one is cut, and the observation says by how much. A function that returns a megabyte
             would otherwise fill the context window and end the run.
         sandbox: Where forged functions run (default: the process-wide sandbox).
+        max_tools: Show the LM only this many forged functions per run, those most relevant to its inputs (fixed
+            tools and `finish` are always shown); None shows them all. For toolsets too large for every prompt,
+            e.g. several trained toolsets merged. The functions shown are part of each example's cache key.
+        ranker: What ranks functions for `max_tools` (a `toolforge.retrieval.ToolRanker`; default: BM25 over
+            names, descriptions and argument docs, from the `retrieval` extra).
 
     Examples:
         >>> agent = ToolAgent("question -> answer: float", tools=[python_tool()])   # doctest: +SKIP
@@ -63,9 +78,23 @@ class ToolAgent(dspy.Module):
         max_iters: int = 10,
         sandbox: Sandbox | None = None,
         max_observation_chars: int = 8000,
+        max_tools: int | None = None,
+        ranker: ToolRanker | None = None,
     ) -> None:
         super().__init__()
         check_int("ToolAgent", "max_iters", max_iters, 1, allow_bool=True)
+        if max_tools is not None:
+            check_int(
+                "ToolAgent", "max_tools", max_tools, 1, allow_bool=True,
+                message="{owner}({name}={value!r}): give an integer >= {low}, or None to show every function",
+            )  # fmt: skip
+        if ranker is not None and not callable(getattr(ranker, "index", None)):
+            raise ToolforgeError(
+                f"ToolAgent(ranker={ranker!r:.60}): give an object with index(documents) returning an index with "
+                "scores(query), such as toolforge.retrieval.BM25Ranker()"
+            )
+        self.max_tools = max_tools
+        self.ranker = ranker if ranker is not None or max_tools is None else BM25Ranker()
         if not (isinstance(signature, str) or (isinstance(signature, type) and issubclass(signature, Signature))):
             raise ToolforgeError(
                 f"ToolAgent(signature={signature!r:.60}): give a signature string such as 'question -> answer: float'"
@@ -146,8 +175,21 @@ class ToolAgent(dspy.Module):
         return {
             "max_iters": self.max_iters,
             "max_observation_chars": self.max_observation_chars,
+            "max_tools": self.max_tools,
             "prompt_format": _PROMPT_FORMAT,
         }
+
+    def tool_selection(self, inputs: dict[str, Any]) -> list[str] | None:
+        """The forged functions a run on `inputs` is shown, in toolset order; None when every one is shown (no
+        `max_tools`, or no more functions than it). The hook the evaluator keys each example's record on."""
+        if self.max_tools is None or len(self.toolset) <= self.max_tools:
+            return None
+        return list(self._selection(inputs))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().__getstate__()
+        state.pop("_caches", None)  # rebuilt on use: a copy or a pickle does not carry the renderings
+        return state
 
     def tool_settings(self) -> dict[str, Any]:
         """Where this agent's forged functions run, and the tool it offers besides its fixed ones (`finish`);
@@ -156,71 +198,117 @@ class ToolAgent(dspy.Module):
 
     # ---------------------------------------------------------------------------------------------- tools
     def current_tools(self) -> dict[str, dspy.Tool]:
-        """The tools the LM sees on the next call, in order: fixed tools, forged functions, then `finish`."""
+        """The tools of the current toolset, in order: fixed tools, forged functions, then `finish`."""
+        return dict(self._tools())
+
+    def _state(self) -> _Caches:
+        caches: _Caches | None = self.__dict__.get("_caches")
+        if caches is None:
+            caches = self.__dict__.setdefault("_caches", _Caches())
+        return caches
+
+    def _tools(self) -> dict[str, dspy.Tool]:
+        """All tools, built once per toolset version; a function unchanged since the last version keeps its tool."""
+        caches = self._state()
+        key = (self.toolset.fingerprint, tuple(id(t) for t in self.tools), id(self.sandbox))
+        with caches.lock:
+            if caches.tools_key == key:
+                return caches.tools
+            reused = caches.forged if caches.sandbox is self.sandbox else {}
+        forged: dict[str, Any] = {f.fingerprint: reused.get(f.fingerprint) for f in self.toolset}
+        missing = [f for f in self.toolset if forged[f.fingerprint] is None]
+        for function, tool in zip(missing, forged_tools(missing, self.sandbox), strict=True):
+            forged[function.fingerprint] = tool
         tools = {t.name: t for t in self.tools}
-        for tool in self.toolset.as_tools(self.sandbox):
-            tools[tool.name] = tool
-        tools[FINISH] = dspy.Tool(
-            func=lambda: "Completed.",
-            name=FINISH,
-            desc="Marks the task as complete: all information needed for the outputs is in the trajectory.",
-            args={},
-        )
+        for function in self.toolset:
+            tools[function.name] = forged[function.fingerprint]
+        tools[FINISH] = _FINISH_TOOL
+        with caches.lock:
+            caches.tools_key, caches.tools, caches.forged, caches.sandbox = key, tools, forged, self.sandbox
         return tools
 
-    def _step_signature(self, tools: dict[str, dspy.Tool]) -> type[Signature]:
-        base = self.react.signature
-        listing = ["The tool must be one of:"]
-        for i, tool in enumerate(tools.values(), 1):
-            forged = getattr(tool.func, "function", None)
-            required = (
-                forged.parameters.get("required", [])
-                if forged is not None
-                else [k for k, v in (tool.args or {}).items() if "default" not in v]
-            )
-            listing.append(
-                f"({i}) {tool.name}: {' '.join((tool.desc or '').split())} "
-                f"Arguments (JSON): {json.dumps(tool.args or {}, sort_keys=True)}; required: {required}."
-            )
-        listing.append('next_tool_call is {"name": <a tool name>, "args": {<that tool\'s arguments>}}.')
-        fields = {name: (field.annotation, field) for name, field in base.fields.items()}
-        fields["next_tool_call"] = (call_type(tools), base.fields["next_tool_call"])
-        signature: type[Signature] = dspy.Signature(fields, base.instructions + "\n\n" + "\n".join(listing))
-        return signature
+    def _views(self) -> tuple[list[ToolView], list[ToolView], list[ToolView]]:
+        """What the LM may be shown: the fixed tools', the forged functions' and `finish`'s views, once per
+        interface of the toolset."""
+        caches = self._state()
+        key = (self.toolset.interface_fingerprint, tuple(id(t) for t in self.tools))
+        with caches.lock:
+            if caches.views_key == key:
+                return caches.views
+        views = ([_tool_view(t) for t in self.tools], [function_view(f) for f in self.toolset], [_FINISH_VIEW])
+        with caches.lock:
+            caches.views_key, caches.views = key, views
+            caches.index = None
+        return views
 
-    # -------------------------------------------------------------------------------------------- running
-    def _rendered(self) -> tuple[dict[str, dspy.Tool], type[Signature]]:
-        """The current tools and the step signature that lists them.
+    def _selection(self, inputs: dict[str, Any]) -> tuple[str, ...]:
+        """The names of the `max_tools` functions most relevant to `inputs`, in toolset order."""
+        assert self.max_tools is not None and self.ranker is not None
+        _, forged, _ = self._views()
+        caches = self._state()
+        query = _query(inputs, self.signature)
+        key = (self.toolset.interface_fingerprint, id(self.ranker), self.max_tools, query)
+        with caches.lock:
+            found = caches.selections.get(key)
+            if found is not None:
+                caches.selections.move_to_end(key)
+                return found
+            index = caches.index if caches.index_key == key[:2] else None
+        if index is None:
+            index = self.ranker.index([view.document for view in forged])
+            with caches.lock:
+                caches.index_key, caches.index = key[:2], index
+        chosen = set(top_k(_names(forged), index.scores(query), self.max_tools))
+        selection = tuple(view.name for view in forged if view.name in chosen)
+        with caches.lock:
+            caches.selections[key] = selection
+            while len(caches.selections) > _SELECTIONS:
+                caches.selections.popitem(last=False)
+        return selection
 
-        The tools are built once per toolset (they run its code), the signature once per toolset interface and
+    def _rendered(self, inputs: dict[str, Any] | None = None) -> tuple[dict[str, dspy.Tool], type[Signature]]:
+        """The tools and the step signature that lists those the LM is shown (for `inputs`, with `max_tools`).
+
+        The tools are built once per toolset (they run its code), the signature once per set of tools shown and
         prompt (what the LM sees): a code-only revision reuses the signature.
         """
-        # Keyed on the identity of the fixed tools, the sandbox and the base signature (which a prompt optimizer
-        # replaces); each entry holds those objects, so that no id in a live key can be reused by a new object.
-        fixed = tuple(id(t) for t in self.tools)
-        cache: dict[Any, Any] = self.__dict__.setdefault("_render_cache", {})
-        if len(cache) >= 16:
-            cache.clear()
-        tools_key = ("tools", self.toolset.fingerprint, fixed, id(self.sandbox))
-        entry = cache.get(tools_key)
-        if entry is None:
-            entry = cache[tools_key] = (self.current_tools(), (tuple(self.tools), self.sandbox))
-        tools = entry[0]
+        tools = self._tools()
+        fixed, forged, finish = self._views()
+        selection = self.tool_selection(inputs) if inputs is not None else None
+        if selection is not None:
+            chosen = set(selection)
+            forged = [view for view in forged if view.name in chosen]
+            shown = [*(t.name for t in self.tools), *selection, FINISH]
+            tools = {name: tools[name] for name in shown}
         base = self.react.signature
-        signature_key = ("signature", self.toolset.interface_fingerprint, id(base), fixed)
-        entry = cache.get(signature_key)
+        # Keyed on the identity of the fixed tools and the base signature (which a prompt optimizer replaces);
+        # each entry holds those objects, so that no id in a live key can be reused by a new object.
+        key = (self.toolset.interface_fingerprint, selection and tuple(selection), id(base), tuple(map(id, self.tools)))
+        caches = self._state()
+        with caches.lock:
+            entry = caches.signatures.get(key)
+            if entry is not None:
+                caches.signatures.move_to_end(key)
         if entry is None:
-            entry = cache[signature_key] = (self._step_signature(tools), (tuple(self.tools), base))
+            shown = [*fixed, *forged, *finish]
+            signature = _step_signature(base, shown)
+            entry = (signature, (base, tuple(self.tools)))
+            with caches.lock:
+                caches.signatures[key] = entry
+                while len(caches.signatures) > _RENDERINGS:
+                    caches.signatures.popitem(last=False)
         return tools, entry[0]
 
+    # -------------------------------------------------------------------------------------------- running
     def forward(self, **input_args: Any) -> dspy.Prediction:
         max_iters = input_args.pop("max_iters", self.max_iters)
         self._check_inputs(input_args)
-        tools, step_signature = self._rendered()
+        tools, step_signature = self._rendered(input_args)
         trajectory: dict[str, Any] = {}
         for idx in range(max_iters):
             try:
-                pred = self._call(self.react, trajectory, input_args, signature=step_signature)
+                with dspy.context(adapter=step_adapter(dspy.settings.adapter or dspy.ChatAdapter())):
+                    pred = self._call(self.react, trajectory, input_args, signature=step_signature)
             except (ContextWindowExceededError, AdapterParseError, ValueError) as err:
                 _log_end(err)  # e.g. a small LM's reply cut at its token limit: answer from what there is
                 break
@@ -239,11 +327,12 @@ class ToolAgent(dspy.Module):
         blocked; a fixed tool that is a coroutine function is awaited."""
         max_iters = input_args.pop("max_iters", self.max_iters)
         self._check_inputs(input_args)
-        tools, step_signature = self._rendered()
+        tools, step_signature = self._rendered(input_args)
         trajectory: dict[str, Any] = {}
         for idx in range(max_iters):
             try:
-                pred = await self._acall(self.react, trajectory, input_args, signature=step_signature)
+                with dspy.context(adapter=step_adapter(dspy.settings.adapter or dspy.ChatAdapter())):
+                    pred = await self._acall(self.react, trajectory, input_args, signature=step_signature)
             except (ContextWindowExceededError, AdapterParseError, ValueError) as err:
                 _log_end(err)  # e.g. a small LM's reply cut at its token limit: answer from what there is
                 break
@@ -308,6 +397,55 @@ class ToolAgent(dspy.Module):
                 if not _truncate(trajectory):
                     raise
         raise ContextWindowExceededError(message="the context window is exceeded even after truncating the trajectory")
+
+
+class _Caches:
+    """A ToolAgent's renderings (not copied with the agent: a copy rebuilds what it uses)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tools_key: Any = None
+        self.tools: dict[str, dspy.Tool] = {}
+        self.forged: dict[str, dspy.Tool] = {}
+        self.sandbox: Sandbox | None = None
+        self.views_key: Any = None
+        self.views: tuple[list[ToolView], list[ToolView], list[ToolView]] = ([], [], [])
+        self.index_key: Any = None
+        self.index: ToolIndex | None = None
+        self.selections: OrderedDict[Any, tuple[str, ...]] = OrderedDict()
+        self.signatures: OrderedDict[Any, tuple[type[Signature], Any]] = OrderedDict()
+
+
+_FINISH_TOOL = dspy.Tool(
+    func=lambda: "Completed.",
+    name=FINISH,
+    desc="Marks the task as complete: all information needed for the outputs is in the trajectory.",
+    args={},
+)
+_FINISH_VIEW = _tool_view(_FINISH_TOOL)
+
+
+def _step_signature(base: type[Signature], views: list[ToolView]) -> type[Signature]:
+    """The step signature: the base instructions, the listing of the tools shown, and their `ToolCall` type."""
+    fields = {name: (field.annotation, field) for name, field in base.fields.items()}
+    fields["next_tool_call"] = (call_type_of(views), base.fields["next_tool_call"])
+    signature: type[Signature] = dspy.Signature(fields, base.instructions + "\n\n" + listing(views))
+    register_step_signature(signature)
+    return signature
+
+
+def _names(views: list[ToolView]) -> list[str]:
+    return [view.name for view in views]
+
+
+def _query(inputs: dict[str, Any], signature: type[Signature]) -> str:
+    """The text tools are ranked against: the run's inputs, in the signature's order."""
+    parts = []
+    for name in signature.input_fields:
+        value = inputs.get(name)
+        if value is not None:
+            parts.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str))
+    return "\n".join(parts)
 
 
 def _next_call(pred: dspy.Prediction, trajectory: dict[str, Any], idx: int) -> tuple[str, dict[str, Any]] | None:

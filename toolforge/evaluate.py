@@ -37,13 +37,12 @@ from dspy.evaluate.evaluate import EvaluationResult
 from dspy.utils.callback import with_callbacks
 
 from toolforge._checks import check_int
-from toolforge._hashing import content_hash
 from toolforge._text import one_line
 from toolforge._usage import count_lm_usage
 from toolforge.cache import EvaluationCache, as_cache, use_call_cache
 from toolforge.errors import FunctionCallError, ToolforgeError
 from toolforge.function import ForgedFunction
-from toolforge.keys import example_id, jsonable, metric_source, program_fingerprint
+from toolforge.keys import example_id, jsonable, metric_source, program_fingerprint, record_key, tool_selections
 from toolforge.program import check_examples, forged_functions, sandbox_of
 from toolforge.records import EvaluationRun, ExampleRecord
 from toolforge.sandbox import Sandbox
@@ -151,7 +150,7 @@ class Evaluator:
         functions = forged_functions(program)
         code_hashes = {name: function.code_hash for name, function in functions.items()}
         ids = [example_id(example) for example in examples]
-        keys = [content_hash([base, eid]) for eid in ids]
+        keys = [record_key(base, eid, tool_selections(program, e)) for e, eid in zip(examples, ids, strict=True)]
 
         records: list[ExampleRecord | None] = [None] * len(examples)
         if self.cache is not None:

@@ -9,7 +9,10 @@ LM settings (model and sampling parameters, per predictor, and the configured LM
 ToolAgent's `max_iters` and `max_observation_chars`), the metric (its source, or `metric_version`), and the cache
 format. The code of forged functions is not in the key: `toolforge.cache` checks it per record.
 
-`program_fingerprint` hashes the program, `example_id` the example; a record's key hashes the two.
+`program_fingerprint` hashes the program, `example_id` the example; a record's key (`record_key`) hashes the two,
+and, for a program that shows its LM only some of its functions per example (a module with a
+`tool_selection(inputs)` hook, such as `ToolAgent(max_tools=k)`), the functions each such module selected for the
+example: which tools a run was shown is then part of what its record depends on, whatever ranked them.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from toolforge.errors import ToolforgeError
 from toolforge.program import fixed_tools, named_modules
 from toolforge.toolset import Toolset
 
-__all__ = ["example_id", "jsonable", "metric_source", "program_fingerprint"]
+__all__ = ["example_id", "jsonable", "metric_source", "program_fingerprint", "record_key", "tool_selections"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +116,26 @@ def program_fingerprint(program: dspy.Module, *, metric_id: str) -> str:
             "metric": metric_id,
         }
     )
+
+
+def tool_selections(program: dspy.Module, example: dspy.Example) -> list[dict[str, Any]]:
+    """The forged functions each module that selects them per example shows on `example`, by module name; empty
+    when no module selects (every function is shown)."""
+    inputs = example.inputs().toDict()
+    selections = []
+    for name, module in named_modules(program):
+        select = getattr(module, "tool_selection", None)
+        if callable(select):
+            chosen = select(inputs)
+            if chosen is not None:
+                selections.append({"module": name, "tools": list(chosen)})
+    return selections
+
+
+def record_key(base: str, eid: str, selections: list[dict[str, Any]] | None = None) -> str:
+    """The key of an example's record: the program's fingerprint, the example's id, and the tools selected for it
+    (left out when there are none, so that a program showing all its functions keeps the key it had)."""
+    return content_hash([base, eid, selections]) if selections else content_hash([base, eid])
 
 
 def _user_code(modules: list[tuple[str, dspy.Module]], tools: list[tuple[str, dspy.Tool]]) -> list[list[str]]:

@@ -1,13 +1,17 @@
 """ToolAgent's tool-call schema: each tool's JSON Schema `parameters` compiled into a pydantic call model.
 
-`call_type(tools)` is the union of one closed model per tool, `{"name": Literal[tool], "args": <its arguments>}`,
-which ToolAgent gives its step signature as the type of `next_tool_call`, so that a schema-constrained LM can only
-write a call that names a tool with that tool's arguments. The schemas compiled here are the ones `ForgedFunction`
-(function.py) has already checked; a fixed tool's come from `dspy.Tool.args`.
+`call_type(tools)` is one type per set of tools, `ToolCall`, whose JSON schema is the closed union of one model per
+tool, `{"name": Literal[tool], "args": <its arguments>}`, and which parses a call into that tool's model. ToolAgent
+gives its step signature this type for `next_tool_call`, so that a schema-constrained LM can only write a call that
+names a tool with that tool's arguments; it is one class (not a `Union`), so DSPy's adapters name it `ToolCall` in
+the prompt and build it with no per-request work (its schema is made once, as text). The schemas compiled here are
+the ones `ForgedFunction` (function.py) has already checked; a fixed tool's come from `dspy.Tool.args`.
 
 An argument name may be any string (each field is keyed by its alias), an object argument with declared properties
 becomes a model of its own, and an open mapping is written as a list of `{"key": ..., "value": ...}` entries (see
-`docs/design-notes.md`). Models are cached by interface, and each call model makes its JSON schema once.
+`docs/design-notes.md`). Models live in weak-value maps keyed by interface: as long as a rendering holds a tool's
+model, any other rendering of the same interface reuses it, with no size limit (an `lru_cache` of 512 models rebuilt
+every model of a toolset of 1,000 functions on each revision).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from __future__ import annotations
 import functools
 import json
 import keyword
+import threading
+import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
@@ -27,6 +34,7 @@ from pydantic import (
     WithJsonSchema,
     create_model,
 )
+from pydantic_core import core_schema as cs
 
 if TYPE_CHECKING:
     import dspy
@@ -109,12 +117,75 @@ def _mapping_type(values_json: str) -> Any:
 
 
 def call_type(tools: dict[str, dspy.Tool]) -> Any:
-    """One closed model per tool, `{"name": Literal[tool], "args": <its arguments>}`, and their union.
+    """The `ToolCall` type of these tools: one closed model per tool, `{"name": Literal[tool], "args": <its
+    arguments>}`, behind one class.
 
     Tying each tool's name to its own argument model means a schema-constrained LM can only write valid calls.
     """
-    calls = [_tool_call_model(tool.name, json.dumps(tool.args or {}, sort_keys=True)) for tool in tools.values()]
-    return Union[tuple(calls)] if len(calls) > 1 else calls[0]  # noqa: UP007
+    return union_of(
+        [tool_call_model(tool.name, json.dumps(tool.args or {}, sort_keys=True)) for tool in tools.values()]
+    )
+
+
+def union_of(models: Sequence[Any]) -> Any:
+    """The `ToolCall` class over these call models (in this order), made once while it is in use."""
+    key = tuple(models)
+    with _LOCK:
+        found = _UNIONS.get(key)
+        if found is None:
+            found = _UNIONS[key] = _make_union(key)
+    return found
+
+
+class ToolCallType:
+    """Base of the `ToolCall` classes `union_of` makes: a call is parsed into the model of the tool it names.
+
+    Not a pydantic model itself: pydantic builds a `Union` of many models anew for every `TypeAdapter` (DSPy makes
+    one per request), and this class's core schema is a single function, whatever the number of tools.
+    """
+
+    _models: ClassVar[dict[str, Any]] = {}
+    _json_schema: ClassVar[str] = "{}"
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        return cs.no_info_plain_validator_function(
+            cls._validate,
+            serialization=cs.plain_serializer_function_ser_schema(_dump_call),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        schema: dict[str, Any] = json.loads(cls._json_schema)  # a copy per use: DSPy edits schemas in place
+        return schema
+
+    @classmethod
+    def _validate(cls, value: Any) -> Any:
+        if isinstance(value, _ToolCall) and cls._models.get(value._interface[0]) is type(value):
+            return value
+        if isinstance(value, BaseModel):
+            value = value.model_dump(exclude_unset=True, by_alias=True)
+        if not isinstance(value, dict):
+            raise ValueError(f'a tool call is an object {{"name": ..., "args": {{...}}}}, got {value!r:.100}')
+        model = cls._models.get(value.get("name"))  # type: ignore[arg-type]
+        if model is None:
+            raise ValueError(f"no tool is named {value.get('name')!r:.60}; call one of {sorted(cls._models)}")
+        return model.model_validate(value)
+
+
+def _dump_call(value: Any) -> Any:
+    return value.model_dump(mode="json", by_alias=True) if isinstance(value, BaseModel) else value
+
+
+def _make_union(models: tuple[Any, ...]) -> Any:
+    schemas = [json.loads(model._json_schema) for model in models]
+    schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    namespace = {
+        "_models": {model._interface[0]: model for model in models},
+        "_json_schema": json.dumps(schema),
+        "__module__": __name__,
+    }
+    return type("ToolCall", (ToolCallType,), namespace)
 
 
 class _ToolCall(BaseModel):
@@ -152,9 +223,23 @@ rebuild_call.__module__ = "toolforge.agent"
 rebuild_call.__name__ = rebuild_call.__qualname__ = "_rebuild_call"
 
 
-@functools.lru_cache(maxsize=512)
-def _tool_call_model(name: str, args_json: str) -> Any:
-    """The call model of one tool (cached by its interface: a revised toolset mostly repeats its tools)."""
+def tool_call_model(name: str, args_json: str) -> Any:
+    """The call model of one tool, made once while any rendering holds it (a revised toolset repeats most tools)."""
+    key = (name, args_json)
+    with _LOCK:
+        found = _MODELS.get(key)
+        if found is None:
+            found = _MODELS[key] = _make_call_model(name, args_json)
+    return found
+
+
+_tool_call_model = tool_call_model  # the name `rebuild_call` and earlier pickles' readers know
+_LOCK = threading.RLock()
+_MODELS: weakref.WeakValueDictionary[tuple[str, str], Any] = weakref.WeakValueDictionary()
+_UNIONS: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
+
+
+def _make_call_model(name: str, args_json: str) -> Any:
     stem = "".join(part.capitalize() for part in name.split("_")) or "Tool"
     args_model = _keyed_model(f"{stem}Args", json.loads(args_json))
     model = create_model(
@@ -164,8 +249,30 @@ def _tool_call_model(name: str, args_json: str) -> Any:
         args=(args_model, Field(default_factory=args_model)),
     )
     model._interface = (name, args_json)
-    model._json_schema = json.dumps(_inline_refs(model.model_json_schema()))
+    model._json_schema = json.dumps(_closed(_inline_refs(model.model_json_schema())))
     return model
+
+
+def _closed(node: Any, in_properties: bool = False) -> Any:
+    """A schema as structured outputs take it, and small: every object closed, with all its properties required
+    (what DSPy's `enforce_required` does, which does not reach into `anyOf`, where each tool's schema now is), and
+    no titles (the names pydantic makes up; the prompt's listing says what each tool and argument is)."""
+    if isinstance(node, list):
+        return [_closed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if in_properties:  # a mapping of property names to schemas: every key is a name, not a keyword
+        return {key: _closed(value) for key, value in node.items()}
+    out = {
+        key: _closed(value, in_properties=key == "properties")
+        for key, value in node.items()
+        if not (key == "title" and isinstance(value, str))
+    }
+    if out.get("type") == "object":
+        properties = out.setdefault("properties", {})
+        out["required"] = list(properties)
+        out["additionalProperties"] = False
+    return out
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
