@@ -97,7 +97,20 @@ def test_the_system_message_is_rendered_once_per_step_signature(sandbox, monkeyp
             agent(question=f"{QUESTION} ({i})")
     step_renders = [s for s in calls if "next_tool_call" in s.output_fields]
     assert len(step_renders) == 1  # 4 runs of 3 step requests each
-    assert len(calls) - len(step_renders) == 4  # the extract step is DSPy's own, rendered per request
+    assert len(calls) - len(step_renders) == 1  # the extract step: 4 requests, one rendering
+
+
+def test_new_extract_instructions_are_rendered_afresh(sandbox):
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
+    lm, engine = scripted_lm(tool_agent_script(lambda q: ("compound", {"principal": 100, "rate": 0.1, "years": 2})))
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        agent(question=QUESTION)
+        agent.extract.signature = agent.extract.signature.with_instructions("Tuned: answer with the number only.")
+        agent(question=f"{QUESTION} (again)")
+    systems = [system for system, _ in engine.requests if "`answer`" in system and "next_tool_call" not in system]
+    assert (
+        len(systems) == 2 and "Tuned: answer with the number only." not in systems[0] and "Tuned: answer" in systems[-1]
+    )
 
 
 def test_an_unchanged_function_keeps_its_tool_across_versions(sandbox):

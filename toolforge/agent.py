@@ -24,7 +24,15 @@ from dspy.utils.exceptions import AdapterParseError, ContextWindowExceededError
 
 from toolforge._checks import check_int
 from toolforge.errors import FunctionCallError, ToolforgeError
-from toolforge.prompt import ToolView, call_type_of, function_view, listing, register_step_signature, step_adapter
+from toolforge.prompt import (
+    ToolView,
+    call_type_of,
+    function_view,
+    listing,
+    register_step_signature,
+    render_once,
+    step_adapter,
+)
 from toolforge.prompt import tool_view as _tool_view
 from toolforge.retrieval import BM25Ranker, ToolIndex, ToolRanker, top_k
 from toolforge.sandbox import Sandbox, default_sandbox
@@ -318,7 +326,9 @@ class ToolAgent(dspy.Module):
             trajectory[f"observation_{idx}"] = _clip(self._observe(tools, *call), self.max_observation_chars)
             if call[0] == FINISH:
                 break
-        extract = self._call(self.extract, trajectory, input_args)
+        render_once(self.extract.signature)  # its system message is the same for every example
+        with dspy.context(adapter=step_adapter(dspy.settings.adapter or dspy.ChatAdapter())):
+            extract = self._call(self.extract, trajectory, input_args)
         return dspy.Prediction(trajectory=trajectory, **extract)
 
     async def aforward(self, **input_args: Any) -> dspy.Prediction:
@@ -342,7 +352,9 @@ class ToolAgent(dspy.Module):
             trajectory[f"observation_{idx}"] = _clip(await self._aobserve(tools, *call), self.max_observation_chars)
             if call[0] == FINISH:
                 break
-        extract = await self._acall(self.extract, trajectory, input_args)
+        render_once(self.extract.signature)
+        with dspy.context(adapter=step_adapter(dspy.settings.adapter or dspy.ChatAdapter())):
+            extract = await self._acall(self.extract, trajectory, input_args)
         return dspy.Prediction(trajectory=trajectory, **extract)
 
     def _check_inputs(self, input_args: dict[str, Any]) -> None:

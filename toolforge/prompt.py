@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from toolforge.function import ForgedFunction
 
-__all__ = ["ToolView", "function_view", "step_adapter", "tool_line", "tool_view", "type_text"]
+__all__ = ["ToolView", "function_view", "render_once", "step_adapter", "tool_line", "tool_view", "type_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,16 @@ def register_step_signature(signature: type[Signature]) -> None:
     shown = dspy.Signature(fields, signature.instructions)  # not `with_updated_fields`, which deep-copies them all
     with _LOCK:
         _SHOWN[signature] = (shown, {})
+
+
+def render_once(signature: type[Signature]) -> None:
+    """Let a step adapter render `signature`'s system message once per adapter class (a signature with no tool
+    call, e.g. the agent's extract step, shown as it is). A predictor whose signature is replaced (a prompt
+    optimizer's new instructions) has a new signature class, which is rendered afresh."""
+    with _LOCK:
+        if signature in _SHOWN:
+            return
+        _SHOWN[signature] = (signature, {})
 
 
 _SHOWN: weakref.WeakKeyDictionary[type, tuple[type, dict[type, str]]] = weakref.WeakKeyDictionary()
