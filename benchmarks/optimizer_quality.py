@@ -100,13 +100,19 @@ def draw(*parts: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------- agent
+def shown_tools(system: str) -> list[str]:
+    """The tools a step's prompt lists, in either rendering: `name(args): ...` (prompt format 4) or `(1) name: ...`
+    (before it, as the baseline commit writes it), so that both versions run the same agent."""
+    return listed_tools(system) or re.findall(r"\(\d+\) ([A-Za-z_][A-Za-z0-9_]*): ", system)
+
+
 def agent_respond(system: str, user: str) -> dict[str, Any]:
     question = field(user, "question")
     kind, number = question.split()
     if "next_tool_call" in system:  # the step that sees the tools
         if "[[ ## tool_name_0 ## ]]" in user:
             return {"next_thought": "Done.", "next_tool_call": {"name": "finish", "args": {}}}
-        names = [name for name in listed_tools(system) if re.fullmatch(rf"{kind}(?:_[a-z0-9]+)?", name)]
+        names = [name for name in shown_tools(system) if re.fullmatch(rf"{kind}(?:_[a-z0-9]+)?", name)]
         if names and draw(system, question, "skip") >= SKIP_TOOL:
             return {
                 "next_thought": f"Use {names[0]}.",
