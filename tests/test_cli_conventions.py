@@ -202,7 +202,7 @@ def verbose_run(tmp_path_factory):
 
 def test_verbose_logs_what_the_compile_does(verbose_run):
     assert verbose_run.returncode == 0, verbose_run.stderr
-    assert "INFO toolforge.optimizer: compile finished (solved): train score 0.500 -> 1.000" in verbose_run.stderr
+    assert "INFO toolforge.optimizer: compile finished (max_epochs): train score 0.500 -> 1.000" in verbose_run.stderr
 
 
 def test_quiet_shows_no_progress_bar(verbose_run):
@@ -326,7 +326,7 @@ def test_every_training_flag_reaches_the_optimizer(tmp_path):
         *("--epochs", "7", "--patience", "4", "--max-actions", "2", "--trials", "5", "--max-lm-calls", "300"),
         *("--max-functions", "6", "--no-accept-ties", "--no-prune", "--prune-seeds", "--min-net-flips", "2"),
         *("--significance", "0.05", "--holdout", "0.3", "--no-rollback", "--no-progressive", "--seed", "3"),
-        *("--no-stop-when-solved", "--verbose"),
+        *("--stop-when-solved", "--verbose"),
     )
     assert {
         name: getattr(optimizer, name)
@@ -339,7 +339,7 @@ def test_every_training_flag_reaches_the_optimizer(tmp_path):
         "max_epochs": 7, "patience": 4, "max_actions_per_step": 2, "max_trials": 5, "max_lm_calls": 300,
         "max_functions": 6, "accept_ties": False, "prune_unused": False, "prune_seeds": True, "min_net_flips": 2,
         "significance": 0.05, "holdout": 0.3, "rollback": False, "progressive": False, "seed": 3,
-        "stop_when_solved": False, "verbose": True,
+        "stop_when_solved": True, "verbose": True,
     }  # fmt: skip
 
 

@@ -770,11 +770,11 @@ def _parser() -> argparse.ArgumentParser:
             help="the paper's ablation: apply each step's actions to the initial toolset, not the best so far",
         )
         p.add_argument(
-            "--no-stop-when-solved",
+            "--stop-when-solved",
             dest="stop_when_solved",
-            action="store_false",
+            action="store_true",
             default=None,
-            help="go on after the best toolset answers every training and validation example (default: stop)",
+            help="stop once the best toolset answers every training and validation example (default: go on)",
         )
         p.add_argument(
             "--trajectory-budget", type=int, default=12_000, help="characters of trajectories the proposer sees"

@@ -17,8 +17,8 @@ tie only if it does not add a function (the smaller toolset, then the one with f
 not remove a seed function. **Credit per action**: when a step has several actions, each is judged on the examples
 it touches; those that do not earn their place are rolled back with their own evidence, and the rest, when they
 differ from the whole, are evaluated together once more before they are accepted. **Early-stop**: after
-`patience` steps without a better candidate, or once the best toolset answers every training and validation
-example (nothing is left that a later candidate could be better on). At the end the last accepted toolset is the
+`patience` steps without a better candidate (or, with `stop_when_solved`, once the best toolset answers every
+training and validation example). At the end the last accepted toolset is the
 result; functions no training trajectory called successfully are pruned (never the seed functions, by default), if
 the smaller toolset, judged like any other change, does no harm.
 
@@ -534,6 +534,9 @@ class FunctionOptimizer(Teleprompter):
             roll-back and early-stop", an accept-everything loop as AG2's AgentOptimizer runs.
         progressive: False applies each step's actions to the student's initial toolset instead of the best so far
             (the paper's ablation without progressive function update): each step builds a toolset afresh.
+        stop_when_solved: Stop once the best toolset answers every training and validation example (then no
+            candidate can be better, only tie). Off by default: the ties accepted after that point replace
+            special-cased code with general code, which the training set cannot tell apart (see the design notes).
         max_lm_calls: Budget of LM requests (agent and proposer; DSPy's cache hits are free); checked between
             phases, so an evaluation that has started finishes. Stops cleanly, keeping the best so far.
         num_threads: Examples evaluated at once.
@@ -591,7 +594,7 @@ class FunctionOptimizer(Teleprompter):
         holdout: float = 0.2,
         rollback: bool = True,
         progressive: bool = True,
-        stop_when_solved: bool = True,
+        stop_when_solved: bool = False,
         max_lm_calls: int | None = None,
         num_threads: int = 8,
         cache: EvaluationCache | str | os.PathLike[str] | Literal[False] | None = None,
