@@ -192,25 +192,31 @@ def test_a_general_function_that_ties_with_a_table_replaces_it_without_accept_ti
 
 
 # ------------------------------------------------------------------------ 4. fitting the training set
-def test_without_a_valset_a_change_that_only_fits_the_training_examples_is_rolled_back(cache):
-    """20 squares, 4 held out. The revision fixes the even training questions from a set of their numbers and
-    breaks every other question: better on training, worse on the held-out examples."""
+WRONG_ON_EVENS = unary("square", "x * x + (1 - x % 2)", SQUARE.description)
+
+
+def fitting_compile(cache):
+    """One step on 20 squares from a `square` wrong on even numbers: the proposer revises it into a set of the even
+    training numbers it saw (right on those, 0 elsewhere)."""
     train = [dspy.Example(question=f"square {i}", answer=float(i * i)).with_inputs("question") for i in range(1, 21)]
-    wrong_on_evens = unary("square", "x * x + (1 - x % 2)", SQUARE.description)
 
     def policy(inputs):
         seen = sorted({int(x) for x in re.findall(r"square (\d+)", inputs["trajectories"])})
         code = f"def square(x):\n    return x * x if int(x) in {set(seen)!r} else 0.0\n"
         return [action("revise_function", tf.ForgedFunction("square", SQUARE.description, SQUARE.parameters, code))]
 
-    _, trained, report, _, _ = compile_with(
-        policy, tf.Toolset([wrong_on_evens]), trainset=train, cache=cache, max_epochs=1
-    )
+    return compile_with(policy, tf.Toolset([WRONG_ON_EVENS]), trainset=train, cache=cache, max_epochs=1)
+
+
+def test_without_a_valset_a_change_that_only_fits_the_training_examples_is_rolled_back(cache):
+    """20 squares, 4 held out. The revision fixes the even training questions from a set of their numbers and
+    breaks every other question: better on training, worse on the held-out examples."""
+    _, trained, report, _, _ = fitting_compile(cache)
     step = report.steps[0]
     assert report.held_out == 4 and step.evidence.touched.examples == 16
     assert step.evidence.touched.wins > 0 and step.evidence.val_touched.losses > 0
     assert step.outcome == "rolled_back" and "hurts on the validation ones" in step.reason
-    assert trained.toolset["square"].code == wrong_on_evens.code
+    assert trained.toolset["square"].code == WRONG_ON_EVENS.code
 
 
 # ---------------------------------------------------------------------------------------------- seeds

@@ -10,7 +10,7 @@ import pytest
 
 import toolforge as tf
 from tests.evaluation_fixtures import unary
-from tests.test_acceptance import TRIPLE, mixed, scripted
+from tests.test_acceptance import TRIPLE, fitting_compile, mixed, scripted
 from tests.test_optimizer import DOUBLE, SQUARE, action, compile_with, examples
 
 
@@ -45,15 +45,7 @@ def seed_removal(cache):
 
 
 def held_out_fit(cache):
-    train = [dspy.Example(question=f"square {i}", answer=float(i * i)).with_inputs("question") for i in range(1, 21)]
-    wrong_on_evens = unary("square", "x * x + (1 - x % 2)", SQUARE.description)
-
-    def policy(inputs):
-        seen = sorted({int(x) for x in re.findall(r"square (\d+)", inputs["trajectories"])})
-        code = f"def square(x):\n    return x * x if int(x) in {set(seen)!r} else 0.0\n"
-        return [action("revise_function", tf.ForgedFunction("square", SQUARE.description, SQUARE.parameters, code))]
-
-    return compile_with(policy, tf.Toolset([wrong_on_evens]), trainset=train, cache=cache, max_epochs=1)[2]
+    return fitting_compile(cache)[2]
 
 
 COMPILES = [harmful_removal, wrong_revision, irrelevant_and_rejected, seed_removal, held_out_fit]

@@ -37,7 +37,7 @@ from toolforge.prompt import tool_view as _tool_view
 from toolforge.retrieval import BM25Ranker, ToolIndex, ToolRanker, top_k
 from toolforge.sandbox import Sandbox, default_sandbox
 from toolforge.schema import rebuild_call as _rebuild_call  # noqa: F401  (pickled calls name it here)
-from toolforge.tools import forged_tools
+from toolforge.tools import FINISH, fixed_tools, forged_tools
 from toolforge.toolset import Toolset
 
 __all__ = ["ToolAgent", "python_tool"]
@@ -49,8 +49,6 @@ logger = logging.getLogger(__name__)
 _PROMPT_FORMAT = 4
 _SELECTIONS = 4096  # remembered tool selections (inputs -> functions shown) per agent
 _RENDERINGS = 1024  # remembered step signatures (one per set of tools shown) per agent
-
-FINISH = "finish"
 
 
 class ToolAgent(dspy.Module):
@@ -126,11 +124,7 @@ class ToolAgent(dspy.Module):
             raise ToolforgeError(
                 f"ToolAgent(tools=...): each tool is a function or a dspy.Tool; not so item {'; item '.join(bad)}"
             )
-        fixed = [t if isinstance(t, dspy.Tool) else dspy.Tool(t) for t in tools]
-        names = [t.name for t in fixed]
-        clashes = sorted({n for n in names if names.count(n) > 1} | ({FINISH} & set(names)))
-        if clashes:
-            raise ToolforgeError(f"fixed tool names {clashes} are repeated or reserved; give each tool its own name")
+        fixed = fixed_tools(tools)
         self.tools = fixed
         self.toolset = toolset if toolset is not None else Toolset()
 

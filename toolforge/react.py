@@ -26,6 +26,7 @@ from dspy.utils.exceptions import AdapterParseError
 
 from toolforge.errors import ToolforgeError
 from toolforge.sandbox import Sandbox
+from toolforge.tools import FINISH, fixed_tools
 from toolforge.toolset import Toolset
 
 __all__ = ["ReAct"]
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 _PROMPT_FORMAT = 1  # changes when this module renders the same agent's prompt differently (cache keys hold it)
 
-FINISH = "finish"
 
 # How dspy.ReAct lists its tools at the end of its instructions (dspy/predict/react.py); checked at construction.
 _LIST_HEAD = "When selecting the next_tool_name and its next_tool_args, the tool must be one of:\n"
@@ -95,11 +95,7 @@ class ReAct(dspy.ReAct):
                 f"toolforge.ReAct(toolset=...) must be a Toolset, got {type(toolset).__name__}; wrap functions with "
                 "Toolset([...])"
             )
-        fixed = [t if isinstance(t, dspy.Tool) else dspy.Tool(t) for t in tools]
-        names = [t.name for t in fixed]
-        clashes = sorted({n for n in names if names.count(n) > 1} | ({FINISH} & set(names)))
-        if clashes:
-            raise ToolforgeError(f"fixed tool names {clashes} are repeated or reserved; give each tool its own name")
+        fixed = fixed_tools(tools)
         self.fixed_tools = fixed
         self.sandbox = sandbox
         super().__init__(ensure_signature(signature), tools=[*fixed, *toolset.as_tools(sandbox)], max_iters=max_iters)

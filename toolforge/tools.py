@@ -20,13 +20,26 @@ import dspy
 
 from toolforge._hashing import canonical_json, content_hash
 from toolforge.cache import active_call_cache
-from toolforge.errors import FunctionCallError
+from toolforge.errors import FunctionCallError, ToolforgeError
 from toolforge.function import ForgedFunction
 from toolforge.sandbox import Sandbox, default_sandbox
 from toolforge.toolset import set_tool_runtime
 from toolforge.trace import FunctionCall, _record
 
-__all__ = ["ForgedToolCall", "forged_tools"]
+__all__ = ["FINISH", "ForgedToolCall", "fixed_tools", "forged_tools"]
+
+FINISH = "finish"  # the tool that ends an agent's run, in ToolAgent and toolforge.ReAct alike
+
+
+def fixed_tools(tools: Iterable[Any]) -> list[dspy.Tool]:
+    """An agent's fixed tools as `dspy.Tool`s, refusing a name given twice or the reserved `finish`."""
+    fixed = [t if isinstance(t, dspy.Tool) else dspy.Tool(t) for t in tools]
+    names = [t.name for t in fixed]
+    clashes = sorted({n for n in names if names.count(n) > 1} | ({FINISH} & set(names)))
+    if clashes:
+        raise ToolforgeError(f"fixed tool names {clashes} are repeated or reserved; give each tool its own name")
+    return fixed
+
 
 _MAX_KEPT_ARGUMENTS = 16_384  # characters of JSON: larger arguments are not kept in evaluation records
 
