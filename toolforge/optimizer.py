@@ -1593,11 +1593,8 @@ class _RunState:
     def _settings(self) -> dict[str, Any]:
         """The optimizer's settings as the report shows them: what a user set or would tune."""
         opt = self.opt
-        names = (
-            "max_epochs", "max_actions_per_step", "max_trials", "patience", "accept_ties", "max_functions",
-            "prune_unused", "prune_seeds", "min_net_flips", "significance", "holdout", "rollback", "progressive",
-            "max_lm_calls", "num_threads", "seed", "trajectory_budget_chars", "stop_when_solved",
-        )  # fmt: skip
+        names = ("max_epochs", *_SIGNED_SETTINGS, "max_functions", "holdout", "max_lm_calls", "num_threads",
+                 "stop_when_solved")  # fmt: skip
         settings: dict[str, Any] = {name: getattr(opt, name) for name in names}
         settings["metric_range"] = list(opt.evaluator.metric_range)
         settings["failure_score"] = opt.evaluator.failure_score
