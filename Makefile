@@ -53,6 +53,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/optimizer_overhead.py
 	$(BIN)/python benchmarks/local_lm.py
 	$(BIN)/python benchmarks/answer_checking.py
+	$(BIN)/python benchmarks/optimizer_quality.py
+	$(BIN)/python benchmarks/prompt.py
+	$(BIN)/python benchmarks/composition.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
