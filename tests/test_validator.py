@@ -7,7 +7,7 @@ import logging
 import pytest
 
 import toolforge as tf
-from tests.evaluation_fixtures import DOUBLE, SQUARE, unary
+from tests.evaluation_fixtures import DOUBLE, SQUARE, X_SCHEMA, unary
 from toolforge.proposer import ProposedAction, ProposedActionReply
 from toolforge.validator import Check, check_proposal
 
@@ -77,3 +77,47 @@ def test_a_function_whose_two_smoke_calls_disagree_is_kept_but_marked_not_determ
         check = check_proposal(proposed("add_function", jitter), START, sandbox=sandbox, step=4)
     assert check.reason is None and check.toolset["jitter"].deterministic is False
     assert "step 4: add jitter: two smoke calls with the same arguments gave" in caplog.text
+
+
+def test_a_copy_of_a_function_under_another_name_is_rejected_before_any_evaluation(sandbox):
+    copy = tf.ForgedFunction(
+        "twice",
+        "Twice x: a better description does not make it another function.",
+        DOUBLE.parameters,
+        'def twice(x):\n    """Double it."""\n    return x * 2\n',
+    )
+    check = check_proposal(proposed("add_function", copy), START, sandbox=sandbox)
+    assert check.reason.startswith("'twice' has the code of 'double' under another name")
+    assert "revise 'double'" in check.reason and check.toolset is START
+
+
+def test_a_revision_that_turns_a_function_into_a_copy_of_another_is_rejected(sandbox):
+    start = tf.Toolset([DOUBLE, SQUARE])
+    check = check_proposal(proposed("revise_function", unary("square", "x * 2")), start, sandbox=sandbox)
+    assert check.reason.startswith("'square' has the code of 'double' under another name")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "def twice(x):\n    return 2 * x\n",  # other code with the same results is not a copy by its text
+        "def twice(x):\n    return double(x)\n",  # calls another name: not the same tree
+        "def twice(y):\n    return y * 2\n",  # another parameter name: the agent calls it differently
+    ],
+)
+def test_code_that_differs_in_its_tree_is_not_a_copy(sandbox, code):
+    name = "twice"
+    parameter = "y" if "(y)" in code else "x"
+    schema = {"type": "object", "properties": {parameter: {"type": "number"}}, "required": [parameter]}
+    function = tf.ForgedFunction(name, "Return twice the number.", schema, code)
+    assert function.code_shape != DOUBLE.code_shape
+    assert not (check_proposal(ProposedAction.of("add_function", function, {parameter: 3}), START, sandbox=sandbox)
+                .reason or "").startswith("'twice' has the code of")  # fmt: skip
+
+
+def test_a_recursive_function_and_its_renamed_copy_have_one_shape():
+    fact = tf.ForgedFunction("fact", "n!", X_SCHEMA, "def fact(x):\n    return 1 if x <= 1 else x * fact(x - 1)\n")
+    again = tf.ForgedFunction(
+        "factorial", "The factorial.", X_SCHEMA, "def factorial(x):\n    return 1 if x <= 1 else x * factorial(x - 1)\n"
+    )
+    assert fact.code_shape == again.code_shape

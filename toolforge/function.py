@@ -139,6 +139,24 @@ class ForgedFunction(FunctionFields):
         )
 
     @cached_property
+    def code_shape(self) -> str:
+        """sha256 of what the code does, whatever it is called: its syntax tree with the function's own name (its
+        def and recursive calls) replaced by a placeholder and docstrings left out, and its packages. Two functions
+        with the same shape behave alike on every input, so one added beside the other is a copy."""
+        tree = ast.parse(self.code)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module):
+                body = node.body
+                if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                    if isinstance(body[0].value.value, str):
+                        node.body = body[1:] or [ast.Pass()]
+            if isinstance(node, ast.FunctionDef) and node.name == self.name:
+                node.name = "_"
+            elif isinstance(node, ast.Name) and node.id == self.name:
+                node.id = "_"
+        return content_hash({"tree": ast.dump(tree, include_attributes=False), "packages": sorted(self.packages)})
+
+    @cached_property
     def _validator(self) -> jsonschema.protocols.Validator:
         cls = jsonschema.validators.validator_for(self.parameters, default=jsonschema.Draft202012Validator)
         return cls(self.parameters)

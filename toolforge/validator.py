@@ -1,5 +1,6 @@
-"""Checking a proposed action before it costs an evaluation: its own validation, the toolset's rules, no table of
-the training set's answers, a smoke call in the sandbox, and whether its function is deterministic.
+"""Checking a proposed action before it costs an evaluation: its own validation, the toolset's rules, no copy of
+another function under a new name, no table of the training set's answers, a smoke call in the sandbox, and whether
+its function is deterministic.
 
 The optimizer calls `check_proposal` for each action the proposer returns, in order, each on the candidate the
 accepted ones before it built; a rejected action goes back to the proposer with its reason. Nothing here needs an
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 from toolforge._text import one_line
 from toolforge.actions import RemoveFunction, ReviseFunction, validation_reasons
 from toolforge.errors import FunctionCallError, FunctionError, ToolsetError
+from toolforge.function import ForgedFunction
 from toolforge.memorised import memorised_answers
 from toolforge.proposer import ProposedAction
 from toolforge.sandbox import Sandbox, default_sandbox
@@ -83,6 +85,9 @@ def check_proposal(
             "has; propose a different change, or none",
             candidate,
         )
+    copy = _copy_of(function, updated)
+    if copy:
+        return Check(copy, candidate)
     memorised = memorised_answers(function.code, examples)
     if memorised:
         return Check(memorised, candidate)
@@ -111,3 +116,19 @@ def check_proposal(
             )
             updated = candidate.apply([action.model_copy(update={"deterministic": False})])
     return Check(None, updated)
+
+
+def _copy_of(function: ForgedFunction, toolset: Toolset) -> str | None:
+    """Why `function` is a copy of another function of `toolset` (the same code under another name), if it is.
+
+    A copy can only tie with the function it copies, and a tie that grows the toolset is not kept: refusing it here
+    saves the evaluation that would find that out, and tells the proposer what would help instead."""
+    shape = function.code_shape
+    twin = next((f.name for f in toolset.functions if f.name != function.name and f.code_shape == shape), None)
+    if twin is None:
+        return None
+    return (
+        f"{function.name!r} has the code of {twin!r} under another name: a copy adds a function to the prompt and no "
+        f"behaviour; if the agent does not call {twin!r} where it should, revise {twin!r} (its description or "
+        "parameters) instead, or write code that does something it does not"
+    )
