@@ -245,6 +245,43 @@ def test_functions_the_compile_added_are_still_pruned_when_unused(cache):
     assert (report.pruned, trained.toolset.names) == (["cube"], ["double"])
 
 
+def test_a_removal_refused_by_the_examples_that_called_it_runs_no_other_example(cache, tmp_path):
+    """remove double, with doubles 2 of 10 questions: only those two can tell a removal anything (the candidate
+    cannot call what it lacks), they get worse, so the step is rolled back without running the other eight."""
+    policy, calls = scripted([[action("remove_function", name="double")], []])
+    train = examples(10, kinds=("square", "square", "square", "square", "double"))
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset([DOUBLE, SQUARE]), trainset=train, cache=cache, max_epochs=2
+    )
+    step = report.steps[0]
+    assert trained.toolset.names == ["double", "square"]
+    assert (step.outcome, step.cache_misses, step.score_after) == ("rolled_back", 2, None)
+    (remove,) = step.actions
+    assert remove.reason.startswith("the evidence is against it: more of the examples it touched got worse")
+    flipped = remove.evidence.flips
+    assert (flipped.examples, flipped.losses, remove.evidence.score_together) == (2, 2, None)
+    assert step.evidence.touched.worse == ["trainset[4]", "trainset[9]"]
+    assert "Step 1: did worse on the examples that called what it removed" in calls[1]["failure_list"]
+    assert "refused on them: the other training examples were not run" in markdown_report(report, tmp_path)
+
+
+def test_a_removal_the_examples_calling_it_do_not_refuse_is_evaluated_on_every_example(cache):
+    """remove a wrong square where the LM alone answers the squares (it answers 0, and they are squares of 0):
+    better on the two examples that called it, so the other eight are run too before it is accepted."""
+    wrong = unary("square", "x * x + 1", SQUARE.description)
+    policy, _ = scripted([[action("remove_function", name="square")]])
+    train = examples(8, kinds=("double",)) + [
+        dspy.Example(question=f"square {zero}", answer=0.0).with_inputs("question") for zero in ("0", "0.0")
+    ]
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset([DOUBLE, wrong]), trainset=train, cache=cache, max_epochs=1
+    )
+    step = report.steps[0]
+    assert trained.toolset.names == ["double"]
+    assert (step.outcome, step.cache_misses, step.score_after) == ("accepted", 10, 1.0)
+    assert step.actions[0].evidence.flips.wins == 2
+
+
 # ------------------------------------------------------------------------------------------- ablations
 def test_without_rollback_every_checked_candidate_is_kept_and_nothing_stops_early(cache):
     wrong = unary("double", "x * 2 + 1", DOUBLE.description)

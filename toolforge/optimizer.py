@@ -112,10 +112,11 @@ LEDGER = "lm-calls.jsonl"  # in log_dir: the LM requests made since the last che
 class ActionEvidence(BaseModel):
     """What one action of an evaluated step did: the flips on the training examples it touched (with the step's
     other actions beside it), and the training scores of the step's candidate with all its actions and with only
-    those kept (where some were rolled back)."""
+    those kept (where some were rolled back). A step of removals refused on the examples that called what they
+    remove has no score with all its actions: the other examples were not run."""
 
     flips: Flips
-    score_together: float
+    score_together: float | None  # None: the step was refused on the examples its removals touched (see `_judge`)
     score_kept: float | None = None
 
 
@@ -285,7 +286,7 @@ class FailedCandidate(BaseModel):
     built it. The proposer sees the list until a candidate is accepted; a step that would rebuild one is sent back."""
 
     step: int
-    score: float
+    score: float | None  # None: refused on the examples its removals touched, before the others were run
     best_score: float  # what the best toolset scored then
     actions: list[dict[str, Any]]  # the proposals (`ProposedAction` dumps) that built the candidate
     fingerprint: str | None  # the candidate's; None only in an entry migrated from an early version-1 checkpoint
@@ -1203,6 +1204,10 @@ class _RunState:
             )
         self._budget_check()
         actions = [_action_of(outcomes[i]) for i in kept]
+        if opt.rollback and all(isinstance(a, RemoveFunction) for a in actions):
+            refused = self._refused_removals(step, base, outcomes, kept, actions, candidate, best_run, counts, start)
+            if refused is not None:
+                return refused
         together = self._evaluate(candidate, self.trainset, counts)
         together_toolset = candidate
         if not opt.rollback:  # the ablation: every checked candidate is accepted
@@ -1258,6 +1263,55 @@ class _RunState:
         return self._settle(
             step, base, outcomes, kept, chosen, candidate, run, decision, weighed, counts, start, evidence, reasons,
             whole=(whole, together.score),
+        )  # fmt: skip
+
+    def _refused_removals(
+        self,
+        step: int,
+        base: dict[str, Any],
+        outcomes: list[ActionOutcome],
+        kept: list[int],
+        actions: list[Action],
+        candidate: Toolset,
+        best_run: EvaluationRun,
+        counts: _StepCounts,
+        start: float,
+    ) -> StepReport | None:
+        """The report of a step of removals that the examples calling what they remove already refuse, or None.
+
+        A removal touches only the examples whose run with the best toolset called a function it removes: the
+        candidate cannot call a function it does not have. Its evidence (flips on those examples, seeds, reliance
+        on the LM's guesses) is therefore complete once they are run, and the other examples could only add harm
+        (the sign test over all examples). So they are run first; when every removal is refused on them, the step
+        is rolled back without running the rest. Otherwise this returns None, and the full evaluation reuses
+        their records from the cache."""
+        removed = _changed(self.best, candidate)
+        index = [i for i, record in enumerate(best_run.records) if removed & {c.name for c in record.calls}]
+        if not index or len(index) == len(best_run.records):
+            return None
+        before = best_run.model_copy(update={"records": tuple(best_run.records[i] for i in index)})
+        part = self._evaluate(candidate, [self.trainset[i] for i in index], counts, part=True)
+        evidence: dict[int, ActionEvidence] = {}
+        reasons: dict[int, str] = {}
+        for j, action in enumerate(actions):
+            taken = removed & {action.name}
+            own = flips(before, part, touched_by(taken, before, part), (), taken, labels=self.labels.train)
+            evidence[j] = ActionEvidence(flips=own, score_together=None)
+            refusal = self._refusal(self._verdict(own, None, own), own, [action], candidate=candidate)
+            if refusal is None:
+                return None
+            reasons[j] = refusal
+        touched = flips(before, part, None, (), removed, labels=self.labels.train)
+        verdict, why = self._verdict(touched, None, touched)
+        weighed = StepEvidence(touched=touched, overall=touched, verdict=verdict, why=why)
+        reason = (
+            reasons[0]
+            if len(actions) == 1
+            else "no action earned its place on its own evidence (the examples that called what the step removes)"
+        )
+        return self._settle(
+            step, base, outcomes, kept, [], candidate, None, _Decision(False, False, reason), weighed, counts, start,
+            evidence, reasons,
         )  # fmt: skip
 
     def _weigh(
@@ -1358,7 +1412,7 @@ class _RunState:
         kept: list[int],
         chosen: list[int],
         candidate: Toolset,
-        run: EvaluationRun,
+        run: EvaluationRun | None,
         decision: _Decision,
         weighed: StepEvidence | None,
         counts: _StepCounts,
@@ -1369,7 +1423,8 @@ class _RunState:
     ) -> StepReport:
         """Record the decision: the best toolset, the failure list, patience, and what became of each action.
         `kept` indexes the step's checked actions in `outcomes`, `chosen` indexes `kept`; `whole` is the
-        candidate of all the checked actions and its training score, where only some were chosen."""
+        candidate of all the checked actions and its training score, where only some were chosen; `run` is None
+        for a candidate refused before all the training examples were run (it is then not accepted)."""
         evidence, reasons = evidence or {}, reasons or {}
         accepted = {kept[j] for j in chosen} if decision.accept else set()
         for j, i in enumerate(kept):
@@ -1378,9 +1433,11 @@ class _RunState:
             update = {"status": status, "reason": reason, "evidence": evidence.get(j)}
             outcomes[i] = outcomes[i].model_copy(update=update)
         rolled = [i for i in kept if i not in accepted]
-        failed, failed_score = whole if whole is not None and decision.accept else (candidate, run.score)
+        score = run.score if run is not None else None
+        failed, failed_score = whole if whole is not None and decision.accept else (candidate, score)
         score_before = base["score_before"]
         if decision.accept:
+            assert run is not None and score is not None  # a candidate is accepted only on all its examples
             self.best, self.best_score = candidate, run.score
             self.failure_list = []
             self.accepted.append(AcceptedToolset(step=step, score=run.score, toolset=candidate.to_dict()))
@@ -1402,7 +1459,7 @@ class _RunState:
             | {
                 "actions": outcomes,
                 "outcome": "accepted" if decision.accept else "rolled_back",
-                "score_after": run.score,
+                "score_after": score,
                 "improved": decision.improved,
                 "candidate_fingerprint": candidate.fingerprint,
                 "best_fingerprint": self.best.fingerprint,
@@ -1482,9 +1539,10 @@ class _RunState:
             return "together, the actions leave the functions exactly as they are; change something"
         for failure in self.failure_list:
             if failure.fingerprint == candidate.fingerprint:
+                scored = "was refused" if failure.score is None else f"scored {failure.score:.3f}"
                 return (
-                    f"together, the actions give the function set that scored {failure.score:.3f} at step "
-                    f"{failure.step} (see the failure list); propose something different"
+                    f"together, the actions give the function set that {scored} at step {failure.step} (see the "
+                    "failure list); propose something different"
                 )
         return None
 
@@ -1504,12 +1562,13 @@ class _RunState:
         return not self.valset or self._evaluate(self.best, self.valset).score >= 1.0
 
     def _evaluate(
-        self, toolset: Toolset, examples: list[dspy.Example], counts: _StepCounts | None = None
+        self, toolset: Toolset, examples: list[dspy.Example], counts: _StepCounts | None = None, *, part: bool = False
     ) -> EvaluationRun:
+        """Evaluate `toolset` on `examples` (`part`: a few of the training examples, see `_refused_removals`)."""
         set_attribute_by_name(self.program, self.param_name, toolset)
         # the baseline is step 0; every later evaluation (the final ones too) belongs to the step that made it
         step = self.step + 1 if self.accepted and self.stop_reason is None else self.step
-        split = "val" if examples is self.valset else "train"
+        split = "val" if examples is self.valset else "train_touched" if part else "train"
         role = "best" if toolset == self.best else "candidate"
         metadata = {"metric_key": f"{split}_{role}", "toolforge_step": step, "toolforge_split": split,
                     "toolforge_role": role, "toolforge_fingerprint": toolset.fingerprint}  # fmt: skip

@@ -296,7 +296,7 @@ class FailedCandidateLike(Protocol):
     @property
     def step(self) -> int: ...
     @property
-    def score(self) -> float: ...
+    def score(self) -> float | None: ...  # None: refused on the examples that called what it removed
     @property
     def best_score(self) -> float: ...
     @property
@@ -352,10 +352,12 @@ def render_failures(failures: Sequence[FailedCandidateLike]) -> str:
         return "(none)"
     parts = []
     for failure in failures:
-        lines = [
-            f"Step {failure.step}: scored {failure.score:.3f} (the current functions score "
-            f"{failure.best_score:.3f}) after:"
-        ]
+        scored = (
+            f"scored {failure.score:.3f}"
+            if failure.score is not None
+            else "did worse on the examples that called what it removed"
+        )
+        lines = [f"Step {failure.step}: {scored} (the current functions score {failure.best_score:.3f}) after:"]
         for action in failure.actions:
             lines.append(f"- {action['action']} {action['name']}")
             if action.get("code"):

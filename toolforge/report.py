@@ -244,9 +244,14 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
                 lines.append(f"  - reason: {action.reason}")
             if action.evidence is not None:
                 flips, kept = action.evidence.flips, action.evidence.score_kept
+                together = action.evidence.score_together
                 lines.append(
-                    f"  - evidence: on the training examples it touched, {flips.describe()}; training score with all "
-                    f"the step's actions {action.evidence.score_together:.3f}"
+                    f"  - evidence: on the training examples it touched, {flips.describe()}; "
+                    + (
+                        f"training score with all the step's actions {together:.3f}"
+                        if together is not None
+                        else "refused on them: the other training examples were not run"
+                    )
                     + (f", with only those kept {kept:.3f}" if kept is not None else "")
                 )
                 if flips.which():
