@@ -150,6 +150,30 @@ def test_an_irrelevant_function_is_not_kept_when_re_drawn_answers_raise_the_scor
     assert step.actions[0].reason.startswith("no evidence that it helps (on the examples it touched: 0 example(s)")
 
 
+def test_a_new_function_kept_on_a_tie_says_it_answered_what_the_agent_had_guessed(cache):
+    """The agent guesses every double right without a function: adding double flips nothing, but each double is now
+    answered through it. The tie keeps it, and the reason says why (not "a tie that does not grow")."""
+
+    def respond(system: str, user: str) -> dict[str, Any]:
+        kind, number = field(user, "question").split()
+        if "next_tool_call" in system:
+            if offers(system, kind) and "[[ ## tool_name_0 ## ]]" not in user:
+                return {"next_thought": "Use it.", "next_tool_call": {"name": kind, "args": {"x": float(number)}}}
+            return {"next_thought": "I know it.", "next_tool_call": {"name": "finish", "args": {}}}
+        return {"reasoning": "Sure.", "answer": str(2 * float(number))}
+
+    policy, _ = scripted([[action("add_function", DOUBLE)]])
+    train = examples(4, kinds=("double",))
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset(), trainset=train, cache=cache, agent=scripted_lm(respond), max_epochs=1
+    )
+    step = report.steps[0]
+    assert (step.outcome, step.improved, trained.toolset.names) == ("accepted", False, ["double"])
+    assert step.reason.startswith(
+        "a tie, kept: the new function answered 4 example(s) the agent had answered with no function"
+    )
+
+
 def test_patience_counts_only_steps_with_evidence(cache):
     """Ties (here: code-only revisions the evidence cannot tell apart) are accepted but do not reset patience."""
     steps = [[action("revise_function", unary("double", expr, DOUBLE.description))] for expr in ("x + x", "2 * x")]

@@ -436,9 +436,15 @@ def _literals(toolset: Toolset) -> int:
     return sum(literal_count(f.code) for f in toolset.functions)
 
 
-def _acceptance(evidence: StepEvidence) -> str:
+def _acceptance(evidence: StepEvidence, grows: bool) -> str:
     val = f"; validation: {_shown(evidence.val_touched)}" if evidence.val_touched is not None else ""
-    kind = "better" if evidence.verdict == "better" else "a tie that does not grow the toolset"
+    if evidence.verdict == "better":
+        kind = "better"
+    elif grows:  # a tie keeps a new function only when it answered what the agent had only guessed
+        carried = (evidence.touched + (evidence.val_touched or Flips())).carried
+        kind = f"a tie, kept: the new function answered {carried} example(s) the agent had answered with no function"
+    else:
+        kind = "a tie that does not grow the toolset"
     return f"{kind}: on the examples it touched, training: {_shown(evidence.touched)}{val}"
 
 
@@ -1259,7 +1265,11 @@ class _RunState:
             (weighed.verdict, weighed.why), weighed.touched + (weighed.val_touched or Flips()), chosen_actions,
             candidate=candidate,
         )  # fmt: skip
-        decision = _Decision(refusal is None, weighed.verdict == "better", refusal or _acceptance(weighed))
+        decision = _Decision(
+            refusal is None,
+            weighed.verdict == "better",
+            refusal or _acceptance(weighed, len(candidate) > len(self.best)),
+        )
         return self._settle(
             step, base, outcomes, kept, chosen, candidate, run, decision, weighed, counts, start, evidence, reasons,
             whole=(whole, together.score),
