@@ -11,7 +11,7 @@ import pytest
 
 import toolforge as tf
 from tests.evaluation_fixtures import exact, unary
-from tests.scripted_lm import field, listed_tools, offers, scripted_lm
+from tests.scripted_lm import field, listed_tools, offers, scripted_lm, tool_agent_script
 from tests.test_optimizer import DOUBLE, SQUARE, action, compile_with, examples
 from toolforge.evidence import sign_test
 from toolforge.memorised import literal_count, memorised_answers
@@ -304,6 +304,54 @@ def test_a_removal_the_examples_calling_it_do_not_refuse_is_evaluated_on_every_e
     assert trained.toolset.names == ["double"]
     assert (step.outcome, step.cache_misses, step.score_after) == ("accepted", 10, 1.0)
     assert step.actions[0].evidence.flips.wins == 2
+
+
+def skips_square_beside_triple(system: str, user: str) -> dict[str, Any]:
+    """Calls the tool named by the question's kind, except that with `triple` offered it answers squares itself."""
+
+    def choose(question: str):
+        kind, number = question.split()
+        if not offers(system, kind) or (kind == "square" and offers(system, "triple")):
+            return None
+        return kind, {"x": float(number)}
+
+    return tool_agent_script(choose)(system, user)
+
+
+def test_a_function_the_final_prompt_s_draw_skipped_is_not_pruned(cache):
+    """square is accepted on the evidence of `square 5`; adding triple then changes the prompt, and on this draw
+    the LM answers `square 5` itself. Nothing else took that example over, so square is not pruned as unused."""
+    train = [dspy.Example(question=f"triple {i}", answer=3.0 * i).with_inputs("question") for i in range(1, 5)]
+    train.append(dspy.Example(question="square 5", answer=25.0).with_inputs("question"))
+    policy, _ = scripted([[action("add_function", SQUARE)], [action("add_function", TRIPLE)]])
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset(), trainset=train, cache=cache, agent=scripted_lm(skips_square_beside_triple), max_epochs=2
+    )
+    assert [s.outcome for s in report.steps] == ["accepted", "accepted"]
+    assert (report.pruned, trained.toolset.names) == ([], ["square", "triple"])
+
+
+def test_a_function_another_one_took_over_is_still_pruned(cache):
+    """`times3` (right below 3) answers the triples first; once `triple` is there, the agent calls that instead:
+    times3 is unused because another function took its examples over, and pruning drops it."""
+    times3 = unary("times3", "x * 3 if x < 3 else 0")
+
+    def choose_for(system: str):
+        def choose(question: str):
+            kind, number = question.split()
+            name = kind if offers(system, kind) else "times3" if offers(system, "times3") else None
+            return (name, {"x": float(number)}) if name else None
+
+        return choose
+
+    policy, _ = scripted([[action("add_function", times3)], [action("add_function", TRIPLE)]])
+    train = [dspy.Example(question=f"triple {i}", answer=3.0 * i).with_inputs("question") for i in range(1, 5)]
+    agent = scripted_lm(lambda system, user: tool_agent_script(choose_for(system))(system, user))
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset(), trainset=train, cache=cache, agent=agent, max_epochs=2
+    )
+    assert [s.outcome for s in report.steps] == ["accepted", "accepted"]
+    assert (report.pruned, trained.toolset.names) == (["times3"], ["triple"])
 
 
 # ------------------------------------------------------------------------------------------- ablations

@@ -326,6 +326,9 @@ class Checkpoint(BaseModel):
     initial_error: str | None
     trajectory_budget: int
     tokens: dict[str, list[int]] = Field(default_factory=dict)  # role -> [prompt, completion], every run's
+    # function fingerprint -> ids of the training examples whose run called it successfully when a toolset with it
+    # was accepted (see `_RunState._prune`); empty in a checkpoint of an earlier toolforge
+    callers: dict[str, list[str]] = Field(default_factory=dict)
 
 
 def _complete_v1(data: dict[str, Any], *, trajectory_budget: int) -> dict[str, Any]:
@@ -527,7 +530,8 @@ class FunctionOptimizer(Teleprompter):
             function (a candidate with fewer functions, or with fewer literals, is accepted as a tie regardless).
         max_functions: The most functions the toolset may hold (default: the toolset's own limit).
         prune_unused: At the end, drop functions that no training trajectory called successfully (not the seed
-            functions, the ones the student came with, unless `prune_seeds`).
+            functions, the ones the student came with, unless `prune_seeds`; nor a function whose examples, which
+            called it when it was accepted, are now answered with no function at all: a skipped call).
         prune_seeds: Let pruning drop unused seed functions too.
         min_net_flips: The evidence a better candidate needs: touched examples that got better minus those that
             got worse, training and validation together. 1 (the default) suits the tens of examples this method
@@ -916,6 +920,7 @@ class _RunState:
         self._carried: _StepCounts | None = None  # LM calls an interrupted run of the next step made
         self.initial_toolset = Toolset()  # the student's: the seed functions
         self.seeds: set[str] = set()
+        self.callers: dict[str, set[str]] = {}  # see `Checkpoint.callers`
         self.held_out = 0  # training examples moved to the valset (no valset was given)
         self.labels = _Labels({}, {})
         self.tracker: MlflowTracker | None = None
@@ -948,6 +953,7 @@ class _RunState:
             self.initial_errors = checkpoint.initial_errors
             self.initial_error = checkpoint.initial_error
             self.trajectory_budget = checkpoint.trajectory_budget
+            self.callers = {fingerprint: set(ids) for fingerprint, ids in checkpoint.callers.items()}
             self.interrupted_lm_calls += checkpoint.interrupted_lm_calls
             self._carry(step_runs_next=not finished)
             self.resumed_after = self.step
@@ -957,6 +963,7 @@ class _RunState:
         self.best = initial
         baseline = self._evaluate(initial, self.trainset)
         self.initial_score = self.best_score = baseline.score
+        self._note_callers(initial, baseline)
         self.initial_errors = len(baseline.errors)
         if baseline.records and self.initial_errors == len(baseline.records):
             raise ToolforgeError(
@@ -1449,6 +1456,7 @@ class _RunState:
         if decision.accept:
             assert run is not None and score is not None  # a candidate is accepted only on all its examples
             self.best, self.best_score = candidate, run.score
+            self._note_callers(candidate, run)
             self.failure_list = []
             self.accepted.append(AcceptedToolset(step=step, score=run.score, toolset=candidate.to_dict()))
             self._toolsets[step] = candidate
@@ -1652,9 +1660,23 @@ class _RunState:
         used: set[str] = set().union(*(r.called for r in run.records))
         keep = used if self.opt.prune_seeds else used | self.seeds
         unused = [name for name in toolset.names if name not in keep]
+        # A function is not pruned for one skipped call: when an example that called it as it was accepted is now
+        # answered with no function at all, the LM skipped it on this prompt's draw (another function taking that
+        # example over is what makes a function unused)
+        guessed = {r.example_id for r in run.records if not r.calls}
+        skipped = [name for name in unused if self.callers.get(toolset[name].fingerprint, set()) & guessed]
+        if skipped:
+            logger.info("not pruning %s: examples that called them are now answered with no function", skipped)
+        unused = [name for name in unused if name not in skipped]
         if not unused:
             return toolset, []
         return toolset.apply([RemoveFunction(name) for name in unused]), unused
+
+    def _note_callers(self, toolset: Toolset, run: EvaluationRun) -> None:
+        """Remember which examples called each function of an accepted toolset (see `_prune`)."""
+        for record in run.records:
+            for name in record.called & set(toolset.names):
+                self.callers.setdefault(toolset[name].fingerprint, set()).add(record.example_id)
 
     def _add_tokens(self, role: str, prompt: int, completion: int) -> None:
         self.tokens[role] = [self.tokens[role][0] + prompt, self.tokens[role][1] + completion]
@@ -1733,6 +1755,7 @@ class _RunState:
             initial_errors=self.initial_errors,
             initial_error=self.initial_error,
             trajectory_budget=self.trajectory_budget,
+            callers={fingerprint: sorted(ids) for fingerprint, ids in sorted(self.callers.items())},
         )
         write_json(
             self.log_dir / "checkpoint.json",
