@@ -67,7 +67,7 @@ def test_the_structured_output_schema_still_ties_each_tool_to_its_arguments():
 def test_one_rendering_per_toolset_version(sandbox, monkeypatch):
     built = []
     real = prompt.register_step_signature
-    monkeypatch.setattr("toolforge.agent.register_step_signature", lambda s: (built.append(s), real(s)))
+    monkeypatch.setattr("toolforge.agent.register_step_signature", lambda s, *a: (built.append(s), real(s, *a)))
     agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
     lm, _ = scripted_lm(tool_agent_script(lambda q: ("compound", {"principal": 100, "rate": 0.1, "years": 2})))
     with dspy.context(lm=lm):

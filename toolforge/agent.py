@@ -217,13 +217,15 @@ class ToolAgent(dspy.Module):
             if caches.tools_key == key:
                 return caches.tools
             reused = caches.forged if caches.sandbox is self.sandbox else {}
-        forged: dict[str, Any] = {f.fingerprint: reused.get(f.fingerprint) for f in self.toolset}
-        missing = [f for f in self.toolset if forged[f.fingerprint] is None]
-        for function, tool in zip(missing, forged_tools(missing, self.sandbox), strict=True):
-            forged[function.fingerprint] = tool
+        functions = list(self.toolset)
+        fingerprints = [f.fingerprint for f in functions]
+        built = list(map(reused.get, fingerprints))
+        missing = [i for i, tool in enumerate(built) if tool is None]
+        for i, tool in zip(missing, forged_tools([functions[i] for i in missing], self.sandbox), strict=True):
+            built[i] = tool
+        forged = dict(zip(fingerprints, built, strict=True))
         tools = {t.name: t for t in self.tools}
-        for function in self.toolset:
-            tools[function.name] = forged[function.fingerprint]
+        tools.update(zip(self.toolset.names, built, strict=True))
         tools[FINISH] = _FINISH_TOOL
         with caches.lock:
             caches.tools_key, caches.tools, caches.forged, caches.sandbox = key, tools, forged, self.sandbox
@@ -237,9 +239,17 @@ class ToolAgent(dspy.Module):
         with caches.lock:
             if caches.views_key == key:
                 return caches.views
-        views = ([_tool_view(t) for t in self.tools], [function_view(f) for f in self.toolset], [_FINISH_VIEW])
+        # The last version's views, by interface: a revision makes the revised function's view alone.
+        known, (fixed, *_) = caches.forged_views, caches.views
+        if caches.views_key is None or caches.views_key[1] != key[1]:
+            fixed = [_tool_view(t) for t in self.tools]
+        functions = list(self.toolset)
+        hashes = [f.interface_hash for f in functions]
+        forged = [known.get(interface) or function_view(f) for interface, f in zip(hashes, functions, strict=True)]
+        views = (fixed, forged, [_FINISH_VIEW])
         with caches.lock:
             caches.views_key, caches.views = key, views
+            caches.forged_views = dict(zip(hashes, forged, strict=True))
             caches.index = None
         return views
 
@@ -416,6 +426,7 @@ class _Caches:
         self.sandbox: Sandbox | None = None
         self.views_key: Any = None
         self.views: tuple[list[ToolView], list[ToolView], list[ToolView]] = ([], [], [])
+        self.forged_views: dict[str, ToolView] = {}
         self.index_key: Any = None
         self.index: ToolIndex | None = None
         self.selections: OrderedDict[Any, tuple[str, ...]] = OrderedDict()
@@ -436,7 +447,7 @@ def _step_signature(base: type[Signature], views: list[ToolView]) -> type[Signat
     fields = {name: (field.annotation, field) for name, field in base.fields.items()}
     fields["next_tool_call"] = (call_type_of(views), base.fields["next_tool_call"])
     signature: type[Signature] = dspy.Signature(fields, base.instructions + "\n\n" + listing(views))
-    register_step_signature(signature)
+    register_step_signature(signature, base, views)
     return signature
 
 

@@ -127,13 +127,16 @@ def call_type(tools: dict[str, dspy.Tool]) -> Any:
     )
 
 
-def union_of(models: Sequence[Any]) -> Any:
-    """The `ToolCall` class over these call models (in this order), made once while it is in use."""
+def union_of(models: Sequence[Any], names: Sequence[str] | None = None, texts: Sequence[str] | None = None) -> Any:
+    """The `ToolCall` class over these call models (in this order), made once while it is in use. `names` and
+    `texts` are the models' tool names and JSON schema texts, where the caller holds them already."""
     key = tuple(models)
     with _LOCK:
         found = _UNIONS.get(key)
         if found is None:
-            found = _UNIONS[key] = _make_union(key)
+            names = [model._interface[0] for model in key] if names is None else names
+            texts = [model._json_schema for model in key] if texts is None else texts
+            found = _UNIONS[key] = _make_union(key, names, texts)
     return found
 
 
@@ -177,15 +180,22 @@ def _dump_call(value: Any) -> Any:
     return value.model_dump(mode="json", by_alias=True) if isinstance(value, BaseModel) else value
 
 
-def _make_union(models: tuple[Any, ...]) -> Any:
-    schemas = [json.loads(model._json_schema) for model in models]
-    schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+def _make_union(models: tuple[Any, ...], names: Sequence[str], texts: Sequence[str]) -> Any:
+    # The union's schema is its models' schema texts joined as `json.dumps({"anyOf": [...]})` writes them: no model's
+    # schema is parsed or written again, so a revision of one tool in a large toolset costs that tool's model only.
     namespace = {
-        "_models": {model._interface[0]: model for model in models},
-        "_json_schema": json.dumps(schema),
+        "_models": dict(zip(names, models, strict=True)),
+        "_json_schema": texts[0] if len(texts) == 1 else '{"anyOf": [' + ", ".join(texts) + "]}",
         "__module__": __name__,
     }
-    return type("ToolCall", (ToolCallType,), namespace)
+    call_type = type("ToolCall", (ToolCallType,), namespace)
+    # DSPy makes a `TypeAdapter` of an output field's type for every reply it parses; pydantic builds one from
+    # scratch unless the type carries its own core schema, validator and serializer, as a model class does.
+    adapter = TypeAdapter(call_type)
+    call_type.__pydantic_core_schema__ = adapter.core_schema
+    call_type.__pydantic_validator__ = adapter.validator
+    call_type.__pydantic_serializer__ = adapter.serializer
+    return call_type
 
 
 class _ToolCall(BaseModel):
