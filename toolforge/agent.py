@@ -446,7 +446,7 @@ def _step_signature(base: type[Signature], views: list[ToolView]) -> type[Signat
     """The step signature: the base instructions, the listing of the tools shown, and their `ToolCall` type."""
     fields = {name: (field.annotation, field) for name, field in base.fields.items()}
     fields["next_tool_call"] = (call_type_of(views), base.fields["next_tool_call"])
-    signature: type[Signature] = dspy.Signature(fields, base.instructions + "\n\n" + listing(views))
+    signature: type[Signature] = dspy.Signature(fields, listing(views, before=base.instructions + "\n\n"))
     register_step_signature(signature, base, views)
     return signature
 

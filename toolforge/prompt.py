@@ -145,9 +145,10 @@ _LISTING_HEAD = "Tools (call exactly one per turn, by name, with its arguments; 
 _LISTING_TAIL = 'next_tool_call is {"name": <a tool name>, "args": {<that tool\'s arguments>}}.'
 
 
-def listing(views: list[ToolView]) -> str:
-    """The tools section of the step instructions."""
-    return "\n".join([_LISTING_HEAD, *(view.line for view in views), _LISTING_TAIL])
+def listing(views: list[ToolView], before: str = "") -> str:
+    """The tools section of the step instructions, after the text `before` (joined at once: for a thousand tools
+    the section is a large string, and each concatenation would copy it again)."""
+    return "\n".join([before + _LISTING_HEAD, *(view.line for view in views), _LISTING_TAIL])
 
 
 def call_type_of(views: list[ToolView]) -> Any:
@@ -304,7 +305,7 @@ class _RenderedOnce:
             text = render(_shown_signature(found.base, signature.instructions))
             return text
         before, separator, after = parts
-        return before + separator.join([_LISTING_HEAD, *(view.line for view in found.views), _LISTING_TAIL]) + after
+        return separator.join([before + _LISTING_HEAD, *(view.line for view in found.views), _LISTING_TAIL + after])
 
 
 _STEP_CLASSES: dict[type, type] = {}

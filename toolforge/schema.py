@@ -135,7 +135,7 @@ def union_of(models: Sequence[Any], names: Sequence[str] | None = None, texts: S
         found = _UNIONS.get(key)
         if found is None:
             names = [model._interface[0] for model in key] if names is None else names
-            texts = [model._json_schema for model in key] if texts is None else texts
+            texts = tuple(model._json_schema for model in key) if texts is None else tuple(texts)
             found = _UNIONS[key] = _make_union(key, names, texts)
     return found
 
@@ -148,7 +148,21 @@ class ToolCallType:
     """
 
     _models: ClassVar[dict[str, Any]] = {}
-    _json_schema: ClassVar[str] = "{}"
+    _texts: ClassVar[Sequence[str]] = ()  # each model's JSON schema, as text
+    _json_schema: ClassVar[str | None] = None  # the union's, joined on first use
+
+    @classmethod
+    def schema_text(cls) -> str:
+        """The closed union's JSON schema as text: the models' schema texts joined as `json.dumps({"anyOf": [...]})`
+        writes them, when it is first needed (a request with structured outputs); no model's schema is parsed or
+        written again, so a revision of one tool costs that tool's model, and for ChatAdapter's requests, which do
+        not carry the schema, no text of every tool at all."""
+        text: str | None = cls.__dict__.get("_json_schema")
+        if text is None:
+            texts = cls._texts
+            text = texts[0] if len(texts) == 1 else '{"anyOf": [' + ", ".join(texts) + "]}"
+            cls._json_schema = text  # a race joins twice, to the same text
+        return text
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
@@ -159,7 +173,7 @@ class ToolCallType:
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
-        schema: dict[str, Any] = json.loads(cls._json_schema)  # a copy per use: DSPy edits schemas in place
+        schema: dict[str, Any] = json.loads(cls.schema_text())  # a copy per use: DSPy edits schemas in place
         return schema
 
     @classmethod
@@ -181,17 +195,11 @@ def _dump_call(value: Any) -> Any:
 
 
 def _make_union(models: tuple[Any, ...], names: Sequence[str], texts: Sequence[str]) -> Any:
-    # The union's schema is its models' schema texts joined as `json.dumps({"anyOf": [...]})` writes them: no model's
-    # schema is parsed or written again, so a revision of one tool in a large toolset costs that tool's model only.
-    namespace = {
-        "_models": dict(zip(names, models, strict=True)),
-        "_json_schema": texts[0] if len(texts) == 1 else '{"anyOf": [' + ", ".join(texts) + "]}",
-        "__module__": __name__,
-    }
-    call_type = type("ToolCall", (ToolCallType,), namespace)
+    namespace = {"_models": dict(zip(names, models, strict=True)), "_texts": texts, "__module__": __name__}
+    call_type: Any = type("ToolCall", (ToolCallType,), namespace)
     # DSPy makes a `TypeAdapter` of an output field's type for every reply it parses; pydantic builds one from
     # scratch unless the type carries its own core schema, validator and serializer, as a model class does.
-    adapter = TypeAdapter(call_type)
+    adapter: TypeAdapter[Any] = TypeAdapter(call_type)
     call_type.__pydantic_core_schema__ = adapter.core_schema
     call_type.__pydantic_validator__ = adapter.validator
     call_type.__pydantic_serializer__ = adapter.serializer
