@@ -316,10 +316,11 @@ class ToolAgent(dspy.Module):
         max_iters = input_args.pop("max_iters", self.max_iters)
         self._check_inputs(input_args)
         tools, step_signature = self._rendered(input_args)
+        adapter = step_adapter(dspy.settings.adapter or dspy.ChatAdapter())  # one copy for the run's requests
         trajectory: dict[str, Any] = {}
         for idx in range(max_iters):
             try:
-                with dspy.context(adapter=step_adapter(dspy.settings.adapter or dspy.ChatAdapter())):
+                with dspy.context(adapter=adapter):
                     pred = self._call(self.react, trajectory, input_args, signature=step_signature)
             except (ContextWindowExceededError, AdapterParseError, ValueError) as err:
                 _log_end(err)  # e.g. a small LM's reply cut at its token limit: answer from what there is
@@ -331,7 +332,7 @@ class ToolAgent(dspy.Module):
             if call[0] == FINISH:
                 break
         render_once(self.extract.signature)  # its system message is the same for every example
-        with dspy.context(adapter=step_adapter(dspy.settings.adapter or dspy.ChatAdapter())):
+        with dspy.context(adapter=adapter):
             extract = self._call(self.extract, trajectory, input_args)
         return dspy.Prediction(trajectory=trajectory, **extract)
 
@@ -342,10 +343,11 @@ class ToolAgent(dspy.Module):
         max_iters = input_args.pop("max_iters", self.max_iters)
         self._check_inputs(input_args)
         tools, step_signature = self._rendered(input_args)
+        adapter = step_adapter(dspy.settings.adapter or dspy.ChatAdapter())  # one copy for the run's requests
         trajectory: dict[str, Any] = {}
         for idx in range(max_iters):
             try:
-                with dspy.context(adapter=step_adapter(dspy.settings.adapter or dspy.ChatAdapter())):
+                with dspy.context(adapter=adapter):
                     pred = await self._acall(self.react, trajectory, input_args, signature=step_signature)
             except (ContextWindowExceededError, AdapterParseError, ValueError) as err:
                 _log_end(err)  # e.g. a small LM's reply cut at its token limit: answer from what there is
@@ -357,7 +359,7 @@ class ToolAgent(dspy.Module):
             if call[0] == FINISH:
                 break
         render_once(self.extract.signature)
-        with dspy.context(adapter=step_adapter(dspy.settings.adapter or dspy.ChatAdapter())):
+        with dspy.context(adapter=adapter):
             extract = await self._acall(self.extract, trajectory, input_args)
         return dspy.Prediction(trajectory=trajectory, **extract)
 
