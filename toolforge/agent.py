@@ -16,6 +16,8 @@ import logging
 import threading
 import typing
 from collections import OrderedDict
+from itertools import compress, count, repeat
+from operator import attrgetter, is_
 from typing import Any
 
 import dspy
@@ -218,14 +220,14 @@ class ToolAgent(dspy.Module):
                 return caches.tools
             reused = caches.forged if caches.sandbox is self.sandbox else {}
         functions = list(self.toolset)
-        fingerprints = [f.fingerprint for f in functions]
-        built = list(map(reused.get, fingerprints))
-        missing = [i for i, tool in enumerate(built) if tool is None]
+        fingerprints = list(map(_FINGERPRINT, functions))
+        built: list[Any] = list(map(reused.get, fingerprints))  # a None where the function is new
+        missing = _missing(built)
         for i, tool in zip(missing, forged_tools([functions[i] for i in missing], self.sandbox), strict=True):
             built[i] = tool
         forged = dict(zip(fingerprints, built, strict=True))
         tools = {t.name: t for t in self.tools}
-        tools.update(zip(self.toolset.names, built, strict=True))
+        tools.update(zip(map(_NAME, functions), built, strict=True))
         tools[FINISH] = _FINISH_TOOL
         with caches.lock:
             caches.tools_key, caches.tools, caches.forged, caches.sandbox = key, tools, forged, self.sandbox
@@ -244,8 +246,10 @@ class ToolAgent(dspy.Module):
         if caches.views_key is None or caches.views_key[1] != key[1]:
             fixed = [_tool_view(t) for t in self.tools]
         functions = list(self.toolset)
-        hashes = [f.interface_hash for f in functions]
-        forged = [known.get(interface) or function_view(f) for interface, f in zip(hashes, functions, strict=True)]
+        hashes = list(map(_INTERFACE, functions))
+        forged: list[Any] = list(map(known.get, hashes))  # a None where the interface is new
+        for i in _missing(forged):
+            forged[i] = function_view(functions[i])
         views = (fixed, forged, [_FINISH_VIEW])
         with caches.lock:
             caches.views_key, caches.views = key, views
@@ -451,6 +455,16 @@ def _step_signature(base: type[Signature], views: list[ToolView]) -> type[Signat
     signature: type[Signature] = dspy.Signature(fields, listing(views, before=base.instructions + "\n\n"))
     register_step_signature(signature, base, views)
     return signature
+
+
+# What a new toolset version takes from each of its functions, gathered by `map` (in C, not a Python loop per
+# function): with a thousand functions, the loops were most of what a revision cost beyond its own function.
+_FINGERPRINT, _INTERFACE, _NAME = attrgetter("fingerprint"), attrgetter("interface_hash"), attrgetter("name")
+
+
+def _missing(items: list[Any]) -> list[int]:
+    """The positions of the Nones in `items`."""
+    return list(compress(count(), map(is_, items, repeat(None))))
 
 
 def _names(views: list[ToolView]) -> list[str]:
