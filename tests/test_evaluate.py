@@ -536,3 +536,10 @@ def test_a_metric_s_feedback_is_kept_with_the_record(cache):
     assert again.hits == 3 and again.records[1].feedback == '{"hint": "half of 2.0"}'
     plain = tf.Evaluator(exact, cache=cache, num_threads=1).evaluate(Doubler(), examples)
     assert [r.feedback for r in plain.records] == [None, None, None]
+
+
+def test_named_modules_does_not_walk_dspy_s_call_history():
+    """A module's `history` is DSPy's log of its LM calls (up to 10,000 entries), read for every example's key."""
+    agent = tf.ToolAgent("question -> answer")
+    agent.react.history.extend([{"messages": [], "outputs": []}] * 3 + [dspy.Predict("a -> b")])
+    assert [name for name, _ in named_modules(agent)] == ["self", "self.react", "self.extract"]

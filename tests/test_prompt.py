@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dspy
 import pytest
 from dspy.utils import DummyLM
@@ -67,7 +69,7 @@ def test_the_structured_output_schema_still_ties_each_tool_to_its_arguments():
 def test_one_rendering_per_toolset_version(sandbox, monkeypatch):
     built = []
     real = prompt.register_step_signature
-    monkeypatch.setattr("toolforge.agent.register_step_signature", lambda s: (built.append(s), real(s)))
+    monkeypatch.setattr("toolforge.agent.register_step_signature", lambda s, *a: (built.append(s), real(s, *a)))
     agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]), sandbox=sandbox)
     lm, _ = scripted_lm(tool_agent_script(lambda q: ("compound", {"principal": 100, "rate": 0.1, "years": 2})))
     with dspy.context(lm=lm):
@@ -139,6 +141,80 @@ def test_call_models_and_types_are_shared_while_in_use():
     kind = first.output_fields["next_tool_call"].annotation
     assert kind is second.output_fields["next_tool_call"].annotation
     assert kind.__name__ == "ToolCall" and issubclass(kind, schema.ToolCallType)
+
+
+def _with_x_described(function: tf.ForgedFunction, description: str) -> tf.ForgedFunction:
+    parameters = {**function.parameters, "properties": {"x": {"type": "number", "description": description}}}
+    return tf.ForgedFunction(function.name, function.description, parameters, function.code)
+
+
+def test_an_interface_revision_makes_the_revised_tool_s_view_alone(monkeypatch):
+    functions = [unary(f"f{i}", f"Function number {i}.") for i in range(30)]
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset(functions))
+    before = agent._views()[1]
+    made = []
+    real = prompt._make_view
+    monkeypatch.setattr(prompt, "_make_view", lambda name, *rest: (made.append(name), real(name, *rest))[1])
+    agent.toolset = tf.Toolset([_with_x_described(f, "revised") if f.name == "f7" else f for f in functions])
+    after = agent._views()[1]
+    assert made == ["f7"]
+    assert [a is b for a, b in zip(after, before, strict=True)] == [name != "f7" for name in agent.toolset.names]
+
+
+def test_a_revision_reaches_the_next_prompt_and_the_tool_call_schema(sandbox):
+    functions = [unary(f"f{i}", f"Function number {i}.") for i in range(5)]
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset(functions), sandbox=sandbox)
+    lm, engine = scripted_lm(tool_agent_script(lambda q: None))
+    with dspy.context(lm=lm):
+        agent(question=QUESTION)
+        agent.toolset = tf.Toolset([_with_x_described(f, "the revised x") if f.name == "f3" else f for f in functions])
+        agent(question=QUESTION)
+    systems = [system for system, _ in engine.requests if "next_tool_call" in system]
+    assert "the revised x" not in systems[0] and "f3(x: number (the revised x)): Function number 3." in systems[-1]
+    union = agent._rendered()[1].fields["next_tool_call"].annotation
+    (revised,) = [
+        call for call in json.loads(union.schema_text())["anyOf"] if call["properties"]["name"]["const"] == "f3"
+    ]
+    assert revised["properties"]["args"]["properties"]["x"]["description"] == "the revised x"
+
+
+class ShoutedInstructions(dspy.ChatAdapter):
+    """An adapter that writes instructions its own way (so a step's message cannot come from a template)."""
+
+    def format_task_description(self, signature):
+        return signature.instructions.upper()
+
+
+@pytest.mark.parametrize("adapter", [dspy.ChatAdapter(), dspy.JSONAdapter(), dspy.XMLAdapter(), ShoutedInstructions()])
+def test_a_step_s_message_is_the_adapter_s_own_rendering(adapter):
+    fixed = dspy.Tool(lambda text: text, name="echo", desc="  Say it\n\tback. ", args={"text": {"type": "string"}})
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND, PICK]), tools=[fixed])
+    _, signature = agent._rendered()
+    shown = prompt._shown_signature(agent.react.signature, signature.instructions)  # what DSPy would render
+    assert prompt.step_adapter(adapter).format_system_message(signature) == adapter.format_system_message(shown)
+
+
+def test_a_listing_line_that_breaks_is_rendered_whole(sandbox):
+    """A line the adapter would split (here, an enum value with a Unicode line separator) is not templated."""
+    parameters = {"type": "object", "properties": {"x": {"type": "string", "enum": ["a\u2028b"]}}, "required": ["x"]}
+    odd = tf.ForgedFunction("odd", "Odd.", parameters, "def odd(x):\n    return x\n")
+    agent = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([odd]), sandbox=sandbox)
+    _, signature = agent._rendered()
+    shown = prompt._shown_signature(agent.react.signature, signature.instructions)
+    adapter = dspy.ChatAdapter()
+    assert prompt.step_adapter(adapter).format_system_message(signature) == adapter.format_system_message(shown)
+
+
+@pytest.mark.parametrize(
+    "inputs", [{"question": "double 3", "trajectory": ""}, {"question": ["a", "b"], "trajectory": "t"}]
+)
+def test_a_step_s_user_message_is_chat_adapter_s(inputs):
+    _, signature = tf.ToolAgent("question -> answer: float", toolset=tf.Toolset([COMPOUND]))._rendered()
+    for adapter in (dspy.ChatAdapter(), dspy.JSONAdapter()):
+        expected = adapter.format_user_message_content(signature, inputs, main_request=True)
+        assert prompt.step_adapter(adapter).format_user_message_content(signature, inputs, main_request=True) == (
+            expected
+        )
 
 
 # ---------------------------------------------------------------------------------------------- retrieval

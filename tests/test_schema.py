@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import dspy
 from pydantic import TypeAdapter
 
+from toolforge import schema
 from toolforge.schema import call_type
 
 
@@ -30,3 +32,18 @@ def test_a_pickled_call_names_its_rebuilder_where_it_first_lived():
     assert data.startswith(b"\x80\x04\x95") and b"\x8c\x0ftoolforge.agent\x94\x8c\r_rebuild_call\x94" in data
     assert pickle.loads(data) == call
     assert call.args.model_dump(by_alias=True) == {"x": 1, "weights": {"a": 2.0}}
+
+
+def test_a_union_s_schema_is_its_models_schemas_as_json_writes_them():
+    models = [schema.tool_call_model(name, json.dumps({"x": {"type": "number"}})) for name in ("a", "b", "c")]
+    union = schema.union_of(models)
+    expected = {"anyOf": [json.loads(model._json_schema) for model in models]}
+    assert union.schema_text() == json.dumps(expected)
+    assert TypeAdapter(union).json_schema() == expected
+
+
+def test_a_union_s_type_adapter_reuses_its_validator():
+    union = schema.union_of([schema.tool_call_model("a", json.dumps({"x": {"type": "number"}}))])
+    adapter = TypeAdapter(union)
+    assert adapter.validator is union.__pydantic_validator__
+    assert adapter.validate_python({"name": "a", "args": {"x": 2}}).args.x == 2.0

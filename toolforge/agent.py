@@ -16,6 +16,8 @@ import logging
 import threading
 import typing
 from collections import OrderedDict
+from itertools import compress, count, repeat
+from operator import attrgetter, is_
 from typing import Any
 
 import dspy
@@ -217,13 +219,15 @@ class ToolAgent(dspy.Module):
             if caches.tools_key == key:
                 return caches.tools
             reused = caches.forged if caches.sandbox is self.sandbox else {}
-        forged: dict[str, Any] = {f.fingerprint: reused.get(f.fingerprint) for f in self.toolset}
-        missing = [f for f in self.toolset if forged[f.fingerprint] is None]
-        for function, tool in zip(missing, forged_tools(missing, self.sandbox), strict=True):
-            forged[function.fingerprint] = tool
+        functions = list(self.toolset)
+        fingerprints = list(map(_FINGERPRINT, functions))
+        built: list[Any] = list(map(reused.get, fingerprints))  # a None where the function is new
+        missing = _missing(built)
+        for i, tool in zip(missing, forged_tools([functions[i] for i in missing], self.sandbox), strict=True):
+            built[i] = tool
+        forged = dict(zip(fingerprints, built, strict=True))
         tools = {t.name: t for t in self.tools}
-        for function in self.toolset:
-            tools[function.name] = forged[function.fingerprint]
+        tools.update(zip(map(_NAME, functions), built, strict=True))
         tools[FINISH] = _FINISH_TOOL
         with caches.lock:
             caches.tools_key, caches.tools, caches.forged, caches.sandbox = key, tools, forged, self.sandbox
@@ -237,9 +241,19 @@ class ToolAgent(dspy.Module):
         with caches.lock:
             if caches.views_key == key:
                 return caches.views
-        views = ([_tool_view(t) for t in self.tools], [function_view(f) for f in self.toolset], [_FINISH_VIEW])
+        # The last version's views, by interface: a revision makes the revised function's view alone.
+        known, (fixed, *_) = caches.forged_views, caches.views
+        if caches.views_key is None or caches.views_key[1] != key[1]:
+            fixed = [_tool_view(t) for t in self.tools]
+        functions = list(self.toolset)
+        hashes = list(map(_INTERFACE, functions))
+        forged: list[Any] = list(map(known.get, hashes))  # a None where the interface is new
+        for i in _missing(forged):
+            forged[i] = function_view(functions[i])
+        views = (fixed, forged, [_FINISH_VIEW])
         with caches.lock:
             caches.views_key, caches.views = key, views
+            caches.forged_views = dict(zip(hashes, forged, strict=True))
             caches.index = None
         return views
 
@@ -306,10 +320,11 @@ class ToolAgent(dspy.Module):
         max_iters = input_args.pop("max_iters", self.max_iters)
         self._check_inputs(input_args)
         tools, step_signature = self._rendered(input_args)
+        adapter = step_adapter(dspy.settings.adapter or dspy.ChatAdapter())  # one copy for the run's requests
         trajectory: dict[str, Any] = {}
         for idx in range(max_iters):
             try:
-                with dspy.context(adapter=step_adapter(dspy.settings.adapter or dspy.ChatAdapter())):
+                with dspy.context(adapter=adapter):
                     pred = self._call(self.react, trajectory, input_args, signature=step_signature)
             except (ContextWindowExceededError, AdapterParseError, ValueError) as err:
                 _log_end(err)  # e.g. a small LM's reply cut at its token limit: answer from what there is
@@ -321,7 +336,7 @@ class ToolAgent(dspy.Module):
             if call[0] == FINISH:
                 break
         render_once(self.extract.signature)  # its system message is the same for every example
-        with dspy.context(adapter=step_adapter(dspy.settings.adapter or dspy.ChatAdapter())):
+        with dspy.context(adapter=adapter):
             extract = self._call(self.extract, trajectory, input_args)
         return dspy.Prediction(trajectory=trajectory, **extract)
 
@@ -332,10 +347,11 @@ class ToolAgent(dspy.Module):
         max_iters = input_args.pop("max_iters", self.max_iters)
         self._check_inputs(input_args)
         tools, step_signature = self._rendered(input_args)
+        adapter = step_adapter(dspy.settings.adapter or dspy.ChatAdapter())  # one copy for the run's requests
         trajectory: dict[str, Any] = {}
         for idx in range(max_iters):
             try:
-                with dspy.context(adapter=step_adapter(dspy.settings.adapter or dspy.ChatAdapter())):
+                with dspy.context(adapter=adapter):
                     pred = await self._acall(self.react, trajectory, input_args, signature=step_signature)
             except (ContextWindowExceededError, AdapterParseError, ValueError) as err:
                 _log_end(err)  # e.g. a small LM's reply cut at its token limit: answer from what there is
@@ -347,7 +363,7 @@ class ToolAgent(dspy.Module):
             if call[0] == FINISH:
                 break
         render_once(self.extract.signature)
-        with dspy.context(adapter=step_adapter(dspy.settings.adapter or dspy.ChatAdapter())):
+        with dspy.context(adapter=adapter):
             extract = await self._acall(self.extract, trajectory, input_args)
         return dspy.Prediction(trajectory=trajectory, **extract)
 
@@ -416,6 +432,7 @@ class _Caches:
         self.sandbox: Sandbox | None = None
         self.views_key: Any = None
         self.views: tuple[list[ToolView], list[ToolView], list[ToolView]] = ([], [], [])
+        self.forged_views: dict[str, ToolView] = {}
         self.index_key: Any = None
         self.index: ToolIndex | None = None
         self.selections: OrderedDict[Any, tuple[str, ...]] = OrderedDict()
@@ -435,9 +452,19 @@ def _step_signature(base: type[Signature], views: list[ToolView]) -> type[Signat
     """The step signature: the base instructions, the listing of the tools shown, and their `ToolCall` type."""
     fields = {name: (field.annotation, field) for name, field in base.fields.items()}
     fields["next_tool_call"] = (call_type_of(views), base.fields["next_tool_call"])
-    signature: type[Signature] = dspy.Signature(fields, base.instructions + "\n\n" + listing(views))
-    register_step_signature(signature)
+    signature: type[Signature] = dspy.Signature(fields, listing(views, before=base.instructions + "\n\n"))
+    register_step_signature(signature, base, views)
     return signature
+
+
+# What a new toolset version takes from each of its functions, gathered by `map` (in C, not a Python loop per
+# function): with a thousand functions, the loops were most of what a revision cost beyond its own function.
+_FINGERPRINT, _INTERFACE, _NAME = attrgetter("fingerprint"), attrgetter("interface_hash"), attrgetter("name")
+
+
+def _missing(items: list[Any]) -> list[int]:
+    """The positions of the Nones in `items`."""
+    return list(compress(count(), map(is_, items, repeat(None))))
 
 
 def _names(views: list[ToolView]) -> list[str]:

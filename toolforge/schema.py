@@ -127,13 +127,16 @@ def call_type(tools: dict[str, dspy.Tool]) -> Any:
     )
 
 
-def union_of(models: Sequence[Any]) -> Any:
-    """The `ToolCall` class over these call models (in this order), made once while it is in use."""
+def union_of(models: Sequence[Any], names: Sequence[str] | None = None, texts: Sequence[str] | None = None) -> Any:
+    """The `ToolCall` class over these call models (in this order), made once while it is in use. `names` and
+    `texts` are the models' tool names and JSON schema texts, where the caller holds them already."""
     key = tuple(models)
     with _LOCK:
         found = _UNIONS.get(key)
         if found is None:
-            found = _UNIONS[key] = _make_union(key)
+            names = [model._interface[0] for model in key] if names is None else names
+            texts = tuple(model._json_schema for model in key) if texts is None else tuple(texts)
+            found = _UNIONS[key] = _make_union(key, names, texts)
     return found
 
 
@@ -145,7 +148,21 @@ class ToolCallType:
     """
 
     _models: ClassVar[dict[str, Any]] = {}
-    _json_schema: ClassVar[str] = "{}"
+    _texts: ClassVar[Sequence[str]] = ()  # each model's JSON schema, as text
+    _json_schema: ClassVar[str | None] = None  # the union's, joined on first use
+
+    @classmethod
+    def schema_text(cls) -> str:
+        """The closed union's JSON schema as text: the models' schema texts joined as `json.dumps({"anyOf": [...]})`
+        writes them, when it is first needed (a request with structured outputs); no model's schema is parsed or
+        written again, so a revision of one tool costs that tool's model, and for ChatAdapter's requests, which do
+        not carry the schema, no text of every tool at all."""
+        text: str | None = cls.__dict__.get("_json_schema")
+        if text is None:
+            texts = cls._texts
+            text = texts[0] if len(texts) == 1 else '{"anyOf": [' + ", ".join(texts) + "]}"
+            cls._json_schema = text  # a race joins twice, to the same text
+        return text
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
@@ -156,7 +173,7 @@ class ToolCallType:
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
-        schema: dict[str, Any] = json.loads(cls._json_schema)  # a copy per use: DSPy edits schemas in place
+        schema: dict[str, Any] = json.loads(cls.schema_text())  # a copy per use: DSPy edits schemas in place
         return schema
 
     @classmethod
@@ -177,15 +194,16 @@ def _dump_call(value: Any) -> Any:
     return value.model_dump(mode="json", by_alias=True) if isinstance(value, BaseModel) else value
 
 
-def _make_union(models: tuple[Any, ...]) -> Any:
-    schemas = [json.loads(model._json_schema) for model in models]
-    schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
-    namespace = {
-        "_models": {model._interface[0]: model for model in models},
-        "_json_schema": json.dumps(schema),
-        "__module__": __name__,
-    }
-    return type("ToolCall", (ToolCallType,), namespace)
+def _make_union(models: tuple[Any, ...], names: Sequence[str], texts: Sequence[str]) -> Any:
+    namespace = {"_models": dict(zip(names, models, strict=True)), "_texts": texts, "__module__": __name__}
+    call_type: Any = type("ToolCall", (ToolCallType,), namespace)
+    # DSPy makes a `TypeAdapter` of an output field's type for every reply it parses; pydantic builds one from
+    # scratch unless the type carries its own core schema, validator and serializer, as a model class does.
+    adapter: TypeAdapter[Any] = TypeAdapter(call_type)
+    call_type.__pydantic_core_schema__ = adapter.core_schema
+    call_type.__pydantic_validator__ = adapter.validator
+    call_type.__pydantic_serializer__ = adapter.serializer
+    return call_type
 
 
 class _ToolCall(BaseModel):
