@@ -345,3 +345,17 @@ def test_a_module_only_this_process_can_import_is_refused_with_the_fix(tmp_path,
     with pytest.raises(tf.FunctionError, match=f"imports 'my_project_helpers' \\(line 1\\); it is importable .*{fix}"):
         make_function(code=code)
     assert make_function(code="import jsonschema\n\n\ndef add(a, b):\n    return a + b\n").name == "add"  # installed
+
+
+def test_a_copy_with_an_update_is_a_new_function_with_its_own_identity():
+    f = tf.ForgedFunction("double", "Twice x.", {"type": "object", "properties": {"x": {"type": "number"}},
+                          "required": ["x"]}, "def double(x):\n    return x * 2\n")  # fmt: skip
+    before = (f.interface_hash, f.code_hash, f.fingerprint)  # computed, and cached, before the copy
+    recoded = f.model_copy(update={"code": "def double(x):\n    return x + x\n"})
+    assert recoded.code_hash != before[1] and recoded.fingerprint != before[2]
+    assert recoded.interface_hash == before[0]
+    redescribed = f.model_copy(update={"description": "Two times x."})
+    assert redescribed.interface_hash != before[0]
+    with pytest.raises(tf.FunctionError, match="does not define a top-level function 'double'"):
+        f.model_copy(update={"code": "def other(x):\n    return x\n"})
+    assert f.model_copy() == f

@@ -78,7 +78,7 @@ def test_one_rendering_per_toolset_version(sandbox, monkeypatch):
         copy = agent.deepcopy()  # an agent copy (as an optimizer's candidate) renders for itself, once
         copy(question=QUESTION)
         assert len(built) == 2
-        recoded = COMPOUND.model_copy(update={"code": COMPOUND.code.replace("round(", "(round(") + ""})
+        recoded = COMPOUND.model_copy(update={"code": COMPOUND.code.replace("round(", "1 * round(")})
         agent.toolset = tf.Toolset([recoded])  # a code-only revision: the same prompt
         agent(question=QUESTION)
         assert len(built) == 2

@@ -120,6 +120,14 @@ class ForgedFunction(FunctionFields):
         _check_packages(self.name, self.packages, tree)
         return self
 
+    def model_copy(self, *, update: typing.Mapping[str, Any] | None = None, deep: bool = False) -> ForgedFunction:
+        """A copy. With `update`, a new function validated as the constructor validates it, its hashes computed
+        afresh: pydantic's own copy would keep the original's cached `interface_hash`, `code_hash` and
+        `fingerprint` (so caches would key the new code by the old one's identity) and skip validation."""
+        if not update:
+            return super().model_copy(deep=deep)
+        return type(self)(**(self.model_dump() | dict(update)))
+
     # ----------------------------------------------------------------------------------------------- identity
     @cached_property
     def interface_hash(self) -> str:
