@@ -12,7 +12,7 @@ import pytest
 import toolforge as tf
 from tests.evaluation_fixtures import exact, unary
 from tests.scripted_lm import field, listed_tools, offers, scripted_lm, tool_agent_script
-from tests.test_optimizer import DOUBLE, SQUARE, action, compile_with, examples
+from tests.test_optimizer import DOUBLE, SQUARE, action, compile_with, examples, proposer_lm
 from toolforge.evidence import sign_test
 from toolforge.memorised import literal_count, memorised_answers
 from toolforge.report import markdown_report
@@ -328,6 +328,36 @@ def test_a_function_the_final_prompt_s_draw_skipped_is_not_pruned(cache):
         policy, tf.Toolset(), trainset=train, cache=cache, agent=scripted_lm(skips_square_beside_triple), max_epochs=2
     )
     assert [s.outcome for s in report.steps] == ["accepted", "accepted"]
+    assert (report.pruned, trained.toolset.names) == ([], ["square", "triple"])
+
+
+def test_a_resumed_compile_remembers_which_examples_called_a_function(tmp_path):
+    """Interrupted after square's step, and resumed: the checkpoint says `square 5` called square, so the resumed
+    compile keeps square as the uninterrupted one does."""
+    train = [dspy.Example(question=f"triple {i}", answer=3.0 * i).with_inputs("question") for i in range(1, 5)]
+    train.append(dspy.Example(question="square 5", answer=25.0).with_inputs("question"))
+    policy, _ = scripted([[action("add_function", SQUARE)], [action("add_function", TRIPLE)]])
+    proposer_model, engine = proposer_lm(policy)
+    respond = engine.respond
+
+    def interrupted_at_step_2(system, user):
+        if engine.calls == 1:
+            engine.respond = respond
+            raise KeyboardInterrupt
+        return respond(system, user)
+
+    engine.respond = interrupted_at_step_2
+
+    def run():
+        return compile_with(
+            policy, tf.Toolset(), trainset=train, agent=scripted_lm(skips_square_beside_triple), max_epochs=2,
+            log_dir=tmp_path / "run", proposer=(proposer_model, engine),
+        )  # fmt: skip
+
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    _, trained, report, _, _ = run()
+    assert report.resumed_after_step == 1
     assert (report.pruned, trained.toolset.names) == ([], ["square", "triple"])
 
 
