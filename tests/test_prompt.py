@@ -264,6 +264,20 @@ def test_retrieval_is_deterministic_and_breaks_ties_by_name(sandbox):
     assert top_k(["b", "a", "c"], [1.0, 1.0, float("nan")], 2) == ["a", "b"]
 
 
+def test_agent_copies_with_the_same_toolset_share_one_bm25_index(sandbox):
+    """An optimizer's candidates are agent copies: the index of a toolset is built once, and equal selections follow."""
+    ranker = BM25Ranker()
+    documents = ["digit sum of a number", "reverse the digits", "celsius from fahrenheit"]
+    assert ranker.index(documents) is BM25Ranker().index(list(documents))
+    assert ranker.index(documents) is not ranker.index([*documents, "square a number"])
+    assert ranker.index(documents) is not BM25Ranker(stopwords=None).index(documents)
+    agent = tf.ToolAgent("question -> answer", toolset=tf.Toolset(TOOLS), max_tools=2, sandbox=sandbox)
+    question = {"question": "What is the sum of the digits of 4821?"}
+    assert (
+        agent.deepcopy().tool_selection(question) == agent.tool_selection(question) == ["digit_sum", "reverse_digits"]
+    )
+
+
 def test_a_toolset_within_max_tools_is_shown_whole_and_keyed_as_before(sandbox):
     agent = tf.ToolAgent("question -> answer", toolset=tf.Toolset(TOOLS[:2]), max_tools=2, sandbox=sandbox)
     assert agent.tool_selection({"question": "square 3"}) is None
