@@ -285,7 +285,7 @@ def test_a_removal_refused_by_the_examples_that_called_it_runs_no_other_example(
     flipped = remove.evidence.flips
     assert (flipped.examples, flipped.losses, remove.evidence.score_together) == (2, 2, None)
     assert step.evidence.touched.worse == ["trainset[4]", "trainset[9]"]
-    assert "Step 1: did worse on the examples that called what it removed" in calls[1]["failure_list"]
+    assert "Step 1: was refused on the examples that called what it removed" in calls[1]["failure_list"]
     assert "refused on them: the other training examples were not run" in markdown_report(report, tmp_path)
 
 
@@ -487,3 +487,36 @@ def test_literals_count_constants_but_not_docstrings_or_trivial_ones():
 def test_acceptance_settings_out_of_range_are_refused(setting, message):
     with pytest.raises(tf.ToolforgeError, match=re.escape(message)):
         tf.FunctionOptimizer(exact, **setting)
+
+
+def test_a_lone_removal_that_validation_examples_support_is_judged_with_them(cache):
+    """Removing a seed `square` that is right only below 50: on the training squares (3, 4) it ties with the LM's
+    own answers, which alone would refuse a seed's removal; the validation squares (60, 70) say it hurts. The step is
+    judged on both, as a removal that is not refused on its training examples alone would be."""
+
+    def respond(system: str, user: str) -> dict[str, Any]:
+        kind, number = field(user, "question").split()
+        x = float(number)
+        if "next_tool_call" in system:
+            if offers(system, kind) and "[[ ## tool_name_0 ## ]]" not in user:
+                return {"next_thought": "Use it.", "next_tool_call": {"name": kind, "args": {"x": x}}}
+            return {"next_thought": "I know it.", "next_tool_call": {"name": "finish", "args": {}}}
+        observation = field(user, "observation_0").split("\n")[0]
+        if observation and field(user, "tool_name_0") != "finish":
+            return {"reasoning": "Observed.", "answer": observation}
+        return {"reasoning": "Known.", "answer": str(x * x if kind == "square" else 2 * x)}
+
+    def ex(question: str, answer: float) -> dspy.Example:
+        return dspy.Example(question=question, answer=answer).with_inputs("question")
+
+    small = unary("square", "x * x if x < 50 else 0", SQUARE.description)
+    train = [ex(f"double {i}", 2.0 * i) for i in range(1, 9)] + [ex("square 3", 9.0), ex("square 4", 16.0)]
+    val = [ex("square 60", 3600.0), ex("square 70", 4900.0), ex("double 5", 10.0)]
+    policy, _ = scripted([[action("remove_function", name="square")]])
+    _, trained, report, _, _ = compile_with(
+        policy, tf.Toolset([DOUBLE, small]), trainset=train, valset=val, cache=cache, agent=scripted_lm(respond),
+        max_epochs=1, prune_unused=False,
+    )  # fmt: skip
+    step = report.steps[0]
+    assert (step.outcome, trained.toolset.names) == ("accepted", ["double"])
+    assert "validation: 2 example(s), 2 better" in step.reason

@@ -543,3 +543,13 @@ def test_named_modules_does_not_walk_dspy_s_call_history():
     agent = tf.ToolAgent("question -> answer")
     agent.react.history.extend([{"messages": [], "outputs": []}] * 3 + [dspy.Predict("a -> b")])
     assert [name for name, _ in named_modules(agent)] == ["self", "self.react", "self.extract"]
+
+
+def test_a_sub_module_the_user_named_history_is_still_found():
+    class Program(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.history = tf.ToolAgent("question -> answer")
+
+    names = [name for name, _ in named_modules(Program())]
+    assert "self.history" in names and "self.history.react" in names

@@ -121,3 +121,28 @@ def test_a_recursive_function_and_its_renamed_copy_have_one_shape():
         "factorial", "The factorial.", X_SCHEMA, "def factorial(x):\n    return 1 if x <= 1 else x * factorial(x - 1)\n"
     )
     assert fact.code_shape == again.code_shape
+
+
+def test_code_too_deep_to_walk_is_never_a_copy_and_never_raises(sandbox):
+    branches = "".join(f"    elif x == {i}:\n        return {i * 7}\n" for i in range(1, 400))
+    code = f"def deep(x):\n    if x == 0:\n        return 0\n{branches}    return -1\n"
+    deep = tf.ForgedFunction("deep", "A long chain of cases.", X_SCHEMA, code)
+    assert deep.code_shape.startswith("unshaped:")
+    check = check_proposal(proposed("add_function", deep), START, sandbox=sandbox)
+    assert check.reason is None or not check.reason.startswith("'deep' has the code of")
+
+
+def test_a_helper_named_like_the_placeholder_does_not_make_a_copy():
+    helper = "def _(x):\n    return x + 1\n\ndef foo(x):\n    return _(x)\n"
+    recursive = "def _(x):\n    return x + 1\n\ndef bar(x):\n    return bar(x)\n"
+    foo = tf.ForgedFunction("foo", "Add one.", X_SCHEMA, helper)
+    bar = tf.ForgedFunction("bar", "Recurse.", X_SCHEMA, recursive)
+    assert foo.code_shape != bar.code_shape
+
+
+def test_a_new_description_of_a_function_the_toolset_already_holds_twice_is_not_a_copy(sandbox):
+    twin = tf.ForgedFunction("twice", "Twice x.", DOUBLE.parameters, "def twice(x):\n    return x * 2\n")
+    start = tf.Toolset([DOUBLE, twin])
+    redescribed = tf.ForgedFunction("twice", "Two times the number x.", DOUBLE.parameters, twin.code)
+    check = check_proposal(proposed("revise_function", redescribed), start, sandbox=sandbox)
+    assert check.reason is None and check.toolset["twice"].description == "Two times the number x."

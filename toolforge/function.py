@@ -150,7 +150,14 @@ class ForgedFunction(FunctionFields):
     def code_shape(self) -> str:
         """sha256 of what the code does, whatever it is called: its syntax tree with the function's own name (its
         def and recursive calls) replaced by a placeholder and docstrings left out, and its packages. Two functions
-        with the same shape behave alike on every input, so one added beside the other is a copy."""
+        with the same shape behave alike on every input (unless they read their own name or docstring), so one added
+        beside the other is a copy. Code too deep to walk has a shape of its own (never taken for a copy)."""
+        try:
+            return self._code_shape()
+        except (RecursionError, MemoryError):
+            return f"unshaped:{self.fingerprint}"
+
+    def _code_shape(self) -> str:
         tree = ast.parse(self.code)
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module):
@@ -159,9 +166,9 @@ class ForgedFunction(FunctionFields):
                     if isinstance(body[0].value.value, str):
                         node.body = body[1:] or [ast.Pass()]
             if isinstance(node, ast.FunctionDef) and node.name == self.name:
-                node.name = "_"
+                node.name = "<self>"  # not an identifier: no name in the code can take it
             elif isinstance(node, ast.Name) and node.id == self.name:
-                node.id = "_"
+                node.id = "<self>"
         return content_hash({"tree": ast.dump(tree, include_attributes=False), "packages": sorted(self.packages)})
 
     @cached_property

@@ -1217,7 +1217,7 @@ class _RunState:
             )
         self._budget_check()
         actions = [_action_of(outcomes[i]) for i in kept]
-        if opt.rollback and all(isinstance(a, RemoveFunction) for a in actions):
+        if opt.rollback and opt.progressive and all(isinstance(a, RemoveFunction) for a in actions):
             refused = self._refused_removals(step, base, outcomes, kept, actions, candidate, best_run, counts, start)
             if refused is not None:
                 return refused
@@ -1301,7 +1301,12 @@ class _RunState:
         on the LM's guesses) is therefore complete once they are run, and the other examples could only add harm
         (the sign test over all examples). So they are run first; when every removal is refused on them, the step
         is rolled back without running the rest. Otherwise this returns None, and the full evaluation reuses
-        their records from the cache."""
+        their records from the cache.
+
+        Only with progressive update (without it, the candidate is the initial toolset less the removals, which may
+        hold functions the best one lacks). A lone removal with validation examples is refused here only on harm:
+        its full judgement pools the validation flips with these, which can overturn a tie's refusal (a seed's,
+        or one the LM's guesses carried)."""
         removed = _changed(self.best, candidate)
         index = [i for i, record in enumerate(best_run.records) if removed & {c.name for c in record.calls}]
         if not index or len(index) == len(best_run.records):
@@ -1314,7 +1319,10 @@ class _RunState:
             taken = removed & {action.name}
             own = flips(before, part, touched_by(taken, before, part), (), taken, labels=self.labels.train)
             evidence[j] = ActionEvidence(flips=own, score_together=None)
-            refusal = self._refusal(self._verdict(own, None, own), own, [action], candidate=candidate)
+            judged = self._verdict(own, None, own)
+            if len(actions) == 1 and self.valset and judged[0] != "harmful":
+                return None
+            refusal = self._refusal(judged, own, [action], candidate=candidate)
             if refusal is None:
                 return None
             reasons[j] = refusal

@@ -58,8 +58,8 @@ def named_modules(program: dspy.Module) -> list[tuple[str, dspy.Module]]:
         seen.add(id(module))
         found.append((name, module))
         for attribute, value in module.__dict__.items():
-            if attribute == "history":  # DSPy's log of the module's LM calls (up to 10,000 of them), never a module
-                continue
+            if attribute == "history" and isinstance(value, list):  # DSPy's log of the module's LM calls (up to
+                continue  # 10,000 of them), never a module; a sub-module the user named `history` is still found
             items = (
                 value.items()
                 if isinstance(value, dict)

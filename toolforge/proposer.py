@@ -355,7 +355,7 @@ def render_failures(failures: Sequence[FailedCandidateLike]) -> str:
         scored = (
             f"scored {failure.score:.3f}"
             if failure.score is not None
-            else "did worse on the examples that called what it removed"
+            else "was refused on the examples that called what it removed"
         )
         lines = [f"Step {failure.step}: {scored} (the current functions score {failure.best_score:.3f}) after:"]
         for action in failure.actions:

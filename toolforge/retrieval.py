@@ -86,7 +86,7 @@ class BM25Ranker:
         (18 ms at 1,100 functions); an index is read-only once built."""
         documents = list(documents)
         digest = hashlib.sha256(json.dumps(documents).encode()).hexdigest()
-        key = (repr(self.stopwords), len(documents), digest)
+        key = (type(self).__qualname__, repr(self.stopwords), len(documents), digest)
         with _LOCK:
             found = _INDEXES.get(key)
             if found is not None:
@@ -102,7 +102,7 @@ class BM25Ranker:
 
 # BM25 indexes by (stopwords, documents): a few toolset versions are live at once (the best, a candidate, a subset)
 _KEPT_INDEXES = 8
-_INDEXES: OrderedDict[tuple[str, int, str], _BM25Index] = OrderedDict()
+_INDEXES: OrderedDict[tuple[str, str, int, str], _BM25Index] = OrderedDict()
 _LOCK = threading.Lock()
 
 

@@ -7,7 +7,8 @@ Two ways in, one record:
   `adopt_autolog` applies MLflow's own patch at the first compile after that (`FunctionOptimizer.compile` calls it),
   so the compile run exists whatever the import order. Every evaluation the optimizer makes fires DSPy's evaluate
   callbacks (`toolforge.evaluate`), which MLflow logs as nested runs and as the compile run's `<metric_key>`
-  series (`train_best`, `train_candidate`, `val_best`, `val_candidate`, in percent as `dspy.Evaluate` reports).
+  series (`train_best`, `train_candidate`, `val_best`, `val_candidate`, in percent as `dspy.Evaluate` reports;
+  and `train_touched_candidate`: a step of removals run first on the training examples that called what it removes).
 - `FunctionOptimizer(use_mlflow=True)`, as GEPA's `use_mlflow`: the run active at compile time (autolog's compile
   run, or one of your own), or else a new run named "toolforge compile", which the compile ends.
 

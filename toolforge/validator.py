@@ -85,7 +85,9 @@ def check_proposal(
             "has; propose a different change, or none",
             candidate,
         )
-    copy = _copy_of(function, updated)
+    # a revision that keeps the code (a new description) is not made a copy by a twin the toolset already had
+    keeps_code = isinstance(action, ReviseFunction) and candidate[action.name].code_shape == function.code_shape
+    copy = None if keeps_code else _copy_of(function, updated)
     if copy:
         return Check(copy, candidate)
     memorised = memorised_answers(function.code, examples)
