@@ -1308,7 +1308,7 @@ class _RunState:
         its full judgement pools the validation flips with these, which can overturn a tie's refusal (a seed's,
         or one the LM's guesses carried)."""
         removed = _changed(self.best, candidate)
-        index = [i for i, record in enumerate(best_run.records) if removed & {c.name for c in record.calls}]
+        index = [i for i, hit in enumerate(touched_by(removed, best_run, best_run)) if hit]
         if not index or len(index) == len(best_run.records):
             return None
         before = best_run.model_copy(update={"records": tuple(best_run.records[i] for i in index)})
