@@ -11,16 +11,21 @@ The proposer's LM is scripted too, and answers the real proposer signature: per 
 (20%), each useful with probability p (a correct function for a kind not yet solved, or a correct revision of a
 wrong one) and otherwise one of: wrong results, a crash on larger inputs, partial code (right below 300, 0 above),
 a table of the answers to the training questions its prompt shows, a duplicate of a correct function under another
-name, an irrelevant function, or the removal of a correct function. Everything is seeded.
+name, an irrelevant function, or the removal of a correct function. Everything is seeded. The proposer's draws
+come from one stream per seed, the k-th proposal of every method drawing the same numbers (common random numbers:
+"never below the accept-everything loop on the same seeds" then compares decisions, not luck); the `/prompt` rows
+key them on the prompt instead, as a real LM's answers are, so two methods see independent streams once their
+toolsets differ, and those rows show how far per-seed comparisons move with luck alone.
 
 Rows, each over the same seeds: the untrained agent (no functions), the all-correct toolset, toolforge's optimizer
 (defaults), the accept-everything loop (AG2-style; the paper's ablation without roll-back and early-stop:
 `rollback=False`), the ablation without progressive update (`progressive=False`), and, with `--baseline-ref`,
 toolforge as of that git commit (default: the commit before this benchmark's issue), run in a subprocess on the
-same seeds. Held-out accuracy is measured on 120 questions (20 per kind) the compile never sees; LM calls are the
-compile's (agent and proposer); kinds solved: the kinds whose function (the one the agent calls) is right on every
-held-out question of that kind. Two toolsets that solve the same kinds can still differ in held-out accuracy by the
-LM's draws on the held-out questions (its skips depend on the whole prompt), so a seed where toolforge is below the
+same seeds, all with paired proposer draws; then toolforge and the accept-everything loop with prompt-keyed draws.
+Held-out accuracy is measured on 120 questions (20 per kind) the compile never sees; LM calls are the compile's
+(agent and proposer); kinds solved: the kinds whose function (the one the agent calls) is right on every held-out
+question of that kind. Two toolsets that solve the same kinds can still differ in held-out accuracy by the LM's
+draws on the held-out questions (its skips depend on the whole prompt), so a seed where toolforge is below the
 accept-everything loop is reported with whether it solved fewer kinds there.
 
 Goals (issue 14): within 5 points of the all-correct toolset at p >= 0.5 with 10 and 60 training examples; >= 65%
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -158,9 +164,17 @@ def bad(kind: str, how: str, visible: list[int]) -> tf.ForgedFunction:
     return function(kind, f"Return {text}.", f"    return {table!r}.get(int(x), 0)\n")
 
 
-def proposer_for(p: float, seed: int):
+def proposer_for(p: float, seed: int, streams: str = "paired"):
+    """The proposer's LM. Its draws (how many actions, useful or which bad one) come from a stream fixed by the seed
+    and the number of the call ("paired": every method's k-th proposal draws the same numbers, so two methods on a
+    seed differ by their decisions, not by their luck; what the proposal is about still follows what the proposer
+    is shown), or from a hash of the prompt ("prompt": a real LM's answer depends on all of its prompt, so two
+    methods draw independent streams as soon as their toolsets differ)."""
+    calls = itertools.count()
+
     def respond(system: str, user: str) -> dict[str, Any]:
-        rng = random.Random(f"{seed}:{hashlib.sha256(user.encode()).hexdigest()}")
+        key = f"call {next(calls)}" if streams == "paired" else hashlib.sha256(user.encode()).hexdigest()
+        rng = random.Random(f"{seed}:{key}")
         functions = field(user, "current_functions")
         present = dict(re.findall(r"### (\w+)[^\n]*\n(?:.|\n)*?```python\n((?:.|\n)*?)```", functions))
         solved = {
@@ -235,7 +249,7 @@ def held_out_accuracy(toolset: tf.Toolset, test: list[dspy.Example], agent_lm: d
         return evaluator.evaluate(program, test, display_progress=False).score
 
 
-def one_run(method: str, seed: int, p: float, n: int, sandbox: tf.Sandbox) -> dict[str, Any]:
+def one_run(method: str, seed: int, p: float, n: int, sandbox: tf.Sandbox, streams: str = "paired") -> dict[str, Any]:
     rng = random.Random(seed * 1009 + n)
     train = examples(n, rng)
     test = examples(TEST_PER_KIND * len(KINDS), random.Random(10_000 + seed))
@@ -249,7 +263,7 @@ def one_run(method: str, seed: int, p: float, n: int, sandbox: tf.Sandbox) -> di
             "functions": 0,
             "solved": kinds_solved(toolset, test, sandbox),
         }
-    proposer_lm, _ = scripted_lm(proposer_for(p, seed), name="proposer")
+    proposer_lm, _ = scripted_lm(proposer_for(p, seed, streams), name="proposer")
     options = {"accept-everything": {"rollback": False}, "no-progressive": {"progressive": False}}.get(method, {})
     with tempfile.TemporaryDirectory() as tmp:
         optimizer = tf.FunctionOptimizer(
@@ -289,7 +303,8 @@ def run_grid(methods: list[str], seeds: int, sizes: list[int], ps: list[float]) 
                         results[f"{method}|{n}|{p}"] = results[f"{method}|{n}|{ps[0]}"]
                         continue
                     started = time.perf_counter()
-                    runs = [one_run(method, seed, p, n, sandbox) for seed in range(seeds)]
+                    name, _, streams = method.partition("/")  # e.g. "toolforge/prompt": prompt-keyed proposals
+                    runs = [one_run(name, seed, p, n, sandbox, streams or "paired") for seed in range(seeds)]
                     results[f"{method}|{n}|{p}"] = runs
                     logging.getLogger("benchmark").warning(
                         "%s n=%d p=%.1f: held-out %.3f (%.0f s)",
@@ -334,13 +349,38 @@ def mean(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.mean(r[key] for r in runs)
 
 
+def versus(results: dict[str, Any], ours: str, loop: str, n: int, p: float) -> str:
+    """Seed by seed, how `ours` compares with `loop` in one cell: the mean difference, the seeds where it is below,
+    and on how many of those it solved fewer kinds (the rest differ by the LM's draws on the held-out questions)."""
+    pairs = list(zip(results[f"{ours}|{n}|{p}"], results[f"{loop}|{n}|{p}"], strict=True))
+    below = [(a, b) for a, b in pairs if a["held_out"] < b["held_out"]]
+    fewer = sum(a["solved"] < b["solved"] for a, b in below)
+    gap = max((b["held_out"] - a["held_out"] for a, b in below), default=0.0)
+    difference = statistics.mean(a["held_out"] - b["held_out"] for a, b in pairs)
+    text = f"{difference:+.1%} vs accept-everything, below it on {len(below)}/{len(pairs)} seeds"
+    if below:
+        text += f" (by at most {gap:.1%}; with fewer kinds solved on {fewer} of them)"
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 60])
     parser.add_argument("--ps", type=float, nargs="+", default=[0.2, 0.5, 0.8])
     parser.add_argument(
-        "--methods", nargs="+", default=["untrained", "all-correct", "toolforge", "accept-everything", "no-progressive"]
+        "--methods",
+        nargs="+",
+        default=[
+            "untrained",
+            "all-correct",
+            "toolforge",
+            "accept-everything",
+            "no-progressive",
+            "toolforge/prompt",
+            "accept-everything/prompt",
+        ],
+        help="a method with '/prompt' runs with prompt-keyed proposer draws (see proposer_for)",
     )
     parser.add_argument("--baseline-ref", default="e15126d", help="git commit to compare with ('' for none)")
     parser.add_argument("--toolforge-root", help=argparse.SUPPRESS)
@@ -363,6 +403,8 @@ def main() -> None:
         "accept-everything": "accept-everything loop (AG2-style; ablation: no roll-back, no early-stop)",
         "no-progressive": "ablation: no progressive update",
         "baseline": f"toolforge at {args.baseline_ref} (before issue 14)",
+        "toolforge/prompt": "toolforge, prompt-keyed proposer draws",
+        "accept-everything/prompt": "accept-everything loop, prompt-keyed proposer draws",
     }
     cells = [(n, p) for n in args.sizes for p in args.ps]
     header = ("held-out accuracy, mean over seeds", *(f"n={n}, p={p}" for n, p in cells))
@@ -404,23 +446,15 @@ def main() -> None:
         for n, p in cells:
             ours = mean(results[f"toolforge|{n}|{p}"], "held_out")
             ideal = mean(results[f"all-correct|{n}|{p}"], "held_out")
-            loop = [r["held_out"] for r in results[f"accept-everything|{n}|{p}"]]
-            mine = [r["held_out"] for r in results[f"toolforge|{n}|{p}"]]
-            pairs = list(zip(results[f"toolforge|{n}|{p}"], results[f"accept-everything|{n}|{p}"], strict=True))
-            below = [(a, b) for a, b in pairs if a["held_out"] < b["held_out"]]
-            fewer = sum(a["solved"] < b["solved"] for a, b in below)
-            gap = max((b["held_out"] - a["held_out"] for a, b in below), default=0.0)
             if p >= 0.5:
                 goal, met = "within 5 points of all-correct", ours >= ideal - 0.05
             else:
                 floor = 0.65 if n >= 60 else 0.55
                 goal, met = f">= {floor:.0%}", ours >= floor
             line = f"n={n}, p={p}: {ours:.1%} ({goal}: {'met' if met else 'NOT met'}); "
-            line += (
-                f"{ours - statistics.mean(loop):+.1%} vs accept-everything, below it on {len(below)}/{len(mine)} seeds"
-            )
-            if below:
-                line += f" (by at most {gap:.1%}; with fewer kinds solved on {fewer} of them)"
+            line += versus(results, "toolforge", "accept-everything", n, p)
+            if {"toolforge/prompt", "accept-everything/prompt"} <= set(methods):
+                line += "; prompt-keyed draws: " + versus(results, "toolforge/prompt", "accept-everything/prompt", n, p)
             if "baseline" in methods:
                 ratio = mean(results[f"toolforge|{n}|{p}"], "lm_calls") / mean(results[f"baseline|{n}|{p}"], "lm_calls")
                 line += f"; LM calls {ratio:.2f}x the baseline's (goal <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'})"

@@ -133,6 +133,35 @@ def test_the_proposer_is_told_how_the_training_runs_used_each_function(cache):
     assert "usage: called in 2 of 10 training runs\n" in seen[1]  # square, accepted in step 1
 
 
+def test_an_empty_reply_while_examples_fail_is_asked_again_within_the_step(cache):
+    rejected = []
+
+    def policy(inputs):  # says nothing the first time it is asked in a step, proposes square when told why
+        rejected.append(inputs["rejected"])
+        return [action("add_function", SQUARE)] if "no action was proposed" in inputs["rejected"] else []
+
+    _, trained, report, _, proposer = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1)
+    assert rejected[0] == "(none)"
+    assert rejected[1] == (
+        "- (trial 1) no action was proposed, while 2 of 10 training examples still fail: propose at least one action "
+        "that could make some of them succeed"
+    )
+    assert report.steps[0].outcome == "accepted" and trained.toolset.names == ["double", "square"]
+    assert report.steps[0].usage.proposer.calls == 2
+
+
+def test_an_empty_reply_when_every_example_succeeds_ends_the_step():
+    calls = []
+
+    def policy(inputs):
+        calls.append(inputs["rejected"])
+        return []
+
+    _, _, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), max_epochs=1)
+    assert report.initial_score == 1.0 and calls == ["(none)"]
+    assert report.steps[0].outcome == "no_change"
+
+
 def test_the_proposer_is_told_what_the_fixed_tools_do():
     from toolforge.program import describe_fixed_tools
 
@@ -147,7 +176,7 @@ def test_the_proposer_is_told_what_the_fixed_tools_do():
         return []
 
     compile_with(policy, tf.Toolset([DOUBLE]), max_epochs=1)
-    assert seen == ["- finish: ends the agent's run, once it can answer"]
+    assert seen and set(seen) == {"- finish: ends the agent's run, once it can answer"}
 
 
 def test_a_metric_s_feedback_reaches_the_proposer(cache):
@@ -335,7 +364,7 @@ def test_early_stop_fires_after_patience(cache):
     )
     assert report.stop_reason == "early_stop"
     assert [s.outcome for s in report.steps] == ["no_change"] * 3
-    assert proposer.calls == 3
+    assert proposer.calls == 3 * 3  # an empty reply while examples fail is asked again, up to max_trials (3)
 
 
 def test_a_solved_training_set_stops_the_compile_without_more_proposals(cache):

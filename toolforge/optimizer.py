@@ -1150,7 +1150,16 @@ class _RunState:
                 )
                 continue
             if not proposals:
-                break
+                failing = sum(1 for record in best_run.records if record.score < 1)
+                if kept or not failing:
+                    break
+                # an empty reply while examples fail leaves the step with nothing to judge: ask again, as for a
+                # rejected action (it would otherwise spend a step, and a step of patience, on nothing)
+                feedback.append(
+                    f"- (trial {trial}) no action was proposed, while {failing} of {len(best_run.records)} training "
+                    "examples still fail: propose at least one action that could make some of them succeed"
+                )
+                continue
             rejected_now = 0
             before_trial, kept_before = candidate, len(kept)
             cut_short = self._reply_cut()
