@@ -147,7 +147,7 @@ def test_an_empty_reply_while_examples_fail_is_asked_again_within_the_step(cache
         "that could make some of them succeed"
     )
     assert report.steps[0].outcome == "accepted" and trained.toolset.names == ["double", "square"]
-    assert report.steps[0].usage.proposer.calls == 2
+    assert report.steps[0].usage.proposer.calls == 2 and proposer.calls == 2
 
 
 def test_an_empty_reply_when_every_example_succeeds_ends_the_step():
