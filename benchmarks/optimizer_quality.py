@@ -19,9 +19,10 @@ toolsets differ, and those rows show how far per-seed comparisons move with luck
 
 Rows, each over the same seeds: the untrained agent (no functions), the all-correct toolset, toolforge's optimizer
 (defaults), the accept-everything loop (AG2-style; the paper's ablation without roll-back and early-stop:
-`rollback=False`), the ablation without progressive update (`progressive=False`), and, with `--baseline-ref`,
-toolforge as of that git commit (default: the commit before this benchmark's issue), run in a subprocess on the
-same seeds, all with paired proposer draws; then toolforge and the accept-everything loop with prompt-keyed draws.
+`rollback=False`), the ablation without progressive update (`progressive=False`), toolforge without early stop
+(`patience=max_epochs`), and, with `--baseline-ref`, toolforge as of that git commit (default: the commit before
+this benchmark's issue), run in a subprocess on the same seeds, all with paired proposer draws; then toolforge and
+the accept-everything loop with prompt-keyed draws.
 Held-out accuracy is measured on 120 questions (20 per kind) the compile never sees; LM calls are the compile's
 (agent and proposer); kinds solved: the kinds whose function (the one the agent calls) is right on every held-out
 question of that kind. Two toolsets that solve the same kinds can still differ in held-out accuracy by the LM's
@@ -32,7 +33,7 @@ Goals (issue 14): within 5 points of the all-correct toolset at p >= 0.5 with 10
 at p = 0.2 with 60 examples and >= 55% with 10; never below the accept-everything loop on the same seeds; LM calls
 no more than 1.5x the baseline ref's for the same runs.
 
-Usage: python benchmarks/optimizer_quality.py [--seeds 8] [--baseline-ref e15126d] [--methods ...]
+Usage: python benchmarks/optimizer_quality.py [--seeds 24] [--baseline-ref e15126d] [--methods ...]
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ IRRELEVANT = {
 }
 SKIP_TOOL, GUESS_RIGHT = 0.07, 0.25
 TEST_PER_KIND = 20
+MAX_EPOCHS = 10
 X_SCHEMA = {"type": "object", "properties": {"x": {"type": "integer", "description": "the number"}}, "required": ["x"]}
 
 
@@ -264,12 +266,16 @@ def one_run(method: str, seed: int, p: float, n: int, sandbox: tf.Sandbox, strea
             "solved": kinds_solved(toolset, test, sandbox),
         }
     proposer_lm, _ = scripted_lm(proposer_for(p, seed, streams), name="proposer")
-    options = {"accept-everything": {"rollback": False}, "no-progressive": {"progressive": False}}.get(method, {})
+    options = {
+        "accept-everything": {"rollback": False},
+        "no-progressive": {"progressive": False},
+        "no-early-stop": {"patience": MAX_EPOCHS},
+    }.get(method, {})
     with tempfile.TemporaryDirectory() as tmp:
         optimizer = tf.FunctionOptimizer(
             metric,
             proposer_lm=proposer_lm,
-            max_epochs=10,
+            max_epochs=MAX_EPOCHS,
             max_actions_per_step=3,
             num_threads=4,
             cache=tf.EvaluationCache(tmp),
@@ -290,6 +296,7 @@ def one_run(method: str, seed: int, p: float, n: int, sandbox: tf.Sandbox, strea
         "functions": len(trained.toolset),
         "extra": sum(1 for name in trained.toolset.names if name not in KINDS),
         "solved": kinds_solved(trained.toolset, test, sandbox),
+        "stop": report.stop_reason,
     }
 
 
@@ -354,18 +361,20 @@ def versus(results: dict[str, Any], ours: str, loop: str, n: int, p: float) -> s
     and on how many of those it solved fewer kinds (the rest differ by the LM's draws on the held-out questions)."""
     pairs = list(zip(results[f"{ours}|{n}|{p}"], results[f"{loop}|{n}|{p}"], strict=True))
     below = [(a, b) for a, b in pairs if a["held_out"] < b["held_out"]]
-    fewer = sum(a["solved"] < b["solved"] for a, b in below)
+    fewer = [(a, b) for a, b in below if a["solved"] < b["solved"]]
+    stopped = sum(a.get("stop") == "early_stop" for a, _ in fewer)
     gap = max((b["held_out"] - a["held_out"] for a, b in below), default=0.0)
     difference = statistics.mean(a["held_out"] - b["held_out"] for a, b in pairs)
     text = f"{difference:+.1%} vs accept-everything, below it on {len(below)}/{len(pairs)} seeds"
     if below:
-        text += f" (by at most {gap:.1%}; with fewer kinds solved on {fewer} of them)"
+        text += f" (by at most {gap:.1%}; with fewer kinds solved on {len(fewer)} of them"
+        text += f", {stopped} of which stopped early)" if fewer else ")"
     return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--seeds", type=int, default=24)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 60])
     parser.add_argument("--ps", type=float, nargs="+", default=[0.2, 0.5, 0.8])
     parser.add_argument(
@@ -377,6 +386,7 @@ def main() -> None:
             "toolforge",
             "accept-everything",
             "no-progressive",
+            "no-early-stop",
             "toolforge/prompt",
             "accept-everything/prompt",
         ],
@@ -402,6 +412,7 @@ def main() -> None:
         "toolforge": "toolforge (this version)",
         "accept-everything": "accept-everything loop (AG2-style; ablation: no roll-back, no early-stop)",
         "no-progressive": "ablation: no progressive update",
+        "no-early-stop": "toolforge without early stop (patience = max_epochs)",
         "baseline": f"toolforge at {args.baseline_ref} (before issue 14)",
         "toolforge/prompt": "toolforge, prompt-keyed proposer draws",
         "accept-everything/prompt": "accept-everything loop, prompt-keyed proposer draws",
@@ -453,11 +464,16 @@ def main() -> None:
                 goal, met = f">= {floor:.0%}", ours >= floor
             line = f"n={n}, p={p}: {ours:.1%} ({goal}: {'met' if met else 'NOT met'}); "
             line += versus(results, "toolforge", "accept-everything", n, p)
+            if "no-early-stop" in methods:
+                line += "; without early stop: " + versus(results, "no-early-stop", "accept-everything", n, p)
             if {"toolforge/prompt", "accept-everything/prompt"} <= set(methods):
                 line += "; prompt-keyed draws: " + versus(results, "toolforge/prompt", "accept-everything/prompt", n, p)
             if "baseline" in methods:
                 ratio = mean(results[f"toolforge|{n}|{p}"], "lm_calls") / mean(results[f"baseline|{n}|{p}"], "lm_calls")
                 line += f"; LM calls {ratio:.2f}x the baseline's (goal <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'})"
+                if "no-early-stop" in methods:
+                    calls = mean(results[f"no-early-stop|{n}|{p}"], "lm_calls")
+                    line += f", without early stop {calls / mean(results[f'baseline|{n}|{p}'], 'lm_calls'):.2f}x"
             goals.append(line)
         notes += goals
     _results.report("Optimizer quality under noise (benchmarks/optimizer_quality.py)", table, notes, width=12)
