@@ -285,7 +285,7 @@ def test_a_removal_refused_by_the_examples_that_called_it_runs_no_other_example(
     flipped = remove.evidence.flips
     assert (flipped.examples, flipped.losses, remove.evidence.score_together) == (2, 2, None)
     assert step.evidence.touched.worse == ["trainset[4]", "trainset[9]"]
-    assert "Step 1: was refused on the examples that called what it removed" in calls[1]["failure_list"]
+    assert "Step 1: was refused before the other training examples were run" in calls[1]["failure_list"]
     assert "refused on them: the other training examples were not run" in markdown_report(report, tmp_path)
 
 
@@ -520,3 +520,37 @@ def test_a_lone_removal_that_validation_examples_support_is_judged_with_them(cac
     step = report.steps[0]
     assert (step.outcome, trained.toolset.names) == ("accepted", ["double"])
     assert "validation: 2 example(s), 2 better" in step.reason
+
+
+def test_an_add_refused_on_the_examples_that_could_get_better_runs_no_other_example(cache, tmp_path):
+    """add a wrong square beside double, with doubles 8 of 10 questions answered through double: those eight can
+    only stay right or get worse, so the two squares run first; the wrong square leaves them wrong (no evidence that
+    it helps, and it grows the toolset), and the step is rolled back without running the eight. The decision is the
+    one the full evaluation makes (without a cache, every example is run)."""
+    wrong = unary("square", "x * x + 1", SQUARE.description)
+    policy, calls = scripted([[action("add_function", wrong)], []])
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=2)
+    step = report.steps[0]
+    assert trained.toolset.names == ["double"]
+    assert (step.outcome, step.cache_misses, step.score_after) == ("rolled_back", 2, None)
+    (add,) = step.actions
+    assert add.reason.startswith("no evidence that it helps (on the examples it touched: 2 example(s), 0 better")
+    assert (add.evidence.flips.examples, add.evidence.score_together) == (2, None)
+    assert "Step 1: was refused before the other training examples were run" in calls[1]["failure_list"]
+    assert "refused on them: the other training examples were not run" in markdown_report(report, tmp_path)
+
+    policy, _ = scripted([[action("add_function", wrong)]])
+    _, full_trained, full, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=None, max_epochs=1)
+    assert full.steps[0].score_after == 0.8 and full.steps[0].actions[0].reason == add.reason
+    assert full_trained.toolset.names == ["double"]
+
+
+def test_an_add_that_helps_on_the_examples_run_first_is_run_on_every_example(cache):
+    """the correct square wins both squares on the examples run first, so the other eight are run too (they could
+    still make it harmful), from the cache where they were; it is accepted on the whole training set."""
+    policy, _ = scripted([[action("add_function", SQUARE)]])
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1)
+    step = report.steps[0]
+    assert (step.outcome, step.score_after, step.cache_misses) == ("accepted", 1.0, 10)
+    assert step.actions[0].evidence.score_together == 1.0
+    assert trained.toolset.names == ["double", "square"]

@@ -704,7 +704,9 @@ def test_log_dir_holds_the_report_every_accepted_toolset_and_a_checkpoint(cache,
 def test_step_reports_count_lm_calls_and_cache_hits(cache):
     _, _, report, agent, proposer = compile_with(add_square_once, tf.Toolset([DOUBLE]), cache=cache)
     first = report.steps[0]
-    assert (first.cache_hits, first.cache_misses) == (10, 10)  # the best toolset was cached; the candidate ran
+    # the best toolset was cached; the candidate ran its 10 examples, the 2 that could get better first (the full
+    # evaluation took those 2 from the cache)
+    assert (first.cache_hits, first.cache_misses) == (10 + 2, 10)
     assert first.usage.agent.calls == 30 and first.usage.proposer.calls == 1
     assert first.usage.proposer.prompt_tokens > 0 and first.usage.agent.prompt_tokens > 0
     assert report.agent_lm_calls == agent.calls == 28 + 30
@@ -1018,7 +1020,7 @@ def test_a_proposer_lm_that_is_not_set_up_stops_the_compile_and_resume_keeps_the
     )
     assert trained.toolset.names == ["double", "square"]
     assert report.resumed_after_step == 0
-    assert report.steps[0].cache_hits == 10  # the baseline's records, not run again
+    assert report.steps[0].cache_hits == 10 + 2  # the baseline's records, not run again (and the 2 run first)
     assert agent[1].calls - baseline_calls == 10 * 3  # only the candidate's evaluation (a new interface) ran
 
 

@@ -112,11 +112,11 @@ LEDGER = "lm-calls.jsonl"  # in log_dir: the LM requests made since the last che
 class ActionEvidence(BaseModel):
     """What one action of an evaluated step did: the flips on the training examples it touched (with the step's
     other actions beside it), and the training scores of the step's candidate with all its actions and with only
-    those kept (where some were rolled back). A step of removals refused on the examples that called what they
-    remove has no score with all its actions: the other examples were not run."""
+    those kept (where some were rolled back). A step refused on the examples run first (those that called what its
+    removals remove, or those that could get better) has no score with all its actions: the others were not run."""
 
     flips: Flips
-    score_together: float | None  # None: the step was refused on the examples its removals touched (see `_judge`)
+    score_together: float | None  # None: the step was refused on the examples run first (see `_judge`)
     score_kept: float | None = None
 
 
@@ -1230,6 +1230,10 @@ class _RunState:
             refused = self._refused_removals(step, base, outcomes, kept, actions, candidate, best_run, counts, start)
             if refused is not None:
                 return refused
+        if opt.rollback and opt.evaluator.cache is not None and not all(isinstance(a, RemoveFunction) for a in actions):
+            refused = self._refused_first(step, base, outcomes, kept, actions, candidate, best_run, counts, start)
+            if refused is not None:
+                return refused
         together = self._evaluate(candidate, self.trainset, counts)
         together_toolset = candidate
         if not opt.rollback:  # the ablation: every checked candidate is accepted
@@ -1343,6 +1347,65 @@ class _RunState:
             if len(actions) == 1
             else "no action earned its place on its own evidence (the examples that called what the step removes)"
         )
+        return self._settle(
+            step, base, outcomes, kept, [], candidate, None, _Decision(False, False, reason), weighed, counts, start,
+            evidence, reasons,
+        )  # fmt: skip
+
+    def _refused_first(
+        self,
+        step: int,
+        base: dict[str, Any],
+        outcomes: list[ActionOutcome],
+        kept: list[int],
+        actions: list[Action],
+        candidate: Toolset,
+        best_run: EvaluationRun,
+        counts: _StepCounts,
+        start: float,
+    ) -> StepReport | None:
+        """The report of a candidate that the examples able to speak for it already refuse, or None.
+
+        An example the best toolset answered with full marks through a function call cannot get better, nor count
+        as `carried` (the best toolset's run called a function): with the candidate it can only stay or get worse.
+        So the other examples (those the best toolset failed, or answered with no function) are run first; when the
+        evidence on them refuses the candidate in a way that examples which can only tie or get worse cannot
+        overturn, the step is rolled back without running the rest. Otherwise this returns None, and the full
+        evaluation reuses their records from the cache.
+
+        Overturnable refusals are left to the full evaluation: a revision that no example called yet (the rest may
+        call it), and, for a lone action judged with validation examples, anything but harm (validation flips are
+        pooled with training ones, and are run only for a candidate the training evidence does not refuse)."""
+        records = best_run.records
+        index = [i for i, record in enumerate(records) if not (record.score >= 1 and record.calls)]
+        if not index or len(index) == len(records):
+            return None
+        before = best_run.model_copy(update={"records": tuple(records[i] for i in index)})
+        part = self._evaluate(candidate, [self.trainset[i] for i in index], counts, part=True)
+        overall = flips(before, part, labels=self.labels.train)
+        lone = len(actions) == 1
+        evidence: dict[int, ActionEvidence] = {}
+        reasons: dict[int, str] = {}
+        for j, action in enumerate(actions):
+            names = _changed(self.best, candidate) if lone else _changed(self.best, candidate, only={action.name})
+            own = flips(before, part, touched_by(names, before, part), *_sides(self.best, candidate, names),
+                        labels=self.labels.train)  # fmt: skip
+            evidence[j] = ActionEvidence(flips=own, score_together=None)
+            judged = self._verdict(own, None, overall)
+            refusal = self._refusal(judged, own, actions if lone else [action], candidate=candidate if lone else None)
+            if refusal is None:
+                return None
+            if not own.examples and isinstance(action, ReviseFunction):
+                return None  # the examples not run yet may call the revised function
+            if lone and self.valset and judged[0] != "harmful":
+                return None
+            reasons[j] = refusal
+        names = _changed(self.best, candidate)
+        touched = flips(before, part, touched_by(names, before, part), *_sides(self.best, candidate, names),
+                        labels=self.labels.train)  # fmt: skip
+        verdict, why = self._verdict(touched, None, overall)
+        weighed = StepEvidence(touched=touched, overall=overall, verdict=verdict, why=why)
+        reason = reasons[0] if lone else "no action earned its place on its own evidence"
         return self._settle(
             step, base, outcomes, kept, [], candidate, None, _Decision(False, False, reason), weighed, counts, start,
             evidence, reasons,

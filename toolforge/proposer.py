@@ -296,7 +296,7 @@ class FailedCandidateLike(Protocol):
     @property
     def step(self) -> int: ...
     @property
-    def score(self) -> float | None: ...  # None: refused on the examples that called what it removed
+    def score(self) -> float | None: ...  # None: refused before every training example was run
     @property
     def best_score(self) -> float: ...
     @property
@@ -355,7 +355,7 @@ def render_failures(failures: Sequence[FailedCandidateLike]) -> str:
         scored = (
             f"scored {failure.score:.3f}"
             if failure.score is not None
-            else "was refused on the examples that called what it removed"
+            else "was refused before the other training examples were run"
         )
         lines = [f"Step {failure.step}: {scored} (the current functions score {failure.best_score:.3f}) after:"]
         for action in failure.actions:
