@@ -51,7 +51,29 @@ def scripted(steps: list[list[dict]]):
 # ------------------------------------------------------------------------------ 1. a step is judged whole
 def test_a_harmful_removal_in_a_step_of_good_adds_is_rolled_back_alone(cache):
     """[add square, add triple, remove double]: the sum rises (0.2 -> 0.8), but double is lost; each action is
-    judged on the examples it touched, and only the adds are kept."""
+    judged on the examples it touched, and only the adds are kept. (double is added at step 1, so that it is not a
+    seed function, which is refused sooner: see the next test.)"""
+    policy, _ = scripted(
+        [
+            [action("add_function", DOUBLE)],
+            [action("add_function", SQUARE), action("add_function", TRIPLE), action("remove_function", name="double")],
+        ]
+    )
+    train = mixed(("double", "square", "triple", "square", "triple"))
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset(), trainset=train, cache=cache, max_epochs=2)
+    assert trained.toolset.names == ["double", "square", "triple"]
+    square, triple, remove = report.steps[1].actions
+    assert (square.status, triple.status, remove.status) == ("accepted", "accepted", "rolled_back")
+    assert (remove.evidence.flips.wins, remove.evidence.flips.losses) == (0, 2)
+    assert remove.reason.startswith("the evidence is against it")
+    assert (square.evidence.flips.wins, square.evidence.score_together, square.evidence.score_kept) == (4, 0.8, 1.0)
+    assert report.steps[1].score_after == 1.0  # the kept actions, evaluated together
+
+
+def test_a_seed_removal_refused_on_the_examples_run_first_leaves_the_adds_to_be_judged_alone(cache, tmp_path):
+    """The same step with double a seed function: its removal is refused on the examples that could get better
+    (a seed goes only on evidence that it hurts, which examples answered right through it cannot give), so the
+    candidate with all three actions is not run on the others; the two adds are judged without it."""
     policy, _ = scripted(
         [[action("add_function", SQUARE), action("add_function", TRIPLE), action("remove_function", name="double")]]
     )
@@ -60,10 +82,14 @@ def test_a_harmful_removal_in_a_step_of_good_adds_is_rolled_back_alone(cache):
     assert trained.toolset.names == ["double", "square", "triple"]
     square, triple, remove = report.steps[0].actions
     assert (square.status, triple.status, remove.status) == ("accepted", "accepted", "rolled_back")
-    assert (remove.evidence.flips.wins, remove.evidence.flips.losses) == (0, 2)
-    assert remove.reason.startswith("the evidence is against it")
-    assert (square.evidence.flips.wins, square.evidence.score_together, square.evidence.score_kept) == (4, 0.8, 1.0)
-    assert report.steps[0].score_after == 1.0  # the kept actions, evaluated together
+    assert remove.reason.startswith("double came with the program")
+    assert (square.evidence.flips.wins, square.evidence.score_together, square.evidence.score_kept) == (4, None, 1.0)
+    # the 8 examples that could get better, with all three actions and with the two adds; the other 2 with the adds
+    assert (report.steps[0].cache_misses, report.steps[0].score_after) == (18, 1.0)
+    assert (
+        "4 better, 0 worse; the step's other actions were refused on the examples run first; training score with only"
+        " those kept 1.000"
+    ) in markdown_report(report, tmp_path)
 
 
 def test_a_correct_revision_is_kept_when_a_harmful_removal_comes_with_it(cache):
@@ -411,10 +437,13 @@ def test_without_progressive_update_each_step_starts_from_the_initial_toolset(ca
 # ---------------------------------------------------------------------------------------------- reports
 def test_the_markdown_report_shows_each_action_s_evidence(cache, tmp_path):
     policy, _ = scripted(
-        [[action("add_function", SQUARE), action("add_function", TRIPLE), action("remove_function", name="double")]]
+        [
+            [action("add_function", DOUBLE)],
+            [action("add_function", SQUARE), action("add_function", TRIPLE), action("remove_function", name="double")],
+        ]
     )
     train = mixed(("double", "square", "triple", "square", "triple"))
-    _, _, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), trainset=train, cache=cache, max_epochs=1)
+    _, _, report, _, _ = compile_with(policy, tf.Toolset(), trainset=train, cache=cache, max_epochs=2)
     text = markdown_report(report, tmp_path)
     assert (
         "- **add square** (trial 1): accepted\n  - evidence: on the training examples it touched, 4 example(s), "

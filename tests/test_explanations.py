@@ -21,11 +21,15 @@ def cache(tmp_path):
 
 
 def harmful_removal(cache):
+    """double is added at step 1 (a seed function's removal is refused before its harm is measured)."""
     policy, _ = scripted(
-        [[action("add_function", SQUARE), action("add_function", TRIPLE), action("remove_function", name="double")]]
+        [
+            [action("add_function", DOUBLE)],
+            [action("add_function", SQUARE), action("add_function", TRIPLE), action("remove_function", name="double")],
+        ]
     )
     train = mixed(("double", "square", "triple", "square", "triple"))
-    return compile_with(policy, tf.Toolset([DOUBLE]), trainset=train, cache=cache, max_epochs=1)[2]
+    return compile_with(policy, tf.Toolset(), trainset=train, cache=cache, max_epochs=2)[2]
 
 
 def wrong_revision(cache):
@@ -71,13 +75,13 @@ def test_no_roll_back_refusal_or_unchanged_step_is_left_without_a_reason(cache):
 
 def test_a_harmful_action_names_the_examples_it_made_worse(cache):
     report = harmful_removal(cache)
-    remove = report.steps[0].actions[2]
+    remove = report.steps[1].actions[2]
     assert (remove.status, remove.evidence.flips.worse) == ("rolled_back", ["trainset[0]", "trainset[5]"])
     assert remove.reason == (
         "the evidence is against it: more of the examples it touched got worse than better (2 example(s), 0 better, "
         "2 worse; worse: trainset[0], trainset[5])"
     )
-    square = report.steps[0].actions[0]
+    square = report.steps[1].actions[0]
     assert square.evidence.flips.better == ["trainset[1]", "trainset[3]", "trainset[6]", "trainset[8]"]
 
 

@@ -112,11 +112,12 @@ LEDGER = "lm-calls.jsonl"  # in log_dir: the LM requests made since the last che
 class ActionEvidence(BaseModel):
     """What one action of an evaluated step did: the flips on the training examples it touched (with the step's
     other actions beside it), and the training scores of the step's candidate with all its actions and with only
-    those kept (where some were rolled back). A step refused on the examples run first (those that called what its
-    removals remove, or those that could get better) has no score with all its actions: the others were not run."""
+    those kept (where some were rolled back). A candidate refused on the examples run first (those that called what
+    its removals remove, or those that could get better) was not run on the others, so it has no score: the step
+    has no score with all its actions when that candidate was refused, whole or some of its actions."""
 
-    flips: Flips
-    score_together: float | None  # None: the step was refused on the examples run first (see `_judge`)
+    flips: Flips  # where the action was refused, on the examples of the candidate that refused it
+    score_together: float | None  # None: the candidate with all the actions was not run on every example
     score_kept: float | None = None
 
 
@@ -382,6 +383,14 @@ class _Gathered(NamedTuple):
     candidate: Toolset  # the toolset they build
     note: str | None
     last_call_failed: bool  # the last proposer call raised
+
+
+class _Look(NamedTuple):
+    """A candidate run on the training examples that could get better (see `_FunctionOptimization._first_look`)."""
+
+    evidence: dict[int, ActionEvidence]  # by index into the actions judged
+    reasons: dict[int, str]  # the actions refused for good on those examples, and why
+    weighed: StepEvidence  # the candidate's evidence there, judged whole
 
 
 class _BudgetExhausted(Exception):
@@ -1227,63 +1236,74 @@ class _RunState:
         self._budget_check()
         actions = [_action_of(outcomes[i]) for i in kept]
         if opt.rollback and opt.progressive and all(isinstance(a, RemoveFunction) for a in actions):
-            refused = self._refused_removals(step, base, outcomes, kept, actions, candidate, best_run, counts, start)
-            if refused is not None:
-                return refused
-        if opt.rollback and opt.evaluator.cache is not None and not all(isinstance(a, RemoveFunction) for a in actions):
-            refused = self._refused_first(step, base, outcomes, kept, actions, candidate, best_run, counts, start)
-            if refused is not None:
-                return refused
-        together = self._evaluate(candidate, self.trainset, counts)
-        together_toolset = candidate
+            early = self._refused_removals(step, base, outcomes, kept, actions, candidate, best_run, counts, start)
+            if early is not None:
+                return early
         if not opt.rollback:  # the ablation: every checked candidate is accepted
-            decision = _Decision(True, together.score > best_run.score, "accepted unweighed (rollback=False)")
-            return self._settle(step, base, outcomes, kept, list(range(len(kept))), candidate, together, decision,
+            unweighed = self._evaluate(candidate, self.trainset, counts)
+            decision = _Decision(True, unweighed.score > best_run.score, "accepted unweighed (rollback=False)")
+            return self._settle(step, base, outcomes, kept, list(range(len(kept))), candidate, unweighed, decision,
                                 None, counts, start)  # fmt: skip
-        chosen = list(range(len(kept)))
+        # Credit per action, as a narrowing: the candidate is run first on the examples that could get better (with
+        # a cache, see `_first_look`), then on all; each time, the actions the evidence refuses on their own are
+        # dropped and the toolset of the others is judged in turn. What is left is judged whole, with the
+        # validation examples. Every candidate is smaller than the last, so a step runs at most one per action.
+        origin = self.best if opt.progressive else self.initial_toolset
+        whole, active = candidate, list(range(len(kept)))
+        together: float | None = None  # the whole candidate's training score, once it is run on every example
         evidence: dict[int, ActionEvidence] = {}
         reasons: dict[int, str] = {}
-        # credit per action: each on the examples it touched, the others beside it (the record of a lone action
-        # says which examples flipped, too)
-        overall = flips(best_run, together, labels=self.labels.train)
-        for j, action in enumerate(actions):
-            names = _changed(self.best, together_toolset, only={action.name})
-            own = flips(
-                best_run,
-                together,
-                touched_by(names, best_run, together),
-                *_sides(self.best, together_toolset, names),
-                labels=self.labels.train,
-            )
-            evidence[j] = ActionEvidence(flips=own, score_together=together.score)
-            if len(kept) == 1:
-                continue
-            refusal = self._refusal(self._verdict(own, None, overall), own, [action])
-            if refusal:
-                reasons[j] = refusal
-        chosen = [j for j in range(len(kept)) if j not in reasons]
-        if not chosen:
-            weighed = self._weigh(candidate, best_run, together, counts, with_val=False)
-            decision = _Decision(False, False, "no action earned its place on its own evidence")
-            return self._settle(
-                step, base, outcomes, kept, [], candidate, together, decision, weighed, counts, start, evidence, reasons
-            )
-        run, whole = together, candidate
-        origin = self.best if opt.progressive else self.initial_toolset
-        subset = _apply_subset(origin, candidate, [actions[j] for j in chosen]) if len(chosen) < len(kept) else None
-        if subset is None:
-            chosen, reasons = list(range(len(kept))), {}
-        else:
-            candidate = subset
+        refused: dict[int, str]
+        while True:
+            look = self._first_look(candidate, [actions[j] for j in active], best_run, counts)
+            if look is not None:
+                refused = {active[k]: why for k, why in look.reasons.items()}
+                evidence |= {active[k]: e for k, e in look.evidence.items() if active[k] in refused}
+                if len(refused) == len(active):  # refused on the examples that could speak for it
+                    reasons |= refused
+                    reason = refused[0] if len(kept) == 1 else "no action earned its place on its own evidence"
+                    evidence |= {active[k]: e for k, e in look.evidence.items()}
+                    return self._settle(
+                        step, base, outcomes, kept, [], candidate, None, _Decision(False, False, reason), look.weighed,
+                        counts, start, self._scored(evidence, together, None), reasons,
+                    )  # fmt: skip
+                subset = self._narrowed(origin, whole, actions, active, refused)
+                if subset is not None:
+                    reasons |= refused
+                    candidate, active = subset, [j for j in active if j not in refused]
+                    continue
             self._budget_check()
             run = self._evaluate(candidate, self.trainset, counts)
-            for j in evidence:
-                evidence[j] = evidence[j].model_copy(update={"score_kept": run.score})
-        chosen_actions = [actions[j] for j in chosen]
+            if candidate is whole:
+                together = run.score
+            overall = flips(best_run, run, labels=self.labels.train)
+            refused = {}
+            for j in active:
+                names = _changed(self.best, candidate, only={actions[j].name})
+                own = flips(best_run, run, touched_by(names, best_run, run), *_sides(self.best, candidate, names),
+                            labels=self.labels.train)  # fmt: skip
+                evidence[j] = ActionEvidence(flips=own, score_together=together)
+                if len(active) > 1:
+                    refusal = self._refusal(self._verdict(own, None, overall), own, [actions[j]])
+                    if refusal:
+                        refused[j] = refusal
+            if refused and len(refused) == len(active):
+                reasons |= refused
+                weighed = self._weigh(candidate, best_run, run, counts, with_val=False)
+                decision = _Decision(False, False, "no action earned its place on its own evidence")
+                return self._settle(
+                    step, base, outcomes, kept, [], candidate, run, decision, weighed, counts, start,
+                    self._scored(evidence, together, None if candidate is whole else run.score), reasons,
+                )  # fmt: skip
+            subset = self._narrowed(origin, whole, actions, active, refused) if refused else None
+            if subset is None:
+                break
+            reasons |= refused
+            candidate, active = subset, [j for j in active if j not in refused]
         weighed = self._weigh(candidate, best_run, run, counts, with_val=True)
         refusal = self._refusal(
-            (weighed.verdict, weighed.why), weighed.touched + (weighed.val_touched or Flips()), chosen_actions,
-            candidate=candidate,
+            (weighed.verdict, weighed.why), weighed.touched + (weighed.val_touched or Flips()),
+            [actions[j] for j in active], candidate=candidate,
         )  # fmt: skip
         decision = _Decision(
             refusal is None,
@@ -1291,9 +1311,28 @@ class _RunState:
             refusal or _acceptance(weighed, len(candidate) > len(self.best)),
         )
         return self._settle(
-            step, base, outcomes, kept, chosen, candidate, run, decision, weighed, counts, start, evidence, reasons,
-            whole=(whole, together.score),
+            step, base, outcomes, kept, active, candidate, run, decision, weighed, counts, start,
+            self._scored(evidence, together, None if candidate is whole else run.score), reasons,
+            whole=(whole, together),
         )  # fmt: skip
+
+    @staticmethod
+    def _scored(
+        evidence: dict[int, ActionEvidence], together: float | None, kept: float | None
+    ) -> dict[int, ActionEvidence]:
+        """The actions' evidence with the step's scores: with all its actions (None: that candidate was refused on
+        the examples run first, so the others were not run), and with only the actions kept when some were not."""
+        return {j: e.model_copy(update={"score_together": together, "score_kept": kept}) for j, e in evidence.items()}
+
+    @staticmethod
+    def _narrowed(
+        origin: Toolset, whole: Toolset, actions: list[Action], active: list[int], refused: dict[int, str]
+    ) -> Toolset | None:
+        """The toolset of the `active` actions less the `refused` ones, or None when there is none to judge (none
+        refused, or the others need one of them: a revision of a function a refused action adds)."""
+        if not refused or len(refused) == len(active):
+            return None
+        return _apply_subset(origin, whole, [actions[j] for j in active if j not in refused])
 
     def _refused_removals(
         self,
@@ -1352,33 +1391,24 @@ class _RunState:
             evidence, reasons,
         )  # fmt: skip
 
-    def _refused_first(
-        self,
-        step: int,
-        base: dict[str, Any],
-        outcomes: list[ActionOutcome],
-        kept: list[int],
-        actions: list[Action],
-        candidate: Toolset,
-        best_run: EvaluationRun,
-        counts: _StepCounts,
-        start: float,
-    ) -> StepReport | None:
-        """The report of a candidate that the examples able to speak for it already refuse, or None.
+    def _first_look(
+        self, candidate: Toolset, actions: list[Action], best_run: EvaluationRun, counts: _StepCounts
+    ) -> _Look | None:
+        """Run `candidate` first on the training examples that could get better, and say which of `actions` the
+        evidence there already refuses for good; None where there is nothing to split (no evaluation cache: the
+        other examples would be run again; every example could get better; or none could).
 
         An example the best toolset answered with full marks through a function call cannot get better, nor count
         as `carried` (the best toolset's run called a function): with the candidate it can only stay or get worse.
-        So the other examples (those the best toolset failed, or answered with no function) are run first; when the
-        evidence on them refuses the candidate in a way that examples which can only tie or get worse cannot
-        overturn, the step is rolled back without running the rest. Otherwise this returns None, and the full
-        evaluation reuses their records from the cache.
-
-        Overturnable refusals are left to the full evaluation: a revision that no example called yet (the rest may
-        call it), and, for a lone action judged with validation examples, anything but harm (validation flips are
-        pooled with training ones, and are run only for a candidate the training evidence does not refuse)."""
+        The refusals that such examples cannot overturn are the ones that only grow with losses: harm (net flips
+        below zero, or the sign test over all examples), an added function with no evidence, a removal the LM's
+        guesses carried, a tie with `accept_ties` off. Two are left open: a revision that no example called yet
+        (the others may call it), and, for a lone action (judged whole) with validation examples, anything but harm
+        (its judgement pools the validation flips, which are run only for a candidate the training evidence does
+        not refuse). The records run here come from the cache when the candidate is run on every example."""
         records = best_run.records
         index = [i for i, record in enumerate(records) if not (record.score >= 1 and record.calls)]
-        if not index or len(index) == len(records):
+        if self.opt.evaluator.cache is None or not index or len(index) == len(records):
             return None
         before = best_run.model_copy(update={"records": tuple(records[i] for i in index)})
         part = self._evaluate(candidate, [self.trainset[i] for i in index], counts, part=True)
@@ -1386,30 +1416,25 @@ class _RunState:
         lone = len(actions) == 1
         evidence: dict[int, ActionEvidence] = {}
         reasons: dict[int, str] = {}
-        for j, action in enumerate(actions):
+        for k, action in enumerate(actions):
             names = _changed(self.best, candidate) if lone else _changed(self.best, candidate, only={action.name})
             own = flips(before, part, touched_by(names, before, part), *_sides(self.best, candidate, names),
                         labels=self.labels.train)  # fmt: skip
-            evidence[j] = ActionEvidence(flips=own, score_together=None)
+            evidence[k] = ActionEvidence(flips=own, score_together=None)
             judged = self._verdict(own, None, overall)
             refusal = self._refusal(judged, own, actions if lone else [action], candidate=candidate if lone else None)
             if refusal is None:
-                return None
+                continue
             if not own.examples and isinstance(action, ReviseFunction):
-                return None  # the examples not run yet may call the revised function
+                continue  # the examples not run yet may call the revised function
             if lone and self.valset and judged[0] != "harmful":
-                return None
-            reasons[j] = refusal
+                continue
+            reasons[k] = refusal
         names = _changed(self.best, candidate)
         touched = flips(before, part, touched_by(names, before, part), *_sides(self.best, candidate, names),
                         labels=self.labels.train)  # fmt: skip
         verdict, why = self._verdict(touched, None, overall)
-        weighed = StepEvidence(touched=touched, overall=overall, verdict=verdict, why=why)
-        reason = reasons[0] if lone else "no action earned its place on its own evidence"
-        return self._settle(
-            step, base, outcomes, kept, [], candidate, None, _Decision(False, False, reason), weighed, counts, start,
-            evidence, reasons,
-        )  # fmt: skip
+        return _Look(evidence, reasons, StepEvidence(touched=touched, overall=overall, verdict=verdict, why=why))
 
     def _weigh(
         self,
@@ -1516,7 +1541,7 @@ class _RunState:
         start: float,
         evidence: dict[int, ActionEvidence] | None = None,
         reasons: dict[int, str] | None = None,
-        whole: tuple[Toolset, float] | None = None,
+        whole: tuple[Toolset, float | None] | None = None,
     ) -> StepReport:
         """Record the decision: the best toolset, the failure list, patience, and what became of each action.
         `kept` indexes the step's checked actions in `outcomes`, `chosen` indexes `kept`; `whole` is the

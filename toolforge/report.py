@@ -245,15 +245,18 @@ def markdown_report(report: OptimizationReport, run_dir: str | Path) -> str:
             if action.evidence is not None:
                 flips, kept = action.evidence.flips, action.evidence.score_kept
                 together = action.evidence.score_together
-                lines.append(
-                    f"  - evidence: on the training examples it touched, {flips.describe()}; "
-                    + (
-                        f"training score with all the step's actions {together:.3f}"
-                        if together is not None
-                        else "refused on them: the other training examples were not run"
+                if together is not None:
+                    scores = f"training score with all the step's actions {together:.3f}" + (
+                        f", with only those kept {kept:.3f}" if kept is not None else ""
                     )
-                    + (f", with only those kept {kept:.3f}" if kept is not None else "")
-                )
+                elif kept is not None:
+                    scores = (
+                        "the step's other actions were refused on the examples run first; training score with "
+                        f"only those kept {kept:.3f}"
+                    )
+                else:
+                    scores = "refused on them: the other training examples were not run"
+                lines.append(f"  - evidence: on the training examples it touched, {flips.describe()}; {scores}")
                 if flips.which():
                     lines.append(f"  - flipped where it was called: {flips.which(limit=20)}")
             diff = _action_diff(action.proposal, before)
