@@ -10,6 +10,10 @@ against 32,817 and 18,402): every decision of the compile is the same.
 
 Re-pinned for the checkpoint's `callers` (which examples called each function of an accepted toolset, so that a
 resumed compile prunes as an uninterrupted one would): the checkpoint without that field hashes as before.
+
+Re-pinned for the proposer's `rejected` input, which now also carries the last step's rejected actions: its
+description is longer, so each proposer call has 11 more prompt tokens (1897 -> 1908, 1981 -> 1992); nothing else in
+the checkpoint changed.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ GOLDEN_KEYS = {
     "record 1": "eb922a828e8a12f45b045d13b640082f84115bb6cf346813e536f4cbe8a0b694",
     "record 2": "f2c112315f209a7fa3b5d1ddb855caccee3f91f870d42678732fc409e82fe9b5",
 }
-GOLDEN_CHECKPOINT = "b9e7d97b46d6bd677d12ea3bb580f6c7196e575ca6629aeeb41e18dee6c99398"
+GOLDEN_CHECKPOINT = "8fc909f9089195b7e35e3d4513ccf4af02d5ec77d2861f40bc27fe955d6eff2c"
 
 
 def current_keys() -> dict[str, str]:

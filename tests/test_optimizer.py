@@ -314,23 +314,34 @@ def test_actions_that_change_nothing_are_sent_back(cache):
     )
 
 
-def test_a_revision_repeated_in_a_later_trial_of_the_step_is_sent_back_not_judged_twice(cache):
+def test_a_reply_with_something_to_evaluate_is_not_asked_again_and_its_rejections_reach_the_next_step(cache):
+    """A proposer call costs more than a check: a step whose reply left an action to evaluate evaluates it, and
+    the proposer hears why the others were rejected at its next call. The same revision proposed again after it
+    was rolled back builds a failed candidate again: it is sent back within that step, not judged twice."""
     wrong = unary("square", "x * 3", SQUARE_DESCRIPTION)
+    seen: list[dict] = []
 
-    def policy(inputs):  # a revision and a crashing add; asked again for the add's place, the same revision
+    def policy(inputs):  # a wrong revision and a crashing add, every time
+        seen.append(inputs)
         return [action("revise_function", wrong), action("add_function", unary("boom", "1 / 0"))]
 
-    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), cache=cache, max_epochs=1)
-    actions = report.steps[0].actions
-    assert [(a.summary, a.status, a.trial) for a in actions] == [
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE, SQUARE]), cache=cache, max_epochs=2)
+    first, second = report.steps
+    assert [(a.summary, a.status, a.trial) for a in first.actions] == [
         ("revise square", "rolled_back", 1),
+        ("add boom", "rejected", 1),
+    ]
+    assert first.usage.proposer.calls == 1 and seen[0]["rejected"] == "(none)"
+    assert seen[1]["rejected"].startswith("- add boom (step 1, trial 1): ")
+    assert [(a.summary, a.status, a.trial) for a in second.actions] == [
+        ("revise square", "rejected", 1),
         ("add boom", "rejected", 1),
         ("revise square", "rejected", 2),
         ("add boom", "rejected", 2),
         ("revise square", "dropped", 3),
         ("add boom", "dropped", 3),
     ]
-    assert actions[2].reason is not None and actions[2].reason.startswith("revising 'square' changes nothing")
+    assert second.outcome == "no_change" and "see the failure list" in second.actions[0].reason
     assert trained.toolset["square"].code == SQUARE.code
 
 
@@ -479,14 +490,14 @@ def test_a_malformed_action_goes_back_without_losing_the_valid_ones_beside_it(ca
             return []
         return [action("add_function", SQUARE), {"action": "rename_function", "name": "double"}, "cube it"]
 
-    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1)
+    _, trained, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=2)
     square, rename, text = report.steps[0].actions
     assert (square.summary, square.status) == ("add square", "accepted")
     assert (rename.summary, rename.status) == ("rename double", "rejected")
     assert rename.reason.startswith("the action is malformed: action: Input should be 'add_function'")
     assert (text.summary, text.status) == ("? ?", "rejected")
     assert text.reason == "the action is malformed: an action must be a JSON object, got str: cube it"
-    assert "- rename double (trial 1): the action is malformed" in calls[1]["rejected"]
+    assert "- rename double (step 1, trial 1): the action is malformed" in calls[1]["rejected"]  # at the next step
     assert trained.toolset.names == ["double", "square"]
 
 
@@ -514,7 +525,7 @@ def test_a_reply_cut_at_the_token_limit_is_named_as_the_cause(cache):
 
     proposer = proposer_lm(policy)
     proposer[1].finish_reason = "length"
-    _, _, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1, proposer=proposer)
+    _, _, report, _, _ = compile_with(policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=2, proposer=proposer)
     square, cube = report.steps[0].actions
     assert square.status == "accepted" and cube.status == "rejected"
     assert cube.reason == (
@@ -549,7 +560,7 @@ def test_max_functions_holds(cache):
         policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1, max_functions=2, max_trials=1
     )
     outcomes = report.steps[0].actions
-    assert [o.status for o in outcomes] == ["accepted", "dropped"]
+    assert [o.status for o in outcomes] == ["accepted", "rejected"]
     assert "adding 'triple' would exceed max_functions=2" in outcomes[1].reason
     assert len(trained.toolset) == 2 and trained.toolset.max_functions == 2
 
@@ -561,7 +572,7 @@ def test_max_actions_per_step_holds(cache):
         policy, tf.Toolset([DOUBLE]), cache=cache, max_epochs=1, max_actions_per_step=2, max_trials=1
     )
     # two actions checked and evaluated; the third over the limit. Triple is never called: rolled back on its own
-    assert [o.status for o in report.steps[0].actions] == ["accepted", "rolled_back", "dropped"]
+    assert [o.status for o in report.steps[0].actions] == ["accepted", "rolled_back", "rejected"]
     assert report.steps[0].actions[1].reason.startswith("no evidence that it helps")
     assert "over the limit" in report.steps[0].actions[2].reason
 

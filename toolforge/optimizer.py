@@ -3,8 +3,9 @@
 One *step* per epoch: evaluate the best toolset on the training set (cached, so free after the first time); ask
 the proposer LM for typed actions given the current functions, the failure list and the scored trajectories;
 check each action (its own validation, the toolset's rules, a smoke call in the sandbox, no table of training
-answers), sending rejected ones back with their reason up to `max_trials` times; apply the rest and evaluate the
-candidate.
+answers); when none passes, sending the rejected ones back with their reason, up to `max_trials` calls (the
+reasons of those rejected beside an action that passed reach the proposer at the next step); apply the actions
+that passed and evaluate the candidate.
 
 **Acceptance by evidence** (see `toolforge.evidence`): a candidate is compared with the best toolset example by
 example, on the examples its actions touch (whose runs called a function they add, revise or remove), on the
@@ -466,6 +467,7 @@ def _shown(evidence: Flips) -> str:
     return f"{evidence.describe()}; {which}" if which else evidence.describe()
 
 
+_OVER_LIMIT = "over the limit"  # an action past `max_actions_per_step`: not checked
 _MIN_FOR_HOLDOUT = 20  # training examples: below this, a held-out share is too small to tell anything
 
 
@@ -531,8 +533,10 @@ class FunctionOptimizer(Teleprompter):
             `max_actions_per_step` and `max_trials` given explicitly wins over the preset. `max_lm_calls` caps cost.
         max_epochs: Steps to run at most (one evaluation of a candidate each). Default 10 (or the preset's).
         max_actions_per_step: Actions the proposer may take in one step. Default 3 (or the preset's).
-        max_trials: Proposer calls per step; rejected actions go back with their reason until this runs out.
-            Default 3 (or the preset's).
+        max_trials: Proposer calls per step at most: while a reply leaves no action to evaluate (all rejected,
+            or none proposed while training examples fail), the rejected ones go back with their reason and the
+            proposer is asked again; a reply with an action to evaluate ends the asking, and the reasons of its
+            rejected actions reach the proposer at the next step. Default 3 (or the preset's).
         patience: Stop after this many consecutive steps without a better candidate (see above). Default 5 (or the
             preset's).
         accept_ties: Accept a candidate that the evidence finds neither better nor harmful, when it does not add a
@@ -1109,7 +1113,7 @@ class _RunState:
         outcomes: list[ActionOutcome] = []
         kept: list[int] = []  # indices into outcomes
         candidate = self.best if opt.progressive else self.initial_toolset
-        feedback: list[str] = []
+        feedback = self._rejected_last_step()
         note = None
         last_call_failed = False
 
@@ -1175,7 +1179,7 @@ class _RunState:
             for index, proposal in enumerate(proposals):
                 reason = None
                 if index >= need:
-                    reason = f"over the limit of {need} more action(s) in this step"
+                    reason = f"{_OVER_LIMIT} of {need} more action(s) in this step"
                 else:
                     reason, candidate = self._check(proposal, candidate)
                     if reason and proposal.malformed and cut_short:
@@ -1202,7 +1206,7 @@ class _RunState:
                 rejected_now += len(kept) - kept_before
                 del kept[kept_before:]
                 candidate = before_trial
-            if not rejected_now:
+            if not rejected_now or kept:  # another call is asked for only when nothing is left to evaluate
                 break
         else:
             last = opt.max_trials
@@ -1603,6 +1607,19 @@ class _RunState:
             interrupted_lm_calls=counts.interrupted,
             wall_time_s=time.perf_counter() - start,
         )
+
+    def _rejected_last_step(self) -> list[str]:
+        """The actions the last step's checks rejected, a line each with the reason: a step that had actions left
+        to evaluate does not ask again, so the proposer hears why the others were rejected at its next call. Taken
+        from the step's report, so a resumed compile sends the same."""
+        last = self.steps[-1] if self.steps else None
+        if last is None:
+            return []
+        return [
+            f"- {o.summary} (step {last.step}, trial {o.trial}): {o.reason}"
+            for o in last.actions
+            if o.status in ("rejected", "dropped") and o.reason and not o.reason.startswith(_OVER_LIMIT)
+        ]
 
     def _propose(
         self,

@@ -267,7 +267,10 @@ class ProposeActions(dspy.Signature):
     )
     failure_list: str = dspy.InputField(desc="function sets tried earlier that scored worse than the current one")
     trajectories: str = dspy.InputField(desc="the agent's recent runs with the current functions, failures first")
-    rejected: str = dspy.InputField(desc="actions proposed earlier in this step that were rejected, and why")
+    rejected: str = dspy.InputField(
+        desc="actions proposed earlier in this step, or in the last step, that were rejected before any evaluation, "
+        "and why"
+    )
     max_actions: int = dspy.InputField(desc="the most actions to propose")
     actions: list[ProposedActionReply] = dspy.OutputField(desc="the actions, possibly none")
 
@@ -322,7 +325,7 @@ def proposer_inputs(
         toolset: The candidate's functions; `notes` says how the training runs used each.
         failures: The failure list.
         trajectories: The scored runs, as `render_trajectories` gives them.
-        rejected: The actions sent back earlier in this step, a line each with the reason.
+        rejected: The actions sent back earlier in this step or in the last one, a line each with the reason.
         max_actions: The most actions to propose.
     """
     return {
