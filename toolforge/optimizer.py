@@ -1259,6 +1259,7 @@ class _RunState:
         reasons: dict[int, str] = {}
         refused: dict[int, str]
         while True:
+            self._budget_check()
             look = self._first_look(candidate, [actions[j] for j in active], best_run, counts)
             if look is not None:
                 refused = {active[k]: why for k, why in look.reasons.items()}
