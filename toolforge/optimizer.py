@@ -38,7 +38,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple
 
@@ -1267,7 +1267,6 @@ class _RunState:
                 if len(refused) == len(active):  # refused on the examples that could speak for it
                     reasons |= refused
                     reason = refused[0] if len(kept) == 1 else "no action earned its place on its own evidence"
-                    evidence |= {active[k]: e for k, e in look.evidence.items()}
                     return self._settle(
                         step, base, outcomes, kept, [], candidate, None, _Decision(False, False, reason), look.weighed,
                         counts, start, self._scored(evidence, together, None), reasons,
@@ -1285,8 +1284,7 @@ class _RunState:
             refused = {}
             for j in active:
                 names = _changed(self.best, candidate, only={actions[j].name})
-                own = flips(best_run, run, touched_by(names, best_run, run), *_sides(self.best, candidate, names),
-                            labels=self.labels.train)  # fmt: skip
+                own = self._touched(names, best_run, run, candidate)
                 evidence[j] = ActionEvidence(flips=own, score_together=together)
                 if len(active) > 1:
                     refusal = self._refusal(self._verdict(own, None, overall), own, [actions[j]])
@@ -1423,8 +1421,7 @@ class _RunState:
         reasons: dict[int, str] = {}
         for k, action in enumerate(actions):
             names = _changed(self.best, candidate) if lone else _changed(self.best, candidate, only={action.name})
-            own = flips(before, part, touched_by(names, before, part), *_sides(self.best, candidate, names),
-                        labels=self.labels.train)  # fmt: skip
+            own = self._touched(names, before, part, candidate)
             evidence[k] = ActionEvidence(flips=own, score_together=None)
             judged = self._verdict(own, None, overall)
             refusal = self._refusal(judged, own, actions if lone else [action], candidate=candidate if lone else None)
@@ -1435,11 +1432,22 @@ class _RunState:
             if lone and self.valset and judged[0] != "harmful":
                 continue
             reasons[k] = refusal
-        names = _changed(self.best, candidate)
-        touched = flips(before, part, touched_by(names, before, part), *_sides(self.best, candidate, names),
-                        labels=self.labels.train)  # fmt: skip
+        touched = self._touched(_changed(self.best, candidate), before, part, candidate)
         verdict, why = self._verdict(touched, None, overall)
         return _Look(evidence, reasons, StepEvidence(touched=touched, overall=overall, verdict=verdict, why=why))
+
+    def _touched(
+        self,
+        names: set[str],
+        before: EvaluationRun,
+        after: EvaluationRun,
+        candidate: Toolset,
+        labels: Mapping[str, str] | None = None,
+    ) -> Flips:
+        """The flips from the best toolset's run to `candidate`'s on the examples whose run called one of the changed
+        functions `names` (training examples, unless `labels` says otherwise)."""
+        return flips(before, after, touched_by(names, before, after), *_sides(self.best, candidate, names),
+                     labels=self.labels.train if labels is None else labels)  # fmt: skip
 
     def _weigh(
         self,
@@ -1453,8 +1461,7 @@ class _RunState:
         """The evidence on `candidate` (`run` is its training run) against the best toolset: its training flips,
         and, unless those already show harm, its validation flips."""
         names = _changed(self.best, candidate)
-        sides = _sides(self.best, candidate, names)
-        touched = flips(best_run, run, touched_by(names, best_run, run), *sides, labels=self.labels.train)
+        touched = self._touched(names, best_run, run, candidate)
         overall = flips(best_run, run, labels=self.labels.train)
         verdict, why = self._verdict(touched, None, overall)
         if not with_val or not self.valset or verdict == "harmful":
@@ -1462,7 +1469,7 @@ class _RunState:
         self._budget_check()
         best_val = self._evaluate(self.best, self.valset, counts)
         val = self._evaluate(candidate, self.valset, counts)
-        val_touched = flips(best_val, val, touched_by(names, best_val, val), *sides, labels=self.labels.val)
+        val_touched = self._touched(names, best_val, val, candidate, labels=self.labels.val)
         overall = overall + flips(best_val, val, labels=self.labels.val)
         verdict, why = self._verdict(touched, val_touched, overall)
         return StepEvidence(touched=touched, val_touched=val_touched, overall=overall, verdict=verdict, why=why)
